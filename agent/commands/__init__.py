@@ -1,0 +1,1 @@
+"""Sub-commands of the ``evpay-agent`` CLI, one module each with a ``register(subparsers)`` function."""

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop support: PSP terminal simulator, charger simulator, benchmarks."""

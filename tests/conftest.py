@@ -1,0 +1,34 @@
+"""Shared fixtures: an async test that leaves an asyncio task behind fails (style.md §11)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+
+import pytest
+
+
+@pytest.fixture
+async def task_leak_guard() -> AsyncIterator[None]:
+    """Fail the test when it leaves a pending task on its event loop."""
+    loop = asyncio.get_running_loop()
+    before = set(asyncio.all_tasks(loop))
+    yield
+    for _ in range(3):  # let tasks that are already finishing complete
+        await asyncio.sleep(0)
+    current = asyncio.current_task(loop)
+    leaked = [t for t in asyncio.all_tasks(loop) if t is not current and t not in before and not t.done()]
+    if leaked:
+        for task in leaked:
+            task.cancel()
+        await asyncio.gather(*leaked, return_exceptions=True)
+        names = ", ".join(sorted(t.get_name() for t in leaked))
+        pytest.fail(f"test leaked {len(leaked)} task(s): {names}")
+
+
+@pytest.fixture(autouse=True)
+def _no_task_leaks(request: pytest.FixtureRequest) -> None:
+    """Every coroutine test runs under ``task_leak_guard``."""
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        request.getfixturevalue("task_leak_guard")
