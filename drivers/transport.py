@@ -33,6 +33,7 @@ DEFAULT_BAUDRATE = 57600  # psp-reference §1.2: default for both families
 SUPPORTED_BAUDRATES = (9600, 19200, 38400, 57600, 115200)  # psp-reference §1.2 / §11
 DEFAULT_TCP_PORT = 3201  # psp-reference §1.3
 READ_CHUNK = 4096
+EIO_RETRY_S = 0.05  # pty master with no slave open: poll again after this long
 
 
 class Transport(Protocol):
@@ -101,10 +102,18 @@ class FdTransport:
             data = os.read(self._fd, READ_CHUNK)
         except BlockingIOError:
             return
-        except OSError:  # EIO when the slave side is closed: not an end for a pty master
-            data = b""
+        except OSError:
+            # EIO while no process holds the slave side open: not an end for a pty master. The fd
+            # stays readable, so pause the reader briefly instead of spinning on it.
+            self._loop.remove_reader(self._fd)
+            self._loop.call_later(EIO_RETRY_S, self._resume_reader)
+            return
         if data:
             self._queue.put_nowait(data)
+
+    def _resume_reader(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._fd, self._on_readable)
 
     async def read(self) -> bytes:
         if self._closed:

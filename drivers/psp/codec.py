@@ -62,8 +62,10 @@ class Frame:
                 raise FrameTooLong(f"extended frame body of {len(body)} bytes > {MAX_EXTENDED_LENGTH}")
             length = len(body).to_bytes(4, "big")
         else:
-            if len(body) > MAX_SEND_LENGTH:
-                raise FrameTooLong(f"frame body of {len(body)} bytes > {MAX_SEND_LENGTH}; use extended")
+            # §2.3: hosts keep Length ≤ 0xFE; a terminal fills frames up to 0xFF (§5.8 List Sessions)
+            limit = MAX_SEND_LENGTH if self.preamble == PREAMBLE_HOST else MAX_NORMAL_LENGTH
+            if len(body) > limit:
+                raise FrameTooLong(f"frame body of {len(body)} bytes > {limit}; use extended")
             length = bytes((len(body),))
         raw = bytes((self.preamble,)) + length + body
         return raw + bytes((checksum(raw),))
@@ -114,15 +116,16 @@ class FrameDecoder:
                 self._drop(result)
         return frames
 
-    def discard_partial(self) -> int:
+    def discard_partial(self) -> list[Frame]:
         """Abandon a stale partial frame (§2.5 step 4): drop its first byte and rescan.
 
-        Returns the number of bytes still buffered. Call after an inter-byte timeout.
+        Call after an inter-byte timeout. Returns the frames the rescan recovers (a real frame
+        may have been buffered behind a bogus preamble); check :attr:`buffered` for what is left.
         """
-        if self._buf:
-            self._drop(1)
-            self.feed(b"")
-        return len(self._buf)
+        if not self._buf:
+            return []
+        self._drop(1)
+        return self.feed(b"")
 
     def _drop(self, count: int) -> None:
         if _LOGGER.isEnabledFor(logging.DEBUG):
@@ -177,3 +180,63 @@ class FrameDecoder:
         )
         del buf[:total]
         return frame
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureItem:
+    """One element of a scanned capture: a frame (maybe with a bad checksum) or unparsed bytes."""
+
+    offset: int
+    raw: bytes
+    frame: Frame | None = None
+    checksum_ok: bool = False
+
+
+def scan_capture(
+    data: bytes, preambles: frozenset[int] = frozenset({PREAMBLE_HOST, PREAMBLE_TERMINAL})
+) -> list[CaptureItem]:
+    """Split a captured byte string into frames for a field engineer (``evpay-agent psp decode``).
+
+    Unlike :class:`FrameDecoder` this keeps candidates whose checksum fails (magic 0x3C and a
+    plausible length are required) so that a corrupted frame is shown, flagged, rather than
+    silently skipped. Bytes that belong to no frame are reported as unparsed runs.
+    """
+    items: list[CaptureItem] = []
+    pos = 0
+    junk_start: int | None = None
+
+    def flush_junk(end: int) -> None:
+        nonlocal junk_start
+        if junk_start is not None:
+            items.append(CaptureItem(junk_start, data[junk_start:end]))
+            junk_start = None
+
+    while pos < len(data):
+        candidate = _capture_candidate(data, pos, preambles)
+        if candidate is None:
+            if junk_start is None:
+                junk_start = pos
+            pos += 1
+            continue
+        flush_junk(pos)
+        items.append(candidate)
+        pos += len(candidate.raw)
+    flush_junk(len(data))
+    return items
+
+
+def _capture_candidate(data: bytes, pos: int, preambles: frozenset[int]) -> CaptureItem | None:
+    if data[pos] not in preambles or pos + 2 > len(data):
+        return None
+    extended = data[pos + 1] == 0x00
+    head = 5 if extended else 2
+    if pos + head > len(data):
+        return None
+    length = int.from_bytes(data[pos + 1 : pos + head], "big")
+    limit = MAX_EXTENDED_LENGTH if extended else MAX_NORMAL_LENGTH
+    total = head + length + 1
+    if not MIN_LENGTH <= length <= limit or pos + total > len(data) or data[pos + head] != MAGIC:
+        return None
+    raw = data[pos : pos + total]
+    frame = Frame(raw[head + 1], raw[head + 2 : -1], preamble=raw[0], magic=raw[head], extended=extended)
+    return CaptureItem(pos, raw, frame, checksum(raw[:-1]) == raw[-1])

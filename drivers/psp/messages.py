@@ -16,7 +16,7 @@ NUL-terminated UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum, IntFlag, StrEnum
 from typing import ClassVar, Self
 
@@ -1305,7 +1305,8 @@ def decode_response(
 def describe(message: Message) -> dict[str, object]:
     """Field → JSON-friendly value, for logs and the ``psp decode`` field tool."""
     out: dict[str, object] = {}
-    for name in message.__dataclass_fields__:
+    for f in fields(message):
+        name = f.name
         value = getattr(message, name)
         if isinstance(value, Dol):
             out[name] = value.to_json()

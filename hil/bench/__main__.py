@@ -1,0 +1,37 @@
+"""``python -m hil.bench [--only NAME …] [--quick]``: print one JSON object of measured figures."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from typing import Any
+
+# name -> module with ``run(quick: bool) -> dict``; later issues add the agent-level figures.
+BENCHMARKS: dict[str, str] = {
+    "psp_codec": "hil.bench.codec",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hil.bench", description=__doc__)
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only these")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (CI smoke test)")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for name in args.only or list(BENCHMARKS):
+        result[name] = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

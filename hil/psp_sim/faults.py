@@ -1,0 +1,82 @@
+"""Fault injection for what the simulator sends (psp-reference §12.14).
+
+Each fault is armed for a number of frames (replies and unsolicited events alike) and consumed by
+the writer in this order: drop, delay, corrupt, split. ``None`` as a count means "until cleared".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Faults:
+    drop_remaining: int | None = 0
+    corrupt_remaining: int | None = 0
+    split_remaining: int | None = 0
+    split_chunk: int = 1
+    delay_remaining: int | None = 0
+    delay_s: float = 0.0
+    not_ready_remaining: int = 0  # §10.8: Synchronize answered with Not OK/0x11
+    silent_bad_checksum: bool = False  # §2.5 / §12.2: stay silent on a bad checksum
+
+    def drop_replies(self, n: int | None = 1) -> None:
+        """Never send the next ``n`` frames."""
+        self.drop_remaining = _count(n)
+
+    def corrupt_replies(self, n: int | None = 1) -> None:
+        """Flip the checksum byte of the next ``n`` frames."""
+        self.corrupt_remaining = _count(n)
+
+    def split_replies(self, chunk: int = 1, n: int | None = None) -> None:
+        """Send the next ``n`` frames (default: all) in pieces of ``chunk`` bytes."""
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        self.split_chunk = chunk
+        self.split_remaining = _count(n)
+
+    def delay_replies(self, seconds: float, n: int | None = 1) -> None:
+        """Hold the next ``n`` frames for ``seconds`` (e.g. past the host's §9.1 timeouts)."""
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        self.delay_s = seconds
+        self.delay_remaining = _count(n)
+
+    def not_ready(self, n: int) -> None:
+        """Answer the next ``n`` Synchronize requests with Result Not OK / 0x11 (§6.1, §10.8)."""
+        self.not_ready_remaining = _count(n) or 0
+
+    def silent_on_bad_checksum(self, silent: bool = True) -> None:
+        self.silent_bad_checksum = silent
+
+    def clear(self) -> None:
+        self.drop_remaining = self.corrupt_remaining = self.split_remaining = self.delay_remaining = 0
+        self.not_ready_remaining = 0
+        self.silent_bad_checksum = False
+
+    @staticmethod
+    def take(remaining: int | None) -> tuple[bool, int | None]:
+        """(fault applies to this frame, new remaining count)."""
+        if remaining is None:
+            return True, None
+        if remaining > 0:
+            return True, remaining - 1
+        return False, 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "drop": self.drop_remaining,
+            "corrupt": self.corrupt_remaining,
+            "split": self.split_remaining,
+            "split_chunk": self.split_chunk,
+            "delay": self.delay_remaining,
+            "delay_s": self.delay_s,
+            "not_ready": self.not_ready_remaining,
+            "silent_on_bad_checksum": self.silent_bad_checksum,
+        }
+
+
+def _count(n: int | None) -> int | None:
+    if n is not None and n < 0:
+        raise ValueError("count must not be negative")
+    return n
