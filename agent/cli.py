@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.terminal",
     "agent.commands.diagram",
     "agent.commands.tariff",
+    "agent.commands.config",
 )
 
 

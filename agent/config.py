@@ -1,0 +1,915 @@
+"""The agent's configuration: one YAML file, typed and validated (DESIGN.md §5.1, requirement CFG-1).
+
+:func:`load_config` reads the file with :mod:`agent.yamlload` (safe, duplicate keys rejected, line
+of every key kept), converts it into the frozen msgspec Structs below, runs the range and
+cross-field rules, builds the tariff, checks every referenced secret / TLS file is readable and
+returns a :class:`LoadedConfig`. Any problem raises one :class:`~agent.errors.ConfigError` whose
+text is ``FILE:LINE: PATH: REASON``; nothing is half-loaded.
+
+Decisions (documented in ``docs/configuration.md`` too):
+
+- Money is integer minor units (``*_minor``) or, in ``tariff:``, quoted decimal strings; a float
+  anywhere money goes is a type error.
+- Durations are whole seconds (``*_s``).
+- File paths (state directory, secrets, TLS files, serial device) must be absolute: the service
+  runs from ``/`` and a relative path would silently depend on the working directory.
+- Secrets are read from files (UP-4); their content is held in :class:`Secret` (masked ``repr``)
+  and never appears in a message.
+- A P6X on ``tcp://`` is a **warning**, not an error: Payter says P6X is serial-only
+  (psp-reference §1.1) but a serial device server in front of its RS-232 port is a legitimate
+  set-up. ``tls://`` on a P6X is an error (no TLS mode on P6X).
+- UI start/stop, ``routing: ui_selection`` and the ``incremental`` / ``driver_cap`` strategies
+  need Apollo (psp-reference §8, §5.20, §5.21) and are rejected on a P6X.
+- ``unplug`` must be among the stop modes: STOP-3 is always honoured (no vehicle, no energy).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from string import Formatter
+from typing import Annotated, Final, Literal, final
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+from msgspec import Meta
+
+from agent.errors import ConfigError
+from agent.tariff import Tariff, TariffConfig, TariffConfigError, tariff_config_from_builtins
+from agent.yamlload import KeyPath, PathItem, YamlDocument, read_yaml_file
+from drivers.psp.messages import CommitOrder, Family
+from drivers.psp.profile import Profile, Quirks, profile_for
+from drivers.transport import DEFAULT_TCP_PORT, SUPPORTED_BAUDRATES
+from statemachines.authorization import AuthorizationPolicy, AuthorizationStrategy
+from statemachines.config import (
+    APOLLO as APOLLO_CAPABILITIES,
+)
+from statemachines.config import (
+    P6X as P6X_CAPABILITIES,
+)
+from statemachines.config import (
+    ConnectorConfig,
+    OfflinePolicy,
+    Routing,
+    StartMode,
+    StationConfig,
+    StopMode,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "AgentConfig",
+    "AuthorizationConfig",
+    "ChargerConfig",
+    "ChargerTopics",
+    "ConnectorEntry",
+    "LoadedConfig",
+    "QuirksConfig",
+    "ReceiptsConfig",
+    "Secret",
+    "SessionConfig",
+    "TerminalConfig",
+    "TlsConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/evpay-agent/agent.yaml")  # DESIGN.md §5.1
+
+MAX_AMOUNT_MINOR: Final = 0xFFFF_FFFF  # psp-reference §5.9 / §5.17: amounts are 4-byte unsigned
+MAX_SECRET_BYTES: Final = 64 * 1024
+
+# ---------------------------------------------------------------------------------------------------
+# Small annotated types (constraints are checked by msgspec, which reports the exact path)
+# ---------------------------------------------------------------------------------------------------
+
+AbsPath = Annotated[str, Meta(description="absolute path")]  # checked by _check_absolute (clear message)
+AmountMinor = Annotated[int, Meta(gt=0, le=MAX_AMOUNT_MINOR)]
+Byte = Annotated[int, Meta(ge=0, le=0xFF)]
+Baudrate = Literal[9600, 19200, 38400, 57600, 115200]  # psp-reference §1.2 / §11
+
+
+class _Rule(ValueError):
+    """A rule broken inside ``__post_init__``; ``rel`` is the offending field relative to the
+    Struct (``"start_modes[2]"``). Encoded into the message so it survives msgspec's wrapping."""
+
+    def __init__(self, rel: str, reason: str) -> None:
+        super().__init__(f"`{rel}`: {reason}")
+
+
+def _duplicates(values: tuple[object, ...]) -> int | None:
+    """Index of the first value seen before, or None."""
+    seen: set[object] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            return index
+        seen.add(value)
+    return None
+
+
+def _check_absolute(struct: object, *names: str) -> None:
+    for name in names:
+        value: str | None = getattr(struct, name)
+        if value is not None and not value.startswith("/"):
+            raise _Rule(name, f"must be an absolute path, got {value!r}")
+
+
+def _topic_problem(topic: str) -> str | None:
+    """MQTT topic text: no wildcards, no empty levels at the ends (MQTT 5.0 §4.7)."""
+    if not topic or any(c in topic for c in "#+\x00") or topic.startswith("/") or topic.endswith("/"):
+        return "no MQTT wildcards (# +), not empty and no leading or trailing /"
+    return None
+
+
+def _placeholders(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad {{}} placeholder: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# terminal:
+# ---------------------------------------------------------------------------------------------------
+
+
+class QuirksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Switches for documented PSP inconsistencies (psp-reference §4.3, §5.17, §12); map onto
+    :class:`drivers.psp.profile.Quirks`. The defaults are the reference's recommendations."""
+
+    read_card_header: Annotated[
+        Literal[0x40, 0x41], Meta(description="Read Card request header, 0x41 (its page) or 0x40 (S6); §4.3")
+    ] = 0x41
+    commit_order: Annotated[CommitOrder, Meta(description="Commit Session field order (a [GAP]); §5.17")] = (
+        CommitOrder.SESSION_AMOUNT
+    )
+    status_response_header: Annotated[
+        Literal[0x00, 0x26], Meta(description="Get Status Response header, 0x00 (docs) or 0x26 (T1); §4.3")
+    ] = 0x00
+    accepted_preambles: Annotated[
+        tuple[Byte, ...] | Literal["any"],
+        Meta(description='terminal→host preamble bytes accepted, or "any" (P6X address byte); §2.1, §8'),
+    ] = (0xAA,)
+    strict_magic: Annotated[
+        bool | None,
+        Meta(description="reject frames whose magic is not 0x3C; null = family default; §2.1, §8"),
+    ] = None
+    baud_rates: Annotated[
+        tuple[Baudrate, ...],
+        Meta(min_length=1, description="serial baud rates the driver tries, in order; §1.2"),
+    ] = (57600, 115200)
+    rfid_uid_tag: Annotated[
+        int, Meta(ge=0, le=0xFFFFFF, description="DOL tag that carries an RFID UID (a [GAP]); §6.4, §7.6")
+    ] = 0xDFF006
+    card_timeout_message: Annotated[
+        Literal["session_cancelled", "session_declined"],
+        Meta(description="what ends WAIT_CARD on card-detect timeout (a [GAP]); §5.9"),
+    ] = "session_cancelled"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.accepted_preambles, tuple) and not self.accepted_preambles:
+            raise _Rule("accepted_preambles", 'needs at least one byte (or "any")')
+        if (index := _duplicates(tuple(self.baud_rates))) is not None:
+            raise _Rule(f"baud_rates[{index}]", "listed twice")
+
+    def to_quirks(self) -> Quirks:
+        preambles = self.accepted_preambles
+        return Quirks(
+            read_card_header=self.read_card_header,
+            commit_order=self.commit_order,
+            status_response_header=self.status_response_header,
+            accepted_preambles=None if preambles == "any" else frozenset(preambles),
+            strict_magic=self.strict_magic,
+            baud_rates=tuple(self.baud_rates),
+            rfid_uid_tag=self.rfid_uid_tag,
+            card_timeout_message=self.card_timeout_message,
+        )
+
+
+class TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The payment terminal (DESIGN.md §3.1, §3.2)."""
+
+    driver: Annotated[Literal["psp"], Meta(description="terminal driver (only psp so far)")] = "psp"
+    url: Annotated[
+        str,
+        Meta(
+            description="serial:///dev/ttyUSB0?baudrate=57600, tcp://host:3201 or tls://host:3201 "
+            "(Apollo); DESIGN.md §3.1"
+        ),
+    ]
+    family: Annotated[Family, Meta(description="terminal family: apollo or p6x; psp-reference §8")]
+    session_timeout_s: Annotated[
+        int,
+        Meta(
+            ge=3600,
+            le=0xFFFF_FFFF,
+            description="Setup session timeout (action void), longer than the longest charge plus "
+            "settlement; TERM-2, psp-reference §5.4",
+        ),
+    ] = 172_800  # TERM-2: 48 h
+    keepalive_s: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=15,
+            description="Get Status keep-alive interval; ≤ 15 s (idle close at 20 s); TERM-4, §1.3",
+        ),
+    ] = 10
+    offline_alarm_after_s: Annotated[
+        int, Meta(ge=1, description="raise the terminal-offline alarm after this long offline; TERM-6")
+    ] = 60
+    quirks: Annotated[QuirksConfig, Meta(description="protocol quirk switches; psp-reference §4.3, §12")] = (
+        msgspec.field(default_factory=QuirksConfig)
+    )
+
+    def __post_init__(self) -> None:
+        problem = _terminal_url_problem(self.url, self.family)
+        if problem:
+            raise _Rule("url", problem)
+
+    def to_profile(self) -> Profile:
+        """The driver profile: family defaults, these quirks and this keep-alive interval."""
+        profile = profile_for(self.family, self.quirks.to_quirks())
+        return profile.with_timeouts(keepalive_s=float(self.keepalive_s))
+
+
+def _terminal_url_problem(url: str, family: Family) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    scheme = parts.scheme.lower()
+    if scheme == "serial":
+        if parts.netloc:
+            return "serial URL takes a device path: serial:///dev/ttyUSB0 (three slashes)"
+        if not parts.path.startswith("/"):
+            return "serial URL needs an absolute device path, e.g. serial:///dev/ttyUSB0"
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if unknown := sorted(set(query) - {"baudrate"}):
+            return f"unknown serial URL option {unknown[0]!r} (only baudrate)"
+        for value in query.get("baudrate", []):
+            if not value.isdigit() or int(value) not in SUPPORTED_BAUDRATES:
+                return f"baudrate {value!r} is not one of {', '.join(map(str, SUPPORTED_BAUDRATES))} (§1.2)"
+        return None
+    if scheme in ("tcp", "tls"):
+        if not parts.hostname:
+            return f"{scheme} URL needs a host, e.g. {scheme}://10.0.0.5:{DEFAULT_TCP_PORT}"
+        if parts.path not in ("", "/"):
+            return f"{scheme} URL takes no path"
+        if port == 0:
+            return "port 0 is not a valid port"
+        if scheme == "tls" and family is Family.P6X:
+            return "P6X has no TLS mode; use serial:// (psp-reference §1.1)"
+        allowed = {"cafile", "certfile", "keyfile", "verify"} if scheme == "tls" else set()
+        if unknown := sorted(set(parse_qs(parts.query, keep_blank_values=True)) - allowed):
+            return f"unknown {scheme} URL option {unknown[0]!r}"
+        return None
+    return f"unsupported scheme {parts.scheme!r}: use serial://, tcp:// or tls://"
+
+
+# ---------------------------------------------------------------------------------------------------
+# MQTT (charger bridge and upstream)
+# ---------------------------------------------------------------------------------------------------
+
+
+class TlsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """TLS for an MQTT connection (UP-4). The server is always verified."""
+
+    ca_file: Annotated[
+        AbsPath | None, Meta(description="CA bundle that verifies the broker; null = system CAs")
+    ] = None
+    cert_file: Annotated[AbsPath | None, Meta(description="client certificate (PEM); with key_file")] = None
+    key_file: Annotated[AbsPath | None, Meta(description="client private key (PEM); a secret")] = None
+
+    def __post_init__(self) -> None:
+        _check_absolute(self, "ca_file", "cert_file", "key_file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise _Rule(
+                "cert_file" if self.cert_file is None else "key_file", "cert_file and key_file go together"
+            )
+
+
+def _broker_url_problem(url: str, tls: TlsConfig | None) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    if parts.scheme not in ("mqtt", "mqtts"):
+        return f"unsupported scheme {parts.scheme!r}: use mqtt://host:1883 or mqtts://host:8883"
+    if not parts.hostname:
+        return "broker URL needs a host"
+    if port == 0:
+        return "port 0 is not a valid port"
+    if parts.username or parts.password:
+        return "put no credentials in the URL: use username and password_file"
+    if parts.path not in ("", "/") or parts.query:
+        return "broker URL takes no path or query"
+    if tls is not None and parts.scheme != "mqtts":
+        return "tls settings need an mqtts:// broker URL"
+    return None
+
+
+class ChargerTopics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """MQTT bridge topics (DESIGN.md §3.3). ``{prefix}`` and ``{connector}`` are replaced."""
+
+    plug: Annotated[str, Meta(description="charger→agent plug state, per connector")] = (
+        "{prefix}/{connector}/plug"
+    )
+    status: Annotated[str, Meta(description="charger→agent charging state, per connector")] = (
+        "{prefix}/{connector}/status"
+    )
+    meter: Annotated[str, Meta(description="charger→agent meter values, per connector")] = (
+        "{prefix}/{connector}/meter"
+    )
+    alive: Annotated[str, Meta(description="charger→agent retained liveness and LWT")] = "{prefix}/alive"
+    cmd: Annotated[str, Meta(description="agent→charger energy commands, per connector")] = (
+        "{prefix}/{connector}/cmd"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("plug", "status", "meter", "alive", "cmd"):
+            template: str = getattr(self, name)
+            try:
+                names = _placeholders(template)
+            except ValueError as exc:
+                raise _Rule(name, str(exc)) from None
+            if unknown := sorted(names - {"prefix", "connector"}):
+                raise _Rule(name, f"unknown placeholder {{{unknown[0]}}} (use {{prefix}}, {{connector}})")
+            per_connector = name != "alive"
+            if per_connector and "connector" not in names:
+                raise _Rule(name, "needs {connector}: the topic is per connector")
+            if not per_connector and "connector" in names:
+                raise _Rule(name, "is per charger: {connector} is not available")
+            if problem := _topic_problem(template):
+                raise _Rule(name, problem)
+
+    def topic(
+        self, kind: Literal["plug", "status", "meter", "alive", "cmd"], prefix: str, connector: int
+    ) -> str:
+        template: str = getattr(self, kind)
+        return template.format(prefix=prefix, connector=connector)
+
+
+class ChargerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The charger driver (DESIGN.md §3.3)."""
+
+    driver: Annotated[
+        Literal["mqtt_bridge"], Meta(description="charger driver (only mqtt_bridge so far)")
+    ] = "mqtt_bridge"
+    broker_url: Annotated[str, Meta(description="local broker shared with the charger firmware")] = (
+        "mqtt://127.0.0.1:1883"
+    )
+    prefix: Annotated[str, Meta(description="topic prefix, the {prefix} of the topics")] = "charger"
+    topics: Annotated[ChargerTopics, Meta(description="per-topic overrides")] = msgspec.field(
+        default_factory=ChargerTopics
+    )
+    username: Annotated[str | None, Meta(description="broker user name; null = anonymous")] = None
+    password_file: Annotated[
+        AbsPath | None, Meta(description="file holding the broker password; a secret")
+    ] = None
+    tls: Annotated[TlsConfig | None, Meta(description="TLS settings; need an mqtts:// broker_url")] = None
+
+    def __post_init__(self) -> None:
+        if problem := _broker_url_problem(self.broker_url, self.tls):
+            raise _Rule("broker_url", problem)
+        _check_absolute(self, "password_file")
+        if self.password_file is not None and self.username is None:
+            raise _Rule("password_file", "a password needs a username")
+        if problem := _topic_problem(self.prefix):
+            raise _Rule("prefix", problem)
+
+
+class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The backend broker (DESIGN.md §5.3, UP-1…UP-4)."""
+
+    broker_url: Annotated[str, Meta(description="backend broker, mqtts://host:8883 or mqtt://host:1883")]
+    prefix: Annotated[str, Meta(description="topic prefix; {station_id} is replaced; UP-1")] = (
+        "evpay/v1/{station_id}"
+    )
+    protocol: Annotated[Literal[5, "3.1.1"], Meta(description='MQTT version: 5 or "3.1.1"')] = 5
+    client_id: Annotated[
+        Annotated[str, Meta(min_length=1, max_length=64)] | None,
+        Meta(description="MQTT client id; null = evpay-agent-{station_id}"),
+    ] = None
+    username: Annotated[str | None, Meta(description="broker user name; null = none")] = None
+    password_file: Annotated[
+        AbsPath | None, Meta(description="file holding the broker password; a secret")
+    ] = None
+    tls: Annotated[TlsConfig | None, Meta(description="TLS settings; need an mqtts:// broker_url; UP-4")] = (
+        None
+    )
+    outbox_max_messages: Annotated[
+        int,
+        Meta(ge=100, description="outbox bound; when full the oldest meter values go first; DESIGN.md §5.3"),
+    ] = 10_000  # DESIGN.md §7: sized for a 10 000-message backlog
+
+    def __post_init__(self) -> None:
+        if problem := _broker_url_problem(self.broker_url, self.tls):
+            raise _Rule("broker_url", problem)
+        _check_absolute(self, "password_file")
+        if self.password_file is not None and self.username is None:
+            raise _Rule("password_file", "a password needs a username")
+        try:
+            names = _placeholders(self.prefix)
+        except ValueError as exc:
+            raise _Rule("prefix", str(exc)) from None
+        if unknown := sorted(names - {"station_id"}):
+            raise _Rule("prefix", f"unknown placeholder {{{unknown[0]}}} (only {{station_id}})")
+        if problem := _topic_problem(self.prefix):
+            raise _Rule("prefix", problem)
+
+    def topic_prefix(self, station_id: str) -> str:
+        return self.prefix.format(station_id=station_id)
+
+
+# ---------------------------------------------------------------------------------------------------
+# connectors, session, authorization, receipts
+# ---------------------------------------------------------------------------------------------------
+
+
+class ConnectorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One connector of the charger."""
+
+    id: Annotated[int, Meta(ge=1, le=255, description="connector number as the charger reports it")]
+    max_current_a: Annotated[
+        int, Meta(ge=6, le=1000, description="current limit sent with enable; IEC 61851-1 minimum 6 A")
+    ]
+    label: Annotated[str, Meta(max_length=32, description="name shown to the driver (Apollo UI)")] = ""
+    max_energy_wh: Annotated[
+        Annotated[int, Meta(ge=1)] | None, Meta(description="stop at this energy; null = none; STOP-6")
+    ] = None
+    max_duration_s: Annotated[
+        Annotated[int, Meta(ge=60)] | None,
+        Meta(description="stop after this charging time; null = none; STOP-6"),
+    ] = None
+
+
+_DEFAULT_START: Final = (StartMode.TAP, StartMode.PLUG_IN, StartMode.REMOTE)
+_DEFAULT_STOP: Final = (StopMode.TAP, StopMode.UNPLUG, StopMode.REMOTE)
+
+
+class SessionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Start/stop modes and session timers (DESIGN.md §4.1, §4.2)."""
+
+    start_modes: Annotated[
+        tuple[StartMode, ...],
+        Meta(min_length=1, description="tap, plug_in, ui (Apollo), remote; START-1…START-4"),
+    ] = _DEFAULT_START
+    stop_modes: Annotated[
+        tuple[StopMode, ...],
+        Meta(min_length=1, description="tap, unplug (required), ui (Apollo), remote; STOP-1…STOP-5"),
+    ] = _DEFAULT_STOP
+    routing: Annotated[
+        Routing,
+        Meta(description="card for several waiting connectors: earliest_plug_in or ui_selection; §4.2"),
+    ] = Routing.EARLIEST_PLUG_IN
+    free_vend_when_offline: Annotated[
+        OfflinePolicy, Meta(description="terminal offline: refuse or free_vend; ERR-3")
+    ] = OfflinePolicy.REFUSE
+    plug_in_timeout_s: Annotated[
+        int, Meta(ge=30, le=3600, description="authorized but no vehicle plugged in → void; START-6")
+    ] = 300  # START-6: default 300 s
+    card_decision_s: Annotated[
+        int,
+        Meta(ge=1, le=30, description="authorize or cancel a read card within; TERM-3, psp-reference §9.2"),
+    ] = 25  # §9.2: the terminal drops the card after 30 s; 5 s margin
+    final_meter_wait_s: Annotated[
+        int, Meta(ge=1, le=300, description="wait for the final meter value after energy off")
+    ] = 10
+    meter_interval_s: Annotated[
+        int, Meta(ge=1, le=3600, description="expected meter period; stop margin at the cap; AMT-2")
+    ] = 60
+    settlement_retry_s: Annotated[
+        tuple[Annotated[int, Meta(ge=1)], ...],
+        Meta(min_length=1, description="Commit/Void retry delays; the last repeats; STOP-7"),
+    ] = (60, 60, 60, 60, 60, 3600)  # payter-ev-guide §6.4: every minute for 5 attempts, then hourly
+    undisposed_alarm_after_s: Annotated[
+        int, Meta(ge=60, description="alarm for a payment still not committed or voided; STOP-7")
+    ] = 900
+    idle_fee_enabled: Annotated[
+        bool, Meta(description="commit deferred until unplug, idle fee priced; STOP-9")
+    ] = False
+
+    def __post_init__(self) -> None:
+        for name in ("start_modes", "stop_modes"):
+            modes: tuple[object, ...] = getattr(self, name)
+            if (index := _duplicates(modes)) is not None:
+                raise _Rule(f"{name}[{index}]", "listed twice")
+        if StopMode.UNPLUG not in self.stop_modes:
+            raise _Rule("stop_modes", "must include unplug: unplugging always stops a session (STOP-3)")
+
+
+class AuthorizationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The pre-authorization amount (AMT-1…AMT-4, DESIGN.md §5.4). Amounts in minor units."""
+
+    strategy: Annotated[
+        AuthorizationStrategy,
+        Meta(description="fixed, incremental (Apollo), driver_cap (Apollo) or maximum; AMT-1"),
+    ] = AuthorizationStrategy.FIXED
+    amount_minor: Annotated[
+        AmountMinor, Meta(description="fixed amount, or the first amount (incremental)")
+    ] = 5000
+    increment_minor: Annotated[
+        int, Meta(ge=0, le=MAX_AMOUNT_MINOR, description="step per Update Session (incremental); AMT-2")
+    ] = 2500
+    maximum_minor: Annotated[
+        AmountMinor, Meta(description="amount for maximum; ceiling of increments and choices")
+    ] = 15000
+    driver_cap_choices_minor: Annotated[
+        tuple[AmountMinor, ...], Meta(description="caps offered on the Apollo screen (driver_cap)")
+    ] = (2000, 5000, 10000)
+    headroom_s: Annotated[
+        int, Meta(ge=1, description="ask for an increment when the cap is projected within this time")
+    ] = 300
+    allow_over_capture: Annotated[
+        bool, Meta(description="allow Commit above the authorized amount; AMT-4, psp-reference §5.17")
+    ] = False
+
+    def __post_init__(self) -> None:
+        if self.amount_minor > self.maximum_minor:
+            raise _Rule("amount_minor", f"{self.amount_minor} is above maximum_minor {self.maximum_minor}")
+        if self.strategy is AuthorizationStrategy.INCREMENTAL and self.increment_minor == 0:
+            raise _Rule("increment_minor", "incremental authorization needs a step above 0")
+        if self.strategy is AuthorizationStrategy.DRIVER_CAP:
+            choices = self.driver_cap_choices_minor
+            if not choices:
+                raise _Rule("driver_cap_choices_minor", "driver_cap needs at least one choice")
+            if (index := _duplicates(tuple(choices))) is not None:
+                raise _Rule(f"driver_cap_choices_minor[{index}]", "listed twice")
+            for index, choice in enumerate(choices):
+                if choice > self.maximum_minor:
+                    raise _Rule(
+                        f"driver_cap_choices_minor[{index}]",
+                        f"{choice} is above maximum_minor {self.maximum_minor}",
+                    )
+
+    def to_policy(self) -> AuthorizationPolicy:
+        return AuthorizationPolicy(
+            strategy=self.strategy,
+            amount_minor=self.amount_minor,
+            increment_minor=self.increment_minor,
+            maximum_minor=self.maximum_minor,
+            driver_cap_choices_minor=tuple(self.driver_cap_choices_minor),
+            increment_headroom_s=self.headroom_s,
+            allow_over_capture=self.allow_over_capture,
+        )
+
+
+class ReceiptsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Receipts (DESIGN.md §5.5, RCPT-2)."""
+
+    qr_url_template: Annotated[
+        str | None,
+        Meta(
+            description="https URL of a receipt, {receipt_id} and {station_id} replaced; null = no QR; RCPT-2"
+        ),
+    ] = None
+
+    def __post_init__(self) -> None:
+        template = self.qr_url_template
+        if template is None:
+            return
+        if not template.startswith(("https://", "http://")):
+            raise _Rule("qr_url_template", "must be an http:// or https:// URL")
+        try:
+            names = _placeholders(template)
+        except ValueError as exc:
+            raise _Rule("qr_url_template", str(exc)) from None
+        if unknown := sorted(names - {"receipt_id", "station_id"}):
+            raise _Rule(
+                "qr_url_template",
+                f"unknown placeholder {{{unknown[0]}}} (use {{receipt_id}}, {{station_id}})",
+            )
+        if "receipt_id" not in names:
+            raise _Rule("qr_url_template", "needs {receipt_id}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the whole file
+# ---------------------------------------------------------------------------------------------------
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent's YAML file (DESIGN.md §5.1)."""
+
+    station_id: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+            description="station name in topics and receipts: letters, digits, _ . - (≤ 64)",
+        ),
+    ]
+    state_dir: Annotated[
+        AbsPath, Meta(description="journal and outbox directory (systemd StateDirectory)")
+    ] = "/var/lib/evpay-agent"
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], Meta(description="debug, info, warning or error")
+    ] = "info"
+    terminal: Annotated[TerminalConfig, Meta(description="payment terminal")]
+    charger: Annotated[ChargerConfig, Meta(description="charger driver")] = msgspec.field(
+        default_factory=ChargerConfig
+    )
+    connectors: Annotated[tuple[ConnectorEntry, ...], Meta(min_length=1, description="the connectors")]
+    session: Annotated[SessionConfig, Meta(description="start/stop modes and timers")] = msgspec.field(
+        default_factory=SessionConfig
+    )
+    authorization: Annotated[AuthorizationConfig, Meta(description="pre-authorization amount")] = (
+        msgspec.field(default_factory=AuthorizationConfig)
+    )
+    tariff: Annotated[TariffConfig, Meta(description="the tariff; docs/tariff.md")]
+    upstream: Annotated[UpstreamConfig, Meta(description="backend MQTT broker")]
+    receipts: Annotated[ReceiptsConfig, Meta(description="receipts")] = msgspec.field(
+        default_factory=ReceiptsConfig
+    )
+
+    def __post_init__(self) -> None:
+        _check_absolute(self, "state_dir")
+        ids = tuple(c.id for c in self.connectors)
+        if (index := _duplicates(ids)) is not None:
+            raise _Rule(
+                f"connectors[{index}].id",
+                f"duplicate connector id {ids[index]} (first at connectors[{ids.index(ids[index])}])",
+            )
+        apollo = self.terminal.family is Family.APOLLO
+        if not apollo:  # psp-reference §8: UI Request/Event and Update Session are Apollo-only
+            session = self.session
+            for name, modes in (("start_modes", session.start_modes), ("stop_modes", session.stop_modes)):
+                for index, mode in enumerate(modes):
+                    if mode == "ui":
+                        raise _Rule(
+                            f"session.{name}[{index}]", "ui needs an Apollo terminal (psp-reference §5.21)"
+                        )
+            if session.routing is Routing.UI_SELECTION:
+                raise _Rule("session.routing", "ui_selection needs an Apollo terminal (psp-reference §5.21)")
+            strategy = self.authorization.strategy
+            if strategy is AuthorizationStrategy.INCREMENTAL:
+                raise _Rule(
+                    "authorization.strategy",
+                    "incremental needs Update Session, Apollo only (psp-reference §5.20)",
+                )
+            if strategy is AuthorizationStrategy.DRIVER_CAP:
+                raise _Rule(
+                    "authorization.strategy",
+                    "driver_cap needs the Apollo selection screen (psp-reference §5.21)",
+                )
+        if self.session.routing is Routing.UI_SELECTION and StartMode.UI not in self.session.start_modes:
+            raise _Rule("session.routing", "ui_selection needs ui among session.start_modes")
+        for index, connector in enumerate(self.connectors):
+            if (
+                connector.max_duration_s is not None
+                and connector.max_duration_s >= self.terminal.session_timeout_s
+            ):
+                raise _Rule(
+                    f"connectors[{index}].max_duration_s",
+                    f"must be below terminal.session_timeout_s ({self.terminal.session_timeout_s}) (TERM-2)",
+                )
+
+    # -- mappings onto the runtime objects ---------------------------------------------------------
+
+    def to_profile(self) -> Profile:
+        """:class:`drivers.psp.profile.Profile` for the terminal (family, quirks, keep-alive)."""
+        return self.terminal.to_profile()
+
+    def to_station_config(self) -> StationConfig:
+        """:class:`statemachines.config.StationConfig` for the connector machines."""
+        session = self.session
+        return StationConfig(
+            connectors=tuple(
+                ConnectorConfig(
+                    connector_id=c.id,
+                    idle_fee_enabled=session.idle_fee_enabled,
+                    max_energy_wh=c.max_energy_wh,
+                    max_duration_s=c.max_duration_s,
+                )
+                for c in self.connectors
+            ),
+            start_modes=frozenset(session.start_modes),
+            stop_modes=frozenset(session.stop_modes),
+            terminal=APOLLO_CAPABILITIES if self.terminal.family is Family.APOLLO else P6X_CAPABILITIES,
+            authorization=self.authorization.to_policy(),
+            offline_policy=session.free_vend_when_offline,
+            routing=session.routing,
+            plug_in_timeout_s=session.plug_in_timeout_s,
+            card_decision_s=session.card_decision_s,
+            final_meter_timeout_s=session.final_meter_wait_s,
+            meter_interval_s=session.meter_interval_s,
+            settlement_retry_s=tuple(session.settlement_retry_s),
+            undisposed_alarm_s=session.undisposed_alarm_after_s,
+        )
+
+    def to_tariff(self) -> Tariff:
+        """:class:`agent.tariff.Tariff` (raises ``TariffConfigError``; :func:`load_config` already
+        checked it)."""
+        return Tariff(self.tariff)
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------
+
+
+@final
+class Secret:
+    """A secret read from a file. ``repr``/``str`` never show it; :meth:`reveal` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """Passwords read from the files the config names (UP-4)."""
+
+    charger_password: Secret | None = None
+    upstream_password: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config with everything it references checked.
+
+    ``warnings`` are ``FILE:LINE: PATH: warning: …`` texts for questionable but working settings.
+    """
+
+    file: str
+    config: AgentConfig
+    tariff: Tariff
+    secrets: Secrets
+    warnings: tuple[str, ...] = ()
+
+    def to_profile(self) -> Profile:
+        return self.config.to_profile()
+
+    def to_station_config(self) -> StationConfig:
+        return self.config.to_station_config()
+
+
+def parse_config(doc: YamlDocument) -> AgentConfig:
+    """Validate loaded YAML into an :class:`AgentConfig` and check its tariff; no file access
+    beyond what produced ``doc``. Raises :class:`ConfigError` located at the offending key."""
+    if not isinstance(doc.data, dict):
+        got = "an empty file" if doc.data is None else f"a {_yaml_kind(doc.data)}"
+        raise doc.error((), f"expected a mapping of settings, got {got}")
+    try:
+        config = msgspec.convert(doc.data, AgentConfig)
+    except msgspec.ValidationError as exc:
+        raise _from_validation_error(doc, str(exc)) from None
+    try:
+        Tariff(config.tariff)  # the tariff's semantic checks (decimals, bands, timezone, …)
+    except TariffConfigError as exc:
+        raise doc.error(("tariff", *exc.path), exc.message) from None
+    return config
+
+
+def _yaml_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+def _parse_path(text: str) -> list[PathItem]:
+    """``connectors[1].max_current_a`` (with or without a leading ``$.``) → path items."""
+    items: list[PathItem] = []
+    for part in text.removeprefix("$").split("."):
+        if not part:
+            continue
+        name, _, rest = part.partition("[")
+        if name:
+            items.append(name)
+        if rest:
+            items.extend(int(index) for index in rest.rstrip("]").split("]["))
+    return items
+
+
+def _from_validation_error(doc: YamlDocument, text: str) -> ConfigError:
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        message, where = text, "$`"
+    path = _parse_path(where.removesuffix("`"))
+    if message.startswith("`") and "`: " in message:  # a _Rule from __post_init__
+        rel, _, reason = message[1:].partition("`: ")
+        return doc.error((*path, *_parse_path(rel)), reason)
+    if message.startswith("Object contains unknown field `"):
+        return doc.error((*path, message.split("`")[1]), "unknown key")
+    if message.startswith("Object missing required field `"):
+        return doc.error((*path, message.split("`")[1]), "missing required key")
+    if path[:1] == ["tariff"] and isinstance(doc.data, dict):
+        # the tariff module words its type errors for decimal prices better ("write it quoted")
+        try:
+            tariff_config_from_builtins(doc.data.get("tariff"))
+        except TariffConfigError as exc:
+            return doc.error(("tariff", *exc.path), exc.message)
+    return doc.error(path, message)
+
+
+def _check_readable(doc: YamlDocument, key: KeyPath, file: str, *, read: bool) -> str | None:
+    """Open ``file`` (read it when ``read``); raise ConfigError naming the key, never the content."""
+    try:
+        with open(file, "rb") as stream:
+            data = stream.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise doc.error(key, f"cannot read {file}: {exc.strerror or type(exc).__name__}") from None
+    if not data.strip():
+        raise doc.error(key, f"{file} is empty")
+    if len(data) > MAX_SECRET_BYTES:
+        raise doc.error(key, f"{file} is larger than {MAX_SECRET_BYTES} bytes")
+    if not read:
+        return None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise doc.error(key, f"{file} is not UTF-8 text") from None
+
+
+def _world_readable(file: str) -> bool:
+    try:
+        return bool(os.stat(file).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def load_config(path: Path | str, *, display: str | None = None) -> LoadedConfig:
+    """Load, validate and check the config file at ``path`` (CFG-1).
+
+    Checks that every referenced secret and TLS file is readable and reads the passwords.
+    ``display`` names the file in messages (default: ``path`` as given). Raises
+    :class:`ConfigError` (``FILE:LINE: PATH: REASON``); never returns a partial config.
+    """
+    doc = read_yaml_file(Path(path), display=display)
+    config = parse_config(doc)
+    warnings: list[str] = []
+
+    def warn(key: KeyPath, reason: str) -> None:
+        warnings.append(str(doc.error(key, f"warning: {reason}")))
+
+    def secret(key: KeyPath, file: str | None) -> Secret | None:
+        if file is None:
+            return None
+        value = _check_readable(doc, key, file, read=True)
+        if _world_readable(file):
+            warn(key, f"{file} is readable by everyone; chmod o-r")
+        return Secret(value or "")
+
+    def tls_files(key: KeyPath, tls: TlsConfig | None) -> None:
+        if tls is None:
+            return
+        for name in ("ca_file", "cert_file", "key_file"):
+            file: str | None = getattr(tls, name)
+            if file is not None:
+                _check_readable(doc, (*key, name), file, read=False)
+        if tls.key_file is not None and _world_readable(tls.key_file):
+            warn((*key, "key_file"), f"{tls.key_file} is readable by everyone; chmod o-r")
+
+    secrets = Secrets(
+        charger_password=secret(("charger", "password_file"), config.charger.password_file),
+        upstream_password=secret(("upstream", "password_file"), config.upstream.password_file),
+    )
+    tls_files(("charger", "tls"), config.charger.tls)
+    tls_files(("upstream", "tls"), config.upstream.tls)
+
+    terminal_url = urlsplit(config.terminal.url)
+    url_key: KeyPath = ("terminal", "url")
+    if terminal_url.scheme == "tls":
+        query = {k: v[-1] for k, v in parse_qs(terminal_url.query).items()}
+        for option in ("cafile", "certfile", "keyfile"):
+            if option in query:
+                if not query[option].startswith("/"):
+                    raise doc.error(url_key, f"{option} must be an absolute path")
+                _check_readable(doc, url_key, query[option], read=False)
+    if config.terminal.family is Family.P6X and terminal_url.scheme == "tcp":
+        warn(
+            url_key,
+            "P6X is serial-only per Payter (psp-reference §1.1); tcp:// works only through a "
+            "serial device server in front of its RS-232 port",
+        )
+    if not config.session.idle_fee_enabled and config.tariff.idle_fee_per_minute.strip("0.") != "":
+        warn(
+            ("tariff", "idle_fee_per_minute"),
+            "the idle fee is never charged while session.idle_fee_enabled is false (STOP-9)",
+        )
+    if config.upstream.tls is None and urlsplit(config.upstream.broker_url).scheme == "mqtt":
+        warn(("upstream", "broker_url"), "plain mqtt:// to the backend; use mqtts:// (UP-4)")
+    return LoadedConfig(
+        file=doc.file,
+        config=config,
+        tariff=Tariff(config.tariff),
+        secrets=secrets,
+        warnings=tuple(warnings),
+    )
