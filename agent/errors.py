@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+PathItem = str | int
+KeyPath = tuple[PathItem, ...]
+
+
+def format_path(path: Iterable[PathItem]) -> str:
+    """``("connectors", 1, "max_current_a")`` → ``"connectors[1].max_current_a"``; ``()`` → ``""``."""
+    text = ""
+    for item in path:
+        text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else item)
+    return text
+
 
 class AgentError(Exception):
     """Base class for agent errors."""

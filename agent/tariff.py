@@ -53,7 +53,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from agent.errors import AgentError
+from agent.errors import AgentError, PathItem, format_path
 from statemachines.authorization import (
     AuthorizationPolicy,
     AuthorizationStrategy,
@@ -148,17 +148,6 @@ class TariffConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     maximum_price: str | None = None
     timezone: str | None = None  # IANA name; required when there are bands
     bands: tuple[TariffBand, ...] = ()
-
-
-PathItem = str | int
-
-
-def format_path(path: Iterable[PathItem]) -> str:
-    """``("tariff", "bands", 1, "start")`` → ``"tariff.bands[1].start"``."""
-    text = ""
-    for item in path:
-        text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else item)
-    return text
 
 
 class TariffConfigError(AgentError, ValueError):

@@ -25,7 +25,8 @@ from typing import Final
 
 import yaml
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, KeyPath, PathItem
+from agent.errors import format_path as _format_path
 
 __all__ = [
     "MAX_BYTES",
@@ -38,8 +39,6 @@ __all__ = [
     "read_yaml_file",
 ]
 
-PathItem = str | int
-KeyPath = tuple[PathItem, ...]
 
 MAX_BYTES: Final = 1024 * 1024  # a config file is a few KiB; refuse anything absurd
 MAX_DEPTH: Final = 32  # the deepest config path is 4 levels; deeper input is a mistake or an attack
@@ -54,10 +53,7 @@ _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 def format_path(path: Iterable[PathItem]) -> str:
     """``("connectors", 1, "max_current_a")`` → ``"connectors[1].max_current_a"``; ``()`` → ``(document)``."""
-    text = ""
-    for item in path:
-        text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else item)
-    return text or ROOT_PATH_TEXT
+    return _format_path(path) or ROOT_PATH_TEXT
 
 
 @dataclass(frozen=True, slots=True)

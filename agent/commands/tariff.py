@@ -11,87 +11,34 @@ import argparse
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import yaml
 
-from agent.tariff import Tariff, TariffConfigError, format_path, tariff_config_from_builtins
+from agent.errors import ConfigError, KeyPath
+from agent.tariff import Tariff, TariffConfigError, tariff_config_from_builtins
+from agent.yamlload import read_yaml_file
 from statemachines.pricing import Usage, UsageKind
-
-PathItem = str | int
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that rejects duplicate mapping keys (DESIGN.md §5.1)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # unhashable key: let the base class report it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-KeyPath = tuple[PathItem, ...]
-
-
-def _key_lines(node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int]) -> None:
-    """Record the 1-based line of every key path (of the key itself for mapping entries)."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node))
-            lines[child] = key_node.start_mark.line + 1
-            _key_lines(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*path, index)] = item.start_mark.line + 1
-            _key_lines(item, (*path, index), lines)
 
 
 def load_tariff_file(path: Path) -> Tariff:
-    """Load and validate a tariff from a YAML file; raises ``CliError`` naming file, line and path."""
+    """Load and validate a tariff from a YAML file; raises ``CliError`` naming file, line and path.
+
+    Uses the agent's config loader (duplicate keys rejected, every key's line kept, DESIGN.md §5.1).
+    """
     from agent.cli import CliError  # agent.cli imports this module
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    loader = _UniqueKeyLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise CliError(f"{where}: invalid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise CliError(f"{path}: invalid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    lines: dict[KeyPath, int] = {}
-    _key_lines(node, (), lines)
-    prefix: KeyPath = ()
-    if isinstance(data, dict) and "tariff" in data:
-        prefix, data = ("tariff",), data["tariff"]
-    try:
-        return Tariff(tariff_config_from_builtins(data))
-    except TariffConfigError as exc:
-        full = (*prefix, *exc.path)
-        line = next((lines[full[:n]] for n in range(len(full), 0, -1) if full[:n] in lines), 1)
-        where = format_path(full) or "(document)"
-        raise CliError(f"{path}:{line}: {where}: {exc.message}") from None
+        doc = read_yaml_file(path)
+        prefix: KeyPath = ()
+        data = doc.data
+        if isinstance(data, dict) and "tariff" in data:
+            prefix, data = ("tariff",), data["tariff"]
+        try:
+            return Tariff(tariff_config_from_builtins(data))
+        except TariffConfigError as exc:
+            raise doc.error((*prefix, *exc.path), exc.message) from None
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _non_negative_int(text: str) -> int:

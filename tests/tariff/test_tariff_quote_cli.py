@@ -146,7 +146,7 @@ def test_describe(capsys: pytest.CaptureFixture[str]) -> None:
         (
             'tariff:\n  currency: EUR\n  prices_include_vat: true\n  vat_rate_percent: "21"\n'
             '  energy_per_kwh: "0.39"\n  energy_per_kwh: "0.40"\n',
-            "bad.yaml:6: invalid YAML: found duplicate key 'energy_per_kwh'",
+            "bad.yaml:6: tariff.energy_per_kwh: duplicate key (first at line 5)",
         ),
         (
             'currency: EUR\nprices_include_vat: true\nvat_rate_percent: "21"\ntimezone: UTC\nbands:\n'
