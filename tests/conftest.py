@@ -32,3 +32,23 @@ def _no_task_leaks(request: pytest.FixtureRequest) -> None:
     """Every coroutine test runs under ``task_leak_guard``."""
     if inspect.iscoroutinefunction(getattr(request, "function", None)):
         request.getfixturevalue("task_leak_guard")
+
+
+# --- a real Mosquitto broker (tests/mosquitto.py) -------------------------------------------------
+
+from collections.abc import Iterator  # noqa: E402
+
+from tests.mosquitto import Broker, find_mosquitto  # noqa: E402
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Broker]:
+    """A started Mosquitto on a free 127.0.0.1 port, stopped afterwards; skips when not installed."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (/usr/sbin/mosquitto or PATH); apt-get install mosquitto")
+    broker = Broker()
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()

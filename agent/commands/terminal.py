@@ -72,7 +72,8 @@ async def probe(
             async with asyncio.timeout(timeout_s):
                 transport = await opener(url)
     except (TransportError, TimeoutError) as exc:
-        raise ProbeFailed(f"cannot connect to terminal at {url}: {exc or 'timed out'}") from exc
+        reason = str(exc).removeprefix(f"{url}: ") or "timed out"
+        raise ProbeFailed(f"cannot connect to terminal at {url}: {reason}") from exc
     session = TerminalSession(url, profile)
     try:
         async with PspLink(transport, profile) as link:

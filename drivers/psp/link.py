@@ -1,0 +1,469 @@
+"""The asyncio PSP link: one outstanding request, spec timeouts, an event stream (DESIGN.md §3.2 item 3).
+
+PSP has no sequence numbers (psp-reference §4.4), so the link allows **one outstanding request**
+(an :class:`asyncio.Lock`) and interprets the next frame that is a valid reply to it (the table
+:data:`_REPLIES`, from §4.1) as its answer. The reply future is registered **before** the write
+(style.md, zigpy model) so a fast terminal cannot answer into the void.
+
+Unsolicited frames — Card Read, Prop Card Read, UI Event, Transaction Event, Session Cancelled or
+Declined when no Cancel/Auth is outstanding, and anything that is not a valid reply — go to the
+event stream (:meth:`PspLink.events`). Frames that do not decode are counted and logged, never
+raised out of the reader (style.md §2).
+
+Start Session and Read Card have no documented immediate reply (§5.9): the link treats them as
+accepted unless a Result Not OK arrives within ``timeouts.start_session_window_s``, then confirms
+with Get Status (WAIT_CARD expected; WAIT_AUTH if a card was already tapped). The Card Read that
+follows is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Self
+
+from drivers.errors import TransportError
+from drivers.psp.codec import Frame, FrameDecoder
+from drivers.psp.errors import LinkLost, PspNotOk, PspTimeout, UnexpectedState
+from drivers.psp.messages import (
+    AddTransactionContext,
+    ApolloIds,
+    AuthSession,
+    CancelSession,
+    CardRead,
+    CommitSession,
+    Control,
+    Disable,
+    Enable,
+    GetStatus,
+    GetStatusResponse,
+    ListSessions,
+    ListSessionsResponse,
+    MessageError,
+    P6xIds,
+    PropCardRead,
+    Protocol,
+    ProtocolEcho,
+    ProtocolOption,
+    PspState,
+    ReadCard,
+    Request,
+    RequestIds,
+    Reset,
+    Response,
+    Result,
+    SessionApproved,
+    SessionCancelled,
+    SessionDeclined,
+    SessionPartiallyApproved,
+    Setup,
+    StartSession,
+    Synchronize,
+    SynchronizeEcho,
+    TransactionEvent,
+    UiEvent,
+    UiRequest,
+    UnknownMessage,
+    UpdateSession,
+    UpdateSessionResult,
+    VoidSession,
+    WireFormat,
+    decode_response,
+)
+from drivers.psp.profile import Profile
+from drivers.transport import Transport
+
+_LOGGER = logging.getLogger(__name__)
+
+PspMessage = Response | UnknownMessage
+
+EVENT_QUEUE_SIZE = 256  # bounded (style.md §2): the oldest event is dropped and counted when full
+
+# psp-reference §4.2 / §4.4: these are events at any time, never replies
+_ALWAYS_EVENTS: tuple[type[Response], ...] = (CardRead, PropCardRead, UiEvent, TransactionEvent)
+
+# psp-reference §4.1 "Normal reply" column. Result Not OK is a valid reply to every request;
+# Result OK only to the requests listed in _RESULT_OK_REPLY.
+_REPLIES: dict[type[Request], tuple[type[Response], ...]] = {
+    Synchronize: (SynchronizeEcho,),  # §5.2
+    Protocol: (ProtocolEcho,),  # §5.3
+    GetStatus: (GetStatusResponse,),  # §5.6, header 0x00 or 0x26 (§4.3)
+    RequestIds: (ApolloIds, P6xIds),  # §5.7
+    ListSessions: (ListSessionsResponse,),  # §5.8
+    # §5.12: Approved / Partially Approved (Apollo) / Declined / Cancelled
+    AuthSession: (SessionApproved, SessionPartiallyApproved, SessionDeclined, SessionCancelled),
+    CancelSession: (SessionCancelled,),  # §5.13
+    UpdateSession: (UpdateSessionResult,),  # §5.20
+    StartSession: (),  # §5.9: no documented reply; only a Result Not OK rejects it
+    ReadCard: (),  # §5.10: as Start Session
+}
+_RESULT_OK_REPLY: tuple[type[Request], ...] = (
+    Disable,
+    Enable,
+    Setup,
+    VoidSession,
+    CommitSession,
+    UiRequest,
+    AddTransactionContext,
+    Control,
+    Reset,
+    CancelSession,  # lenient: Session Cancelled is documented, a Result OK is accepted too
+)
+_START_REQUESTS: tuple[type[Request], ...] = (StartSession, ReadCard)
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counters for diagnostics; bad input is counted, never raised."""
+
+    requests: int = 0
+    timeouts: int = 0
+    not_ok: int = 0
+    decode_errors: int = 0
+    unexpected: int = 0
+    events: int = 0
+    events_dropped: int = 0
+    partial_frames_discarded: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Request
+    future: asyncio.Future[PspMessage]
+
+
+def command_timeout(profile: Profile, request: Request) -> float:
+    """Host-side reply timeout for ``request`` (psp-reference §9.1, via ``profile.timeouts``)."""
+    t = profile.timeouts
+    if isinstance(request, AuthSession):
+        return t.auth_s  # §9.1: P6X 30 s, Apollo 3 min 30 s
+    if isinstance(request, CommitSession | VoidSession):
+        return t.commit_void_s  # §9.1: 60 s
+    if isinstance(request, _START_REQUESTS):
+        return t.start_session_window_s  # DESIGN.md §3.2: only a quick Not OK rejects a start
+    return t.other_s  # §9.1: P6X 10 s, Apollo 5 s
+
+
+def is_reply(request: Request, message: PspMessage) -> bool:
+    """Whether ``message`` can answer ``request`` (psp-reference §4.1, §4.4)."""
+    if type(message) in _ALWAYS_EVENTS:
+        return False
+    if isinstance(message, Result):
+        return not message.ok or isinstance(request, _RESULT_OK_REPLY)
+    expected = _REPLIES.get(type(request))
+    if expected is None:  # a request without a modelled reply (e.g. Prop Card Exchange): take any
+        return not isinstance(message, SessionCancelled | SessionDeclined)
+    return type(message) in expected
+
+
+class PspLink:
+    """One connected PSP byte link: request/response correlation and an event stream.
+
+    Use as ``async with PspLink(transport, profile) as link:``; leaving the block (or
+    :meth:`aclose`) cancels and awaits the reader task and closes the transport. A closed link
+    (peer closed, read failed, write failed) fails the outstanding request with
+    :class:`LinkLost` and ends the event stream; open a new link to reconnect.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        profile: Profile,
+        *,
+        wire: WireFormat | None = None,
+        on_event: Callable[[PspMessage | None], None] | None = None,
+    ) -> None:
+        """``on_event``: when given, unsolicited messages (and ``None`` once the link closes) are
+        passed to it instead of the internal queue of :meth:`events`; it must not block or raise."""
+        self._transport = transport
+        self._on_event = on_event
+        self.profile = profile
+        self._default_wire = wire if wire is not None else profile.wire()
+        self.wire = self._default_wire
+        quirks = profile.quirks
+        self._decoder = FrameDecoder(
+            preambles=quirks.accepted_preambles,
+            strict_magic=profile.magic_is_strict,
+            allow_extended=profile.extended_block,
+        )
+        self._lock = asyncio.Lock()
+        self._pending: _Pending | None = None
+        self._events: asyncio.Queue[PspMessage | None] = asyncio.Queue(EVENT_QUEUE_SIZE + 1)
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._close_reason = "link closed"
+        self.stats = LinkStats()
+        self.last_rx = time.monotonic()  # monotonic time of the last received frame
+        self.last_tx = time.monotonic()
+        self.last_reply = time.monotonic()  # monotonic time of the last valid reply
+        self.accepted_options: ProtocolOption | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        return self._transport.description
+
+    @property
+    def decoder(self) -> FrameDecoder:
+        return self._decoder
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    @property
+    def last_activity(self) -> float:
+        """Monotonic time of the last request sent or reply received (the terminal's idle clock, §1.3)."""
+        return max(self.last_tx, self.last_reply)
+
+    @property
+    def busy(self) -> bool:
+        """A request is outstanding (the terminal does not count this time as idle, §1.3)."""
+        return self._pending is not None
+
+    def start(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_loop(), name=f"psp-link-reader {self.description}"
+            )
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._mark_closed("closed by host")
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.wait([reader])
+        try:
+            await self._transport.close()
+        except (OSError, TransportError) as exc:
+            _LOGGER.debug("%s: close failed: %s", self.description, exc)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(self, request: Request, *, timeout_s: float | None = None) -> PspMessage:
+        """Send ``request`` and return its reply.
+
+        Raises :class:`PspTimeout` (no valid reply in time), :class:`PspNotOk` (Result Not OK) or
+        :class:`LinkLost`. Start Session / Read Card return the confirming Get Status Response
+        (see the module docstring); a Card Read later arrives as an event.
+        """
+        if isinstance(request, _START_REQUESTS):
+            return await self._start(request, timeout_s)
+        limit_s = command_timeout(self.profile, request) if timeout_s is None else timeout_s
+        reply = await self._exchange(request, limit_s)
+        if isinstance(reply, Result) and not reply.ok:
+            self.stats.not_ok += 1
+            raise PspNotOk(request, reply)
+        return reply
+
+    async def _start(self, request: Request, window_s: float | None) -> GetStatusResponse:
+        window = self.profile.timeouts.start_session_window_s if window_s is None else window_s
+        try:
+            reply = await self._exchange(request, window)
+        except PspTimeout:
+            reply = None  # §5.9: no documented immediate reply; silence means accepted
+        if isinstance(reply, Result) and not reply.ok:
+            self.stats.not_ok += 1
+            raise PspNotOk(request, reply)
+        status = await self.request(GetStatus())
+        if not isinstance(status, GetStatusResponse):  # pragma: no cover - the reply table forbids it
+            raise UnexpectedState(request.name, PspState.OFFLINE, (PspState.WAIT_CARD,))
+        if status.state not in (PspState.WAIT_CARD, PspState.WAIT_AUTH):
+            raise UnexpectedState(request.name, status.state, (PspState.WAIT_CARD, PspState.WAIT_AUTH))
+        return status
+
+    async def _exchange(self, request: Request, timeout_s: float) -> PspMessage:
+        async with self._lock:
+            if self.closed:
+                raise LinkLost(self.description, self._close_reason)
+            future: asyncio.Future[PspMessage] = asyncio.get_running_loop().create_future()
+            self._pending = _Pending(request, future)  # registered before the write
+            self.stats.requests += 1
+            try:
+                frame = request.to_frame(self.wire)
+                data = frame.to_bytes()
+                if _LOGGER.isEnabledFor(logging.DEBUG):
+                    _LOGGER.debug("%s → %s %s", self.description, request.name, data.hex(" "))
+                try:
+                    await self._transport.write(data)
+                except TransportError as exc:
+                    self._mark_closed(f"write failed: {exc}")
+                    raise LinkLost(self.description, self._close_reason) from exc
+                self.last_tx = time.monotonic()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        reply = await future
+                except TimeoutError:
+                    self.stats.timeouts += 1
+                    raise PspTimeout(request, timeout_s) from None
+            finally:
+                self._pending = None
+                if not future.done():
+                    future.cancel()
+            self.last_reply = time.monotonic()
+            self._after_reply(request, reply)
+            return reply
+
+    def _after_reply(self, request: Request, reply: PspMessage) -> None:
+        if isinstance(reply, ProtocolEcho):
+            self.accepted_options = reply.options
+            if ProtocolOption.EXTENDED_BLOCK in reply.options:
+                # §2.2: the echo itself is in the default format; the next frames are extended
+                self.wire = replace(self.wire, extended=True)
+                self._decoder.allow_extended = True
+        elif isinstance(request, Reset | Synchronize) and not (isinstance(reply, Result) and not reply.ok):
+            # §2.2 [I]: Reset and Synchronize return to the default block format
+            self.wire = replace(self.wire, extended=False)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def next_event(self) -> PspMessage | None:
+        """The next unsolicited message, or ``None`` once the link is closed."""
+        if self.closed and self._events.empty():
+            return None
+        item = await self._events.get()
+        if item is None:
+            self._events.put_nowait(None)  # keep the end marker for other readers
+        return item
+
+    def events(self) -> _EventIterator:
+        """``async for message in link.events()``: unsolicited messages until the link closes."""
+        return _EventIterator(self)
+
+    def _emit(self, message: PspMessage | None) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(message)
+            except Exception:  # a consumer bug must not kill the reader
+                _LOGGER.exception("%s: event callback failed", self.description)
+            return
+        if self._events.full():
+            try:
+                dropped = self._events.get_nowait()
+            except asyncio.QueueEmpty:  # pragma: no cover
+                dropped = None
+            self.stats.events_dropped += 1
+            _LOGGER.warning("%s: event queue full, dropped %s", self.description, _name(dropped))
+        self._events.put_nowait(message)
+
+    # -- reader --------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        inter_byte_s = self.profile.timeouts.inter_byte_s
+        try:
+            while True:
+                if self._decoder.buffered:
+                    try:
+                        async with asyncio.timeout(inter_byte_s):
+                            data = await self._transport.read()
+                    except TimeoutError:
+                        # §2.5 step 4: silence mid-frame; abandon the partial frame
+                        self.stats.partial_frames_discarded += 1
+                        frames: list[Frame] = []
+                        while self._decoder.buffered:
+                            frames.extend(self._decoder.discard_partial())
+                        _LOGGER.debug(
+                            "%s: partial frame discarded after %.3f s", self.description, inter_byte_s
+                        )
+                        self._handle_frames(frames)
+                        continue
+                else:
+                    data = await self._transport.read()
+                if not data:
+                    self._mark_closed("closed by peer")
+                    return
+                self._handle_frames(self._decoder.feed(data))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave a request hanging
+            _LOGGER.exception("%s: reader failed", self.description)
+            self._mark_closed(f"reader failed: {exc!r}")
+
+    def _handle_frames(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self.last_rx = time.monotonic()
+            pending = self._pending
+            try:
+                wire = (
+                    self.wire
+                    if frame.extended == self.wire.extended
+                    else replace(self.wire, extended=frame.extended)
+                )
+                message = decode_response(frame, wire, expecting=pending.request if pending else None)
+            except MessageError as exc:
+                self.stats.decode_errors += 1
+                _LOGGER.warning("%s: undecodable frame 0x%02X: %s", self.description, frame.header, exc)
+                if _LOGGER.isEnabledFor(logging.DEBUG):
+                    _LOGGER.debug("%s: frame %s", self.description, frame.to_bytes().hex(" "))
+                continue
+            if _LOGGER.isEnabledFor(logging.DEBUG):
+                _LOGGER.debug("%s ← %s %s", self.description, _name(message), frame.to_bytes().hex(" "))
+            if pending is not None and not pending.future.done() and is_reply(pending.request, message):
+                pending.future.set_result(message)
+                continue
+            if type(message) not in _ALWAYS_EVENTS and not isinstance(
+                message, SessionCancelled | SessionDeclined
+            ):
+                self.stats.unexpected += 1
+                _LOGGER.info(
+                    "%s: unexpected %s (outstanding: %s)",
+                    self.description,
+                    _name(message),
+                    _name(pending and pending.request),
+                )
+            self.stats.events += 1
+            self._emit(message)
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._close_reason = reason
+        self._closed.set()
+        _LOGGER.info("%s: link closed: %s", self.description, reason)
+        pending = self._pending
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(LinkLost(self.description, reason))
+        self._emit(None)
+
+
+class _EventIterator:
+    def __init__(self, link: PspLink) -> None:
+        self._link = link
+
+    def __aiter__(self) -> _EventIterator:
+        return self
+
+    async def __anext__(self) -> PspMessage:
+        item = await self._link.next_event()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+def _name(message: object) -> str:
+    if message is None:
+        return "nothing"
+    if isinstance(message, UnknownMessage):
+        return f"UnknownMessage(0x{message.raw_header:02X})"
+    return type(message).__name__

@@ -1,0 +1,241 @@
+"""PspLink against a scripted peer over memory_pair() (DESIGN.md §3.2 item 3, psp-reference §4.4)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from drivers.psp import messages as m
+from drivers.psp.codec import FrameDecoder
+from drivers.psp.errors import LinkLost, PspNotOk, PspTimeout, UnexpectedState
+from drivers.psp.link import PspLink, command_timeout
+from drivers.psp.profile import APOLLO, P6X, Quirks
+from drivers.transport import MemoryTransport, memory_pair
+
+FAST = APOLLO.with_timeouts(other_s=0.3, start_session_window_s=0.05, inter_byte_s=0.05, auth_s=0.4)
+WIRE = m.WireFormat()
+
+
+class Peer:
+    """The terminal end: decode what the host sent, reply with raw bytes."""
+
+    def __init__(self, end: MemoryTransport) -> None:
+        self.end = end
+        self.decoder = FrameDecoder(preambles=frozenset({0xCC}))
+        self._buffered: list[m.Request | m.UnknownMessage] = []
+
+    async def receive(self) -> m.Request | m.UnknownMessage:
+        while not self._buffered:
+            data = await self.end.read()
+            assert data, "host closed"
+            self._buffered.extend(m.decode_request(f, WIRE) for f in self.decoder.feed(data))
+        return self._buffered.pop(0)
+
+    async def send(self, *messages: m.Response) -> None:
+        await self.end.write(b"".join(msg.to_bytes(WIRE) for msg in messages))
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[PspLink, Peer]]:
+    host, term = memory_pair("link-test")
+    async with PspLink(host, FAST) as link:
+        yield link, Peer(term)
+
+
+async def test_reply_is_correlated_and_events_pass_through(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.GetStatus()))
+    assert isinstance(await peer.receive(), m.GetStatus)
+    # events arriving before the reply are not taken as the reply (§4.4)
+    await peer.send(m.TransactionEvent(1), m.UiEvent("ok"), m.GetStatusResponse(m.PspState.ENABLED, False))
+    status = await call
+    assert status == m.GetStatusResponse(m.PspState.ENABLED, False)
+    assert await link.next_event() == m.TransactionEvent(1)
+    assert await link.next_event() == m.UiEvent("ok")
+
+
+async def test_status_under_header_0x26_is_accepted() -> None:
+    host, term = memory_pair("link-0x26")
+    async with PspLink(host, FAST) as link:
+        peer = Peer(term)
+        call = asyncio.create_task(link.request(m.GetStatus()))
+        await peer.receive()
+        await peer.end.write(
+            m.GetStatusResponse(m.PspState.WAIT_CARD, True).to_bytes(
+                m.WireFormat(status_response_header=0x26)
+            )
+        )
+        assert await call == m.GetStatusResponse(m.PspState.WAIT_CARD, True)
+
+
+async def test_not_ok_raises_with_reason(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.Enable()))
+    await peer.receive()
+    await peer.send(m.Result(False, m.ResultCode.INCORRECT_PSP_STATE))
+    with pytest.raises(PspNotOk) as info:
+        await call
+    assert info.value.reason is m.ResultCode.INCORRECT_PSP_STATE
+    assert "0x05" in str(info.value)
+
+
+async def test_timeout_and_late_reply_becomes_an_event(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    with pytest.raises(PspTimeout) as info:
+        await link.request(m.Enable(), timeout_s=0.05)
+    assert info.value.timeout_s == 0.05
+    await peer.send(m.Result(True))
+    assert await link.next_event() == m.Result(True)
+    assert link.stats.timeouts == 1
+    assert link.stats.unexpected == 1
+
+
+async def test_result_ok_is_not_a_reply_to_synchronize(pair: tuple[PspLink, Peer]) -> None:
+    """A stray Result OK must not complete a Synchronize (only its echo or a Not OK can)."""
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.Synchronize()))
+    await peer.receive()
+    await peer.send(m.Result(True), m.SynchronizeEcho())
+    assert await call == m.SynchronizeEcho()
+    assert await link.next_event() == m.Result(True)
+
+
+async def test_session_cancelled_is_reply_to_cancel_and_event_otherwise(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    await peer.send(m.SessionCancelled())  # e.g. card-detect timeout: unsolicited
+    assert await link.next_event() == m.SessionCancelled()
+    call = asyncio.create_task(link.request(m.CancelSession()))
+    await peer.receive()
+    await peer.send(m.SessionCancelled())
+    assert await call == m.SessionCancelled()
+
+
+async def test_start_session_silence_is_accepted_then_confirmed(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.StartSession(2500, 10)))
+    assert await peer.receive() == m.StartSession(2500, 10)
+    assert isinstance(await peer.receive(), m.GetStatus)  # after the window: confirm (DESIGN.md §3.2)
+    await peer.send(m.GetStatusResponse(m.PspState.WAIT_CARD, True))
+    assert await call == m.GetStatusResponse(m.PspState.WAIT_CARD, True)
+
+
+async def test_start_session_not_ok_in_window_rejects(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.StartSession(2500, 10)))
+    await peer.receive()
+    await peer.send(m.Result(False, m.ResultCode.INCORRECT_PSP_STATE))
+    with pytest.raises(PspNotOk):
+        await call
+
+
+async def test_start_session_wrong_state_after_confirm(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.StartSession(2500, 10)))
+    await peer.receive()
+    await peer.receive()
+    await peer.send(m.GetStatusResponse(m.PspState.DISABLED, False))
+    with pytest.raises(UnexpectedState, match="DISABLED"):
+        await call
+
+
+async def test_card_read_during_start_window_is_an_event(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.StartSession(100, 1)))
+    await peer.receive()
+    card = m.CardRead(m.Dol(((m.Tag.MASKED_PAN, b"476173****0119"),)))
+    await peer.send(card)
+    await peer.receive()
+    await peer.send(m.GetStatusResponse(m.PspState.WAIT_AUTH, False))
+    assert (await call).state is m.PspState.WAIT_AUTH
+    assert await link.next_event() == card
+
+
+@pytest.mark.req("ERR-7")
+async def test_split_garbage_and_corrupt_frames_resynchronise(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.GetStatus()))
+    await peer.receive()
+    bad = bytearray(m.Result(True).to_bytes(WIRE))
+    bad[-1] ^= 0xFF
+    peer.end.faults.chunk = 1  # byte by byte
+    await peer.end.write(
+        b"\x00\x13\xaa" + bytes(bad) + m.GetStatusResponse(m.PspState.ENABLED).to_bytes(WIRE)
+    )
+    assert (await call).state is m.PspState.ENABLED
+    assert link.decoder.stats.checksum_errors >= 1
+
+
+@pytest.mark.req("ERR-7")
+async def test_stale_partial_frame_is_discarded_after_inter_byte_timeout(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.GetStatus()))
+    await peer.receive()
+    await peer.end.write(bytes([0xAA, 0x40, 0x3C, 0x00]))  # a frame that never completes
+    await asyncio.sleep(FAST.timeouts.inter_byte_s * 3)
+    await peer.send(m.GetStatusResponse(m.PspState.ENABLED))
+    assert (await call).state is m.PspState.ENABLED
+    assert link.stats.partial_frames_discarded >= 1
+
+
+@pytest.mark.req("ERR-7")
+async def test_undecodable_frame_is_counted_not_raised(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.Enable()))
+    await peer.receive()
+    await peer.end.write(m.UnknownMessage(raw_header=0x00, raw_payload=b"\x07").to_bytes(WIRE))
+    await peer.send(m.Result(True))
+    assert await call == m.Result(True)
+    assert link.stats.decode_errors == 1
+
+
+async def test_link_loss_fails_outstanding_request_and_ends_events(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.AuthSession()))
+    await peer.receive()
+    await peer.end.close()
+    with pytest.raises(LinkLost):
+        await call
+    assert [e async for e in link.events()] == []
+    with pytest.raises(LinkLost):
+        await link.request(m.GetStatus())
+
+
+async def test_extended_format_after_protocol_echo(pair: tuple[PspLink, Peer]) -> None:
+    link, peer = pair
+    call = asyncio.create_task(link.request(m.Protocol(3, m.ProtocolOption.EXTENDED_BLOCK)))
+    await peer.receive()
+    await peer.send(m.ProtocolEcho(3, m.ProtocolOption.EXTENDED_BLOCK))  # default format (§2.2)
+    await call
+    assert link.wire.extended
+    call = asyncio.create_task(link.request(m.GetStatus()))
+    data = await peer.end.read()
+    assert data == bytes.fromhex("CC 00 00 00 02 3C 26 30")  # §16: extended Get Status
+    await peer.end.write(m.GetStatusResponse(m.PspState.ONLINE).to_bytes(m.WireFormat(extended=True)))
+    assert (await call).state is m.PspState.ONLINE
+
+
+def test_command_timeouts_follow_the_spec_table() -> None:
+    """psp-reference §9.1: Auth 30 s / 210 s, Commit/Void 60 s, others 10 s / 5 s."""
+    assert command_timeout(P6X, m.AuthSession()) == 30.0
+    assert command_timeout(APOLLO, m.AuthSession()) == 210.0
+    assert command_timeout(APOLLO, m.CommitSession(1, 1)) == 60.0
+    assert command_timeout(P6X, m.VoidSession(1)) == 60.0
+    assert command_timeout(P6X, m.GetStatus()) == 10.0
+    assert command_timeout(APOLLO, m.Enable()) == 5.0
+    assert command_timeout(APOLLO, m.StartSession()) == APOLLO.timeouts.start_session_window_s
+
+
+async def test_any_preamble_quirk_for_p6x() -> None:
+    """§2.1: a P6X may write a configurable address byte as preamble."""
+    profile = P6X.with_quirks(Quirks(accepted_preambles=None)).with_timeouts(other_s=0.3)
+    host, term = memory_pair("link-p6x")
+    async with PspLink(host, profile) as link:
+        peer = Peer(term)
+        call = asyncio.create_task(link.request(m.Enable()))
+        await peer.receive()
+        from drivers.psp.codec import Frame
+
+        await term.write(Frame(0x00, b"\x00", preamble=0x07, magic=0x3D).to_bytes())
+        assert await call == m.Result(True)
