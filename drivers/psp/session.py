@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from drivers.errors import DriverError, NotSupported, TransportError
 from drivers.psp.errors import LinkLost, PspError, PspNotOk, PspTimeout, SessionNotFound, TerminalNotReady
@@ -68,7 +69,7 @@ from drivers.psp.messages import (
     describe,
 )
 from drivers.psp.profile import Profile
-from drivers.transport import Transport, open_transport
+from drivers.transport import DEFAULT_BAUDRATE, Transport, open_transport
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +79,28 @@ EVENT_QUEUE_SIZE = 256
 MAX_LIST_OFFSET = 0xFF  # §5.8: the List Sessions offset is one byte
 # §3.1: states in which the terminal is set up and enabled (a card read may be running)
 OPERATIONAL_STATES = (PspState.ENABLED, PspState.WAIT_CARD, PspState.WAIT_AUTH)
+# psp-reference §1.2: the baud rate is configurable on the terminal; after this many unanswered
+# Synchronize polls on a serial link, the next rate of ``Quirks.baud_rates`` is tried.
+SYNC_POLLS_PER_BAUD_RATE = 3
+
+
+class NoSyncAtBaudRate(LinkLost):
+    """No Synchronize echo at this serial baud rate: reconnect at the next one (§1.2)."""
+
+
+def serial_url_candidates(url: str, baud_rates: tuple[int, ...]) -> tuple[str, ...]:
+    """The URLs to try in turn: a ``serial://`` URL at its own baud rate first, then at each other
+    rate of ``baud_rates`` (psp-reference §1.2: try 57600 first, then 115200); other URLs as given."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "serial":
+        return (url,)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    first = int(query.get("baudrate", baud_rates[0] if baud_rates else DEFAULT_BAUDRATE))
+    rates = [first, *(rate for rate in baud_rates if rate != first)]
+    # built by hand: urlunsplit drops the "//" of "serial:///dev/…" when the netloc is empty
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return tuple(f"{base}?{urlencode({**query, 'baudrate': rate})}" for rate in rates)
+
 
 T = TypeVar("T")
 
@@ -177,6 +200,8 @@ class TerminalSession:
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
+        self._candidates = serial_url_candidates(url, profile.quirks.baud_rates)
+        self.active_url = self._candidates[0]  # the URL of the current (or last) connection attempt
         self.profile = profile
         self.session_timeout_s = session_timeout_s
         self.ready_timeout_s = ready_timeout_s
@@ -281,7 +306,7 @@ class TerminalSession:
             self.setup_step = "connect"
             setups_before = self.state.value.setups
             try:
-                transport = await self._opener(self.url)
+                transport = await self._opener(self.active_url)
             except TransportError as exc:
                 _LOGGER.warning("%s: connect failed: %s", self.url, exc)
                 self._update(link=LinkStatus.DOWN, last_error=str(exc))
@@ -291,6 +316,11 @@ class TerminalSession:
                     async with link:
                         self._link = link
                         await self._maintain(link)
+                except NoSyncAtBaudRate as exc:
+                    self.active_url = self._next_candidate()
+                    _LOGGER.warning("%s; trying %s", exc, self.active_url)
+                    self._update(link=LinkStatus.DOWN, last_error=str(exc))
+                    continue  # a different baud rate is not a failure to back off from
                 except DriverError as exc:
                     _LOGGER.warning("%s: link dropped: %s", self.url, exc)
                     self._update(link=LinkStatus.DOWN, last_error=str(exc))
@@ -303,6 +333,10 @@ class TerminalSession:
             _LOGGER.debug("%s: reconnecting in %.2f s", self.url, pause)
             await asyncio.sleep(pause)
             delay = min(delay * 2, t.reconnect_max_s)
+
+    def _next_candidate(self) -> str:
+        index = self._candidates.index(self.active_url)
+        return self._candidates[(index + 1) % len(self._candidates)]
 
     async def _maintain(self, link: PspLink) -> None:
         """Set up, then keep alive and recover until the link is lost (raises DriverError)."""
@@ -401,12 +435,18 @@ class TerminalSession:
     async def _synchronize(self, link: PspLink) -> None:
         """§5.2: poll Synchronize until echoed; Not OK/0x11 Not Ready during boot (§10.8)."""
         retry_s = self.profile.timeouts.sync_retry_s
+        unanswered = 0
         while True:
             try:
                 await link.request(Synchronize())
                 return
             except PspTimeout:
+                unanswered += 1
                 _LOGGER.debug("%s: Synchronize not answered; again", self.url)
+                if len(self._candidates) > 1 and unanswered >= SYNC_POLLS_PER_BAUD_RATE:
+                    raise NoSyncAtBaudRate(
+                        link.description, f"no Synchronize echo after {unanswered} polls"
+                    ) from None
             except PspNotOk as exc:
                 _LOGGER.info("%s: %s; polling again", self.url, exc)
             self._wake.clear()
