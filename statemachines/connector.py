@@ -1,0 +1,930 @@
+"""The connector machine (DESIGN.md §4.1): one per connector, pure, driven by typed events.
+
+``ConnectorMachine.handle(event)`` returns the effects of that event, in execution order. The
+``transitions`` machine is a rulebook used synchronously (``queued=True``, no auto transitions):
+conditions are pure predicates over the machine's facts, callbacks only append effects and update
+the session/payment records. Time and meter values come in events; nothing reads a clock.
+
+A *session* runs from plug-in (or authorization first) to the end of energy delivery; a *payment*
+from authorization to a confirmed Commit/Void (STOP-7). Both live in this machine because the
+session is priced and capped by its payment (AMT-2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from transitions import Machine
+
+from statemachines.authorization import (
+    capture_amount_minor,
+    increment_total_minor,
+    must_stop_for_cap,
+    partial_cap_minor,
+)
+from statemachines.config import ConnectorConfig, OfflinePolicy, StartMode, StationConfig, StopMode
+from statemachines.effects import (
+    Alarm,
+    Authorize,
+    CancelTimer,
+    Commit,
+    DisableEnergy,
+    Effect,
+    EnableEnergy,
+    JournalRecord,
+    RequestBackendAuthorization,
+    ShowMessage,
+    StartTimer,
+    UpdateAuthorization,
+    UpstreamEvent,
+    Void,
+)
+from statemachines.events import (
+    AuthorizationOutcome,
+    AuthorizationResult,
+    BackendAuthorizationResult,
+    BackendAuthorizationStatus,
+    CardAssigned,
+    CardKind,
+    CardToken,
+    ChargerBack,
+    ChargerLost,
+    ChargerState,
+    ChargerStatus,
+    CommitResult,
+    Disposal,
+    MeterReading,
+    PaymentMethod,
+    PaymentRestored,
+    Plugged,
+    RemoteStart,
+    SetAvailability,
+    SettlementOutcome,
+    StopRequest,
+    StopSource,
+    TerminalLinkDown,
+    TerminalLinkUp,
+    TimerFired,
+    TimerKind,
+    Unplugged,
+    UpdateAuthorizationResult,
+    UpdateOutcome,
+    VoidResult,
+)
+from statemachines.pricing import Pricer, Usage, UsageKind, seconds_until_cost_reaches
+
+STATES: tuple[str, ...] = (
+    "unavailable",  # disabled, faulted or charger lost
+    "available",  # free, no vehicle
+    "awaiting_card",  # plugged, no authorization; the terminal reads for this connector
+    "authorizing",  # card handed to the terminal (Auth Session) or the backend (RFID)
+    "awaiting_plug",  # authorized first; plug-in timeout → void
+    "charging",  # energy enabled
+    "suspended_ev",  # energy enabled, the EV paused
+    "suspended_evse",  # energy enabled, the charger paused
+    "stopping",  # energy off requested, waiting for the final meter value
+    "idle_fee",  # charging over, vehicle still plugged, idle fee running, commit deferred to unplug
+    "settling",  # Commit or Void in flight, retried until confirmed
+    "finishing",  # session over, vehicle still plugged; waits for unplug
+)
+ENERGY_STATES: frozenset[str] = frozenset({"charging", "suspended_ev", "suspended_evse"})
+FREE_STATES = ["available", "awaiting_card"]
+_ENERGY = sorted(ENERGY_STATES)
+
+# Each trigger's transitions are tried in order; the first whose conditions hold is taken.
+TRANSITIONS: list[dict[str, Any]] = [
+    # vehicle
+    {"trigger": "plug", "source": "available", "dest": "awaiting_card"},
+    {
+        "trigger": "plug",
+        "source": "awaiting_plug",
+        "dest": "charging",
+        "conditions": "_operative",
+        "after": "_energize",
+    },
+    {"trigger": "unplug", "source": ["awaiting_card", "finishing"], "dest": "available"},
+    {"trigger": "unplug", "source": _ENERGY, "dest": "stopping", "after": "_begin_stop"},
+    {"trigger": "unplug", "source": "idle_fee", "dest": "settling", "after": "_settle"},
+    # authorization
+    {
+        "trigger": "assign_card",
+        "source": FREE_STATES,
+        "dest": "authorizing",
+        "after": "_request_authorization",
+    },
+    {
+        "trigger": "approve",
+        "source": "authorizing",
+        "dest": "settling",
+        "conditions": "_has_terminal_payment",
+        "unless": "_operative",
+        "after": "_settle",
+    },
+    {
+        "trigger": "approve",
+        "source": "authorizing",
+        "dest": "unavailable",
+        "unless": "_operative",
+        "after": "_end_unpaid",
+    },
+    {
+        "trigger": "approve",
+        "source": "authorizing",
+        "dest": "charging",
+        "conditions": "_plugged",
+        "after": "_energize",
+    },
+    {"trigger": "approve", "source": "authorizing", "dest": "awaiting_plug", "after": "_await_plug"},
+    {"trigger": "reject", "source": "authorizing", "dest": "unavailable", "unless": "_operative"},
+    {"trigger": "reject", "source": "authorizing", "dest": "awaiting_card", "conditions": "_plugged"},
+    {"trigger": "reject", "source": "authorizing", "dest": "available"},
+    {
+        "trigger": "start_unpaid",
+        "source": FREE_STATES,
+        "dest": "charging",
+        "conditions": ["_plugged", "_operative"],
+        "after": "_energize",
+    },
+    {
+        "trigger": "start_unpaid",
+        "source": "available",
+        "dest": "awaiting_plug",
+        "conditions": "_operative",
+        "after": "_await_plug",
+    },
+    # energy flow as the charger reports it
+    {"trigger": "ev_suspended", "source": ["charging", "suspended_evse"], "dest": "suspended_ev"},
+    {"trigger": "evse_suspended", "source": ["charging", "suspended_ev"], "dest": "suspended_evse"},
+    {"trigger": "ev_charging", "source": ["suspended_ev", "suspended_evse"], "dest": "charging"},
+    # stop
+    {"trigger": "stop", "source": _ENERGY, "dest": "stopping", "after": "_begin_stop"},
+    {
+        "trigger": "stop",
+        "source": "awaiting_plug",
+        "dest": "settling",
+        "conditions": "_has_terminal_payment",
+        "after": "_settle",
+    },
+    {"trigger": "stop", "source": "awaiting_plug", "dest": "available", "after": "_end_unpaid"},
+    {
+        "trigger": "conclude",
+        "source": ["stopping", "idle_fee"],
+        "dest": "settling",
+        "conditions": "_has_terminal_payment",
+        "unless": "_idle_fee_applies",
+        "after": "_settle",
+    },
+    {
+        "trigger": "conclude",
+        "source": "stopping",
+        "dest": "idle_fee",
+        "conditions": "_idle_fee_applies",
+        "after": "_enter_idle_fee",
+    },
+    {
+        "trigger": "conclude",
+        "source": "stopping",
+        "dest": "unavailable",
+        "unless": "_operative",
+        "after": "_end_unpaid",
+    },
+    {
+        "trigger": "conclude",
+        "source": "stopping",
+        "dest": "finishing",
+        "conditions": "_plugged",
+        "after": "_end_unpaid",
+    },
+    {"trigger": "conclude", "source": "stopping", "dest": "available", "after": "_end_unpaid"},
+    {"trigger": "settled", "source": "settling", "dest": "unavailable", "unless": "_operative"},
+    {"trigger": "settled", "source": "settling", "dest": "finishing", "conditions": "_plugged"},
+    {"trigger": "settled", "source": "settling", "dest": "available"},
+    # availability (fault, charger lost, operator)
+    {
+        "trigger": "go_unavailable",
+        "source": ["available", "awaiting_card", "finishing"],
+        "dest": "unavailable",
+    },
+    {
+        "trigger": "recover",
+        "source": "unavailable",
+        "dest": "awaiting_card",
+        "conditions": ["_operative", "_plugged"],
+    },
+    {"trigger": "recover", "source": "unavailable", "dest": "available", "conditions": "_operative"},
+    # restart recovery (ERR-5)
+    {
+        "trigger": "restore",
+        "source": ["unavailable", *FREE_STATES],
+        "dest": "settling",
+        "conditions": "_restored_disposal",
+        "after": "_resume_disposal",
+    },
+    {
+        "trigger": "restore",
+        "source": ["unavailable", *FREE_STATES],
+        "dest": "charging",
+        "conditions": ["_plugged", "_operative"],
+        "after": "_energize",
+    },
+    {
+        "trigger": "restore",
+        "source": ["unavailable", *FREE_STATES],
+        "dest": "settling",
+        "conditions": "_has_terminal_payment",
+        "after": "_settle",
+    },
+    {
+        "trigger": "restore",
+        "source": ["unavailable", *FREE_STATES],
+        "dest": "available",
+        "after": "_end_unpaid",
+    },
+]
+
+
+@dataclass(slots=True)
+class Payment:
+    """A payment from authorization to settlement. ``authorized_minor`` None = no limit."""
+
+    method: PaymentMethod
+    session_id: str | None = None  # terminal session id (EMV only)
+    card: CardToken | None = None
+    requested_minor: int = 0
+    authorized_minor: int | None = None
+    increment_pending: bool = False
+    increments_exhausted: bool = False
+    disposal: Disposal | None = None
+    final_minor: int = 0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class Session:
+    ref: str
+    usage: Usage = field(default_factory=Usage)
+    last_at: datetime | None = None
+    last_meter_wh: int | None = None
+    power_w: float = 0.0
+    stop_reason: StopSource | None = None
+    energy_on: bool = False
+
+
+class ConnectorMachine:
+    """One connector. Pre: events of one connector are handled one at a time, in arrival order."""
+
+    state: str  # maintained by ``transitions``
+
+    def __init__(self, connector: ConnectorConfig, station: StationConfig, pricer: Pricer) -> None:
+        self.connector_id = connector.connector_id
+        self._cfg = connector
+        self._station = station
+        self._policy = station.authorization
+        self._pricer = pricer
+        # facts
+        self.plugged = False
+        self.plugged_at: datetime | None = None
+        self.charger_online = True
+        self.faulted = False
+        self.enabled = True
+        self.terminal_online = True
+        self.meter_wh: int | None = None
+        # records
+        self.session: Session | None = None
+        self.payment: Payment | None = None
+        self._pending_card: CardToken | None = None
+        self._pending_amount_minor = 0
+        self._restored: PaymentRestored | None = None
+        self._plug_timer_running = False
+        self._at: datetime | None = None
+        self._out: list[Effect] = []
+        self._machine = Machine(
+            model=self,
+            states=list(STATES),
+            transitions=TRANSITIONS,
+            initial="available",
+            auto_transitions=False,
+            queued=True,
+            ignore_invalid_triggers=True,
+        )
+
+    # --- public view ---------------------------------------------------------------------------
+
+    @property
+    def energy_on(self) -> bool:
+        return self.session is not None and self.session.energy_on
+
+    @property
+    def running_cost_minor(self) -> int:
+        return self._pricer.cost_minor(self.session.usage) if self.session else 0
+
+    @property
+    def authorized_minor(self) -> int | None:
+        return self.payment.authorized_minor if self.payment else None
+
+    @property
+    def card(self) -> CardToken | None:
+        """The card owning this connector's session (or being authorized for it)."""
+        if self.state == "authorizing":
+            return self._pending_card
+        if self.payment is not None and self.state not in ("finishing", "available", "unavailable"):
+            return self.payment.card
+        return None
+
+    @property
+    def operative(self) -> bool:
+        return self.charger_online and not self.faulted and self.enabled
+
+    @property
+    def session_active(self) -> bool:
+        return self.state in ENERGY_STATES or self.state in ("awaiting_plug", "stopping", "idle_fee")
+
+    # --- event entry -----------------------------------------------------------------------------
+
+    def handle(self, event: Any) -> list[Effect]:
+        self._out = []
+        self._at = getattr(event, "at", None)
+        self._dispatch(event)
+        out, self._out = self._out, []
+        return out
+
+    def _fire(self, trigger: str) -> bool:
+        return self._machine.events[trigger].trigger(self)
+
+    def _dispatch(self, event: Any) -> None:
+        match event:
+            case Plugged(at=at):
+                self.plugged, self.plugged_at = True, at
+                self._fire("plug")
+                self._maybe_offline_start()
+            case Unplugged():
+                self.plugged, self.plugged_at = False, None
+                if self.state == "idle_fee":
+                    self._accumulate(event.at, None, UsageKind.IDLE)
+                self._stop_reason(StopSource.UNPLUG)
+                self._fire("unplug")
+            case ChargerStatus():
+                self._on_charger_status(event)
+            case MeterReading():
+                self._on_meter(event)
+            case ChargerLost():
+                self._on_charger_lost()
+            case ChargerBack():
+                self.charger_online = True
+                self._fire("recover")
+            case SetAvailability(available=available):
+                self.enabled = available
+                self._fire("recover" if available else "go_unavailable")
+            case TerminalLinkDown():
+                self.terminal_online = False
+                self._maybe_offline_start()
+            case TerminalLinkUp():
+                self.terminal_online = True
+            case CardAssigned():
+                self._pending_card, self._pending_amount_minor = event.card, event.amount_minor
+                self._fire("assign_card")
+            case AuthorizationResult():
+                self._on_authorization(event)
+            case BackendAuthorizationResult():
+                self._on_backend_authorization(event)
+            case RemoteStart():
+                self._on_remote_start(event)
+            case StopRequest():
+                self._on_stop_request(event)
+            case TimerFired():
+                self._on_timer(event)
+            case CommitResult() | VoidResult():
+                self._on_settlement_result(event)
+            case UpdateAuthorizationResult():
+                self._on_update_result(event)
+            case PaymentRestored():
+                self._on_restored(event)
+            case _:
+                pass
+
+    # --- conditions (pure) -----------------------------------------------------------------------
+
+    def _plugged(self) -> bool:
+        return self.plugged
+
+    def _operative(self) -> bool:
+        return self.operative
+
+    def _has_terminal_payment(self) -> bool:
+        return self.payment is not None and self.payment.session_id is not None
+
+    def _idle_fee_applies(self) -> bool:
+        return (
+            self._cfg.idle_fee_enabled
+            and self.plugged
+            and self.state == "stopping"
+            and self._has_terminal_payment()
+            and (self.session is None or self.session.stop_reason is not StopSource.CHARGER_LOST)
+        )
+
+    def _restored_disposal(self) -> bool:
+        return self._restored is not None and self._restored.payment.disposal is not None
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _emit(self, *effects: Effect) -> None:
+        self._out.extend(effects)
+
+    def _ref(self) -> str:
+        return self.session.ref if self.session else ""
+
+    def _journal(self, kind: str, **data: object) -> None:
+        self._emit(JournalRecord(kind, self.connector_id, {"session_ref": self._ref(), **data}))
+
+    def _upstream(self, name: str, **data: object) -> None:
+        self._emit(UpstreamEvent(self.connector_id, name, {"session_ref": self._ref(), **data}))
+
+    def _new_session(self, at: datetime) -> None:
+        ref = f"{self.connector_id}-{at.strftime('%Y%m%dT%H%M%S%f')}"
+        self.session = Session(ref=ref, last_at=at, last_meter_wh=self.meter_wh)
+
+    def _stop_reason(self, reason: StopSource) -> None:
+        if self.session is not None and self.session.stop_reason is None and self.session_active:
+            self.session.stop_reason = reason
+
+    def _session_energy_wh(self) -> int:
+        return self.session.usage.energy_wh if self.session else 0
+
+    def _accumulate(self, at: datetime, meter_wh: int | None, kind: UsageKind) -> None:
+        session = self.session
+        if session is None:
+            return
+        start = session.last_at or at
+        end = at if at > start else start
+        delta_wh = 0
+        if meter_wh is not None:
+            if session.last_meter_wh is not None:
+                delta_wh = max(0, meter_wh - session.last_meter_wh)  # a meter reset counts as 0
+            session.last_meter_wh = meter_wh
+        session.usage = self._pricer.accumulate(session.usage, start, end, delta_wh, kind)
+        session.last_at = end
+
+    # --- callbacks: authorization ---------------------------------------------------------------------
+
+    def _request_authorization(self) -> None:
+        card = self._pending_card
+        assert card is not None
+        assert self._at is not None
+        self._new_session(self._at)
+        self._journal(
+            "card_read",
+            card_kind=card.kind.value,
+            token=card.token,
+            masked_pan=card.masked_pan,
+            brand=card.brand,
+            amount_minor=self._pending_amount_minor,
+        )
+        if card.kind is CardKind.RFID:
+            self._emit(RequestBackendAuthorization(self.connector_id, card))
+        else:
+            self._emit(Authorize(self.connector_id, self._pending_amount_minor))
+
+    def _on_authorization(self, event: AuthorizationResult) -> None:
+        card = self._pending_card
+        if self.state != "authorizing" or card is None or card.kind is not CardKind.EMV:
+            return
+        approved = event.outcome in (AuthorizationOutcome.APPROVED, AuthorizationOutcome.PARTIALLY_APPROVED)
+        if not approved or event.session_id is None:
+            self._journal("payment_declined", outcome=event.outcome.value, reason=event.reason)
+            self._upstream("payment.declined", outcome=event.outcome.value, reason=event.reason)
+            self._emit(ShowMessage(self.connector_id, "declined"))
+            self._pending_card = None
+            self.session = None
+            self._fire("reject")
+            self._maybe_offline_start()
+            return
+        partial = event.outcome is AuthorizationOutcome.PARTIALLY_APPROVED
+        authorized = self._pending_amount_minor
+        if partial:  # AMT-3
+            authorized = partial_cap_minor(self._pending_amount_minor, event.authorized_minor or 0)
+        self.payment = Payment(
+            method=PaymentMethod.EMV,
+            session_id=event.session_id,
+            card=card,
+            requested_minor=self._pending_amount_minor,
+            authorized_minor=authorized,
+        )
+        self._journal(
+            "payment_approved", session_id=event.session_id, authorized_minor=authorized, partial=partial
+        )
+        name = "payment.partially_approved" if partial else "payment.authorized"
+        self._upstream(name, session_id=event.session_id, authorized_minor=authorized)
+        self._fire("approve")
+
+    def _on_backend_authorization(self, event: BackendAuthorizationResult) -> None:
+        card = self._pending_card
+        if self.state != "authorizing" or card is None or card.token != event.token:
+            return
+        if event.status is not BackendAuthorizationStatus.ACCEPTED:
+            self._upstream("payment.declined", outcome=event.status.value, reason=None)
+            self._emit(ShowMessage(self.connector_id, "rfid_rejected", {"status": event.status.value}))
+            self._pending_card = None
+            self.session = None
+            self._fire("reject")
+            return
+        self.payment = Payment(method=PaymentMethod.RFID, card=card, authorized_minor=event.limit_minor)
+        self._journal("payment_approved", session_id=None, authorized_minor=event.limit_minor, partial=False)
+        self._upstream("payment.authorized", session_id=None, authorized_minor=event.limit_minor)
+        self._emit(ShowMessage(self.connector_id, "rfid_accepted"))
+        self._fire("approve")
+
+    def _on_remote_start(self, event: RemoteStart) -> None:
+        if StartMode.REMOTE not in self._station.start_modes or self.state not in FREE_STATES:
+            return
+        token = CardToken(CardKind.RFID, event.id_token)
+        self._start_unpaid(event.at, PaymentMethod.REMOTE, token, event.limit_minor)
+
+    def _maybe_offline_start(self) -> None:
+        """ERR-3: while the terminal is offline a plugged vehicle gets free vend or is refused."""
+        if self.state != "awaiting_card" or self.terminal_online or not self.operative:
+            return
+        if self._station.offline_policy is OfflinePolicy.FREE_VEND:
+            assert self._at is not None
+            self._start_unpaid(self._at, PaymentMethod.FREE_VEND, None, None)
+        else:
+            self._emit(ShowMessage(self.connector_id, "terminal_offline"))
+
+    def _start_unpaid(
+        self, at: datetime, method: PaymentMethod, card: CardToken | None, limit: int | None
+    ) -> None:
+        if not self.operative:
+            return
+        self._new_session(at)
+        self.payment = Payment(method=method, card=card, authorized_minor=limit)
+        self._journal(
+            "payment_approved", session_id=None, authorized_minor=limit, partial=False, method=method.value
+        )
+        self._fire("start_unpaid")
+
+    def _await_plug(self) -> None:
+        self._plug_timer_running = True
+        self._emit(
+            StartTimer(TimerKind.PLUG_IN, self._station.plug_in_timeout_s, self.connector_id),
+            ShowMessage(self.connector_id, "plug_in"),
+        )
+
+    def _energize(self) -> None:
+        """Write-ahead: energy_on is journaled before EnableEnergy (DESIGN.md §2)."""
+        assert self.session is not None
+        assert self.payment is not None
+        assert self._at is not None
+        if self._restored is None:
+            self.session.last_at = self._at
+            self.session.last_meter_wh = self.meter_wh
+        self.session.energy_on = True
+        self._cancel_plug_timer()
+        self._journal("energy_on", method=self.payment.method.value, meter_wh=self.meter_wh)
+        self._emit(EnableEnergy(self.connector_id))
+        self._upstream("session.started", method=self.payment.method.value, meter_wh=self.meter_wh)
+        self._emit(ShowMessage(self.connector_id, "charging"))
+        self._pending_card = None
+
+    def _cancel_plug_timer(self) -> None:
+        if self._plug_timer_running:
+            self._plug_timer_running = False
+            self._emit(CancelTimer(TimerKind.PLUG_IN, self.connector_id))
+
+    # --- energy flow, meter, limits ------------------------------------------------------------------
+
+    def _on_charger_status(self, event: ChargerStatus) -> None:
+        match event.state:
+            case ChargerState.FAULT:
+                self.faulted = True
+                self._stop_reason(StopSource.FAULT)
+                self._stop_or_unavailable()
+            case ChargerState.CHARGING:
+                self.faulted = False
+                self._fire("ev_charging")
+                self._fire("recover")
+            case ChargerState.SUSPENDED_EV:
+                self.faulted = False
+                self._fire("ev_suspended")
+                self._fire("recover")
+            case ChargerState.SUSPENDED_EVSE:
+                self.faulted = False
+                self._fire("evse_suspended")
+                self._fire("recover")
+            case ChargerState.IDLE:
+                self.faulted = False
+                if self.state in ENERGY_STATES and self._session_energy_wh() > 0:
+                    self._stop_reason(StopSource.EV)  # the EV finished charging (STOP-9 trigger)
+                    self._fire("stop")
+                else:
+                    self._fire("ev_suspended")
+                self._fire("recover")
+
+    def _stop_or_unavailable(self) -> None:
+        if self.state in ENERGY_STATES or self.state == "awaiting_plug":
+            self._fire("stop")
+        else:
+            self._fire("go_unavailable")
+
+    def _on_charger_lost(self) -> None:
+        """ERR-2: stop and commit the last known total (no final meter value will come)."""
+        self.charger_online = False
+        self._stop_reason(StopSource.CHARGER_LOST)
+        if self.state in ENERGY_STATES:
+            self._fire("stop")
+            self._fire("conclude")
+        elif self.state in ("stopping", "idle_fee"):
+            if self.state == "stopping":
+                self._emit(CancelTimer(TimerKind.FINAL_METER, self.connector_id))
+            self._fire("conclude")
+        else:
+            self._stop_or_unavailable()
+
+    def _usage_kind(self) -> UsageKind:
+        if self.state == "charging" or self.state == "stopping":
+            return UsageKind.CHARGING
+        if self.state == "idle_fee":
+            return UsageKind.IDLE
+        return UsageKind.SUSPENDED
+
+    def _on_meter(self, event: MeterReading) -> None:
+        in_session = self.state in ENERGY_STATES or self.state in ("stopping", "idle_fee")
+        if in_session:
+            self._accumulate(event.at, event.energy_wh, self._usage_kind())
+            assert self.session is not None
+            self.session.power_w = event.power_w
+            self._journal(
+                "meter",
+                meter_wh=event.energy_wh,
+                energy_wh=self._session_energy_wh(),
+                cost_minor=self.running_cost_minor,
+            )
+        self.meter_wh = event.energy_wh
+        if self.state in ENERGY_STATES:
+            self._check_limits(event.at, event.power_w)
+        elif self.state == "stopping":
+            self._emit(CancelTimer(TimerKind.FINAL_METER, self.connector_id))
+            self._fire("conclude")
+
+    def _check_limits(self, at: datetime, power_w: float) -> None:
+        """AMT-2, STOP-6: increment before the cap, or stop before the cost would exceed it."""
+        session, payment = self.session, self.payment
+        assert session is not None
+        assert payment is not None
+        if self._cfg.max_energy_wh is not None and session.usage.energy_wh >= self._cfg.max_energy_wh:
+            self._limit_stop("energy")
+            return
+        if self._cfg.max_duration_s is not None:
+            charged_ms = sum(
+                session.usage.duration_ms(kind) for kind in (UsageKind.CHARGING, UsageKind.SUSPENDED)
+            )
+            if charged_ms >= self._cfg.max_duration_s * 1000:
+                self._limit_stop("duration")
+                return
+        if payment.authorized_minor is None:
+            return
+        seconds = seconds_until_cost_reaches(
+            self._pricer, session.usage, at, power_w, payment.authorized_minor
+        )
+        if (
+            payment.session_id is not None
+            and not payment.increment_pending
+            and not payment.increments_exhausted
+        ):
+            new_total = increment_total_minor(
+                self._policy,
+                payment.authorized_minor,
+                seconds,
+                self._station.terminal.supports_update_session,
+            )
+            if new_total is not None:
+                payment.increment_pending = True
+                self._emit(UpdateAuthorization(self.connector_id, payment.session_id, new_total))
+        if must_stop_for_cap(seconds, self._station.meter_interval_s):
+            self._limit_stop("cost_cap")
+
+    def _limit_stop(self, limit: str) -> None:
+        self._stop_reason(StopSource.LIMIT)
+        self._journal("limit_reached", limit=limit)
+        self._fire("stop")
+
+    def _on_update_result(self, event: UpdateAuthorizationResult) -> None:
+        payment = self.payment
+        if payment is None or payment.session_id != event.session_id or not payment.increment_pending:
+            return
+        payment.increment_pending = False
+        old = payment.authorized_minor or 0
+        granted = event.outcome in (UpdateOutcome.APPROVED, UpdateOutcome.PARTIALLY_APPROVED)
+        if not granted or event.authorized_minor is None or event.authorized_minor <= old:
+            payment.increments_exhausted = True  # stop at the cap instead (AMT-2)
+            return
+        payment.authorized_minor = event.authorized_minor
+        self._journal(
+            "payment_incremented", session_id=payment.session_id, authorized_minor=event.authorized_minor
+        )
+        self._upstream(
+            "payment.incremented", session_id=payment.session_id, authorized_minor=event.authorized_minor
+        )
+
+    # --- stop and settle ---------------------------------------------------------------------------
+
+    def _on_stop_request(self, event: StopRequest) -> None:
+        allowed = {
+            StopSource.REMOTE: StopMode.REMOTE,
+            StopSource.TAP: StopMode.TAP,
+            StopSource.UI: StopMode.UI,
+        }
+        mode = allowed.get(event.source)
+        if mode is not None and mode not in self._station.stop_modes:
+            return
+        self._stop_reason(event.source)
+        self._fire("stop")
+
+    def _begin_stop(self) -> None:
+        assert self.session is not None
+        self.session.energy_on = False
+        reason = self.session.stop_reason or StopSource.LOCAL
+        self.session.stop_reason = reason
+        self._journal(
+            "stop",
+            reason=reason.value,
+            energy_wh=self._session_energy_wh(),
+            cost_minor=self.running_cost_minor,
+        )
+        self._emit(DisableEnergy(self.connector_id))
+        if reason is not StopSource.CHARGER_LOST:
+            self._emit(
+                StartTimer(TimerKind.FINAL_METER, self._station.final_meter_timeout_s, self.connector_id)
+            )
+
+    def _enter_idle_fee(self) -> None:
+        self._emit(ShowMessage(self.connector_id, "idle_fee"))
+
+    def _settle(self) -> None:
+        """STOP-7, STOP-8, AMT-4: decide Commit (amount > 0) or Void; journal before sending."""
+        payment = self.payment
+        assert payment is not None
+        assert payment.session_id is not None
+        self._cancel_plug_timer()
+        cost = self.running_cost_minor
+        amount = capture_amount_minor(self._policy, cost, payment.authorized_minor)
+        payment.final_minor = amount
+        payment.disposal = Disposal.COMMIT if amount > 0 else Disposal.VOID
+        if payment.disposal is Disposal.COMMIT:
+            self._journal(
+                "commit",
+                session_id=payment.session_id,
+                amount_minor=amount,
+                energy_wh=self._session_energy_wh(),
+                cost_minor=cost,
+            )
+        else:
+            self._journal("void", session_id=payment.session_id)
+        self._emit(
+            StartTimer(TimerKind.UNDISPOSED_PAYMENT, self._station.undisposed_alarm_s, self.connector_id)
+        )
+        self._send_disposal()
+
+    def _resume_disposal(self) -> None:
+        self._emit(
+            StartTimer(TimerKind.UNDISPOSED_PAYMENT, self._station.undisposed_alarm_s, self.connector_id)
+        )
+        self._send_disposal()
+
+    def _send_disposal(self) -> None:
+        payment = self.payment
+        assert payment is not None
+        assert payment.session_id is not None
+        if payment.disposal is Disposal.COMMIT:
+            self._emit(Commit(self.connector_id, payment.session_id, payment.final_minor))
+        else:
+            self._emit(Void(self.connector_id, payment.session_id))
+
+    def _on_settlement_result(self, event: CommitResult | VoidResult) -> None:
+        payment = self.payment
+        if self.state != "settling" or payment is None or payment.session_id != event.session_id:
+            return
+        expected = Disposal.COMMIT if isinstance(event, CommitResult) else Disposal.VOID
+        if payment.disposal is not expected:
+            return
+        if event.outcome is SettlementOutcome.FAILED:
+            schedule = self._station.settlement_retry_s
+            delay = schedule[min(payment.attempts, len(schedule) - 1)]
+            payment.attempts += 1
+            self._emit(StartTimer(TimerKind.SETTLEMENT_RETRY, delay, self.connector_id))
+            return
+        # OK, or NOT_FOUND after our send: disposed (psp-reference §10.3)
+        kind = "commit_confirmed" if expected is Disposal.COMMIT else "void_confirmed"
+        self._journal(kind, session_id=payment.session_id, outcome=event.outcome.value)
+        self._emit(CancelTimer(TimerKind.UNDISPOSED_PAYMENT, self.connector_id))
+        if expected is Disposal.COMMIT:
+            self._upstream(
+                "payment.captured", session_id=payment.session_id, amount_minor=payment.final_minor
+            )
+        else:
+            self._upstream("payment.voided", session_id=payment.session_id)
+        self._end_session(payment.final_minor)
+        self._fire("settled")
+
+    def _end_unpaid(self) -> None:
+        """End a session that has nothing to settle on the terminal (RFID, remote, free vend)."""
+        if self.session is None:
+            return
+        cost = self.running_cost_minor
+        self._cancel_plug_timer()
+        self._journal("session_ended", energy_wh=self._session_energy_wh(), cost_minor=cost)
+        self._end_session(cost)
+
+    def _end_session(self, amount_minor: int) -> None:
+        session = self.session
+        assert session is not None
+        reason = (session.stop_reason or StopSource.LOCAL).value
+        self._upstream(
+            "session.ended",
+            reason=reason,
+            energy_wh=self._session_energy_wh(),
+            cost_minor=self.running_cost_minor,
+            amount_minor=amount_minor,
+        )
+        self._emit(ShowMessage(self.connector_id, "session_ended", {"amount_minor": amount_minor}))
+        self.session = None
+        self.payment = None
+        self._restored = None
+
+    # --- timers --------------------------------------------------------------------------------------
+
+    def _on_timer(self, event: TimerFired) -> None:
+        match event.kind:
+            case TimerKind.PLUG_IN if self.state == "awaiting_plug":
+                self._plug_timer_running = False
+                self._stop_reason(StopSource.TIMEOUT)
+                self._fire("stop")
+            case TimerKind.FINAL_METER if self.state == "stopping":
+                self._fire("conclude")
+            case TimerKind.SETTLEMENT_RETRY if self.state == "settling":
+                self._send_disposal()
+            case TimerKind.UNDISPOSED_PAYMENT if self.state == "settling" and self.payment is not None:
+                self._emit(
+                    Alarm(
+                        "undisposed_payment",
+                        self.connector_id,
+                        {"session_id": self.payment.session_id, "attempts": self.payment.attempts},
+                    )
+                )
+            case _:
+                pass
+
+    # --- restart recovery (ERR-5) ----------------------------------------------------------------------
+
+    def _on_restored(self, event: PaymentRestored) -> None:
+        if self.state not in ("unavailable", *FREE_STATES) or self.session is not None:
+            return
+        p = event.payment
+        self.plugged = event.plugged
+        self.charger_online = event.charger_online
+        self.plugged_at = event.at if event.plugged else None
+        self._restored = event
+        self.session = Session(
+            ref=p.session_ref,
+            usage=p.usage,
+            last_at=p.last_meter_at or event.at,
+            last_meter_wh=p.last_meter_wh,
+        )
+        self.meter_wh = p.last_meter_wh
+        self.payment = Payment(
+            method=p.method,
+            session_id=p.session_id,
+            card=p.card,
+            authorized_minor=p.authorized_minor,
+            disposal=p.disposal,
+            final_minor=p.final_minor,
+        )
+        self._journal(
+            "payment_restored", session_id=p.session_id, plugged=event.plugged, energy_on=p.energy_on
+        )
+        ref = self._ref()
+        self._fire("restore")
+        self._emit(  # DESIGN.md §5.2: "an upstream event says so"
+            UpstreamEvent(
+                self.connector_id,
+                "session.updated",
+                {
+                    "session_ref": ref,
+                    "reason": "restored",
+                    "resolution": self._restore_resolution(p.disposal),
+                    "session_id": p.session_id,
+                    "method": p.method.value,
+                    "plugged": event.plugged,
+                    "authorized_minor": p.authorized_minor,
+                },
+            )
+        )
+
+    def _restore_resolution(self, decided: Disposal | None) -> str:
+        """What the restore did: ``resumed`` charging, ``resent`` a decided Commit/Void, decided a
+        ``commit`` or ``void`` now, or ``ended`` a session with nothing to settle on the terminal."""
+        if self.state == "charging":
+            return "resumed"
+        if self.state == "settling" and self.payment is not None and self.payment.disposal is not None:
+            return "resent" if decided is not None else self.payment.disposal.value
+        return "ended"

@@ -1,0 +1,100 @@
+"""A charger: N connector machines and one terminal arbiter, composed synchronously.
+
+``Station.handle(event)`` routes terminal events through the arbiter, hands the arbiter's card
+routes (card assigned, stop request) to the connectors, passes Commit/Void/Update through the
+arbiter's offline queue, and finally lets the arbiter start or cancel the card read the connectors
+now need. The returned effects are in execution order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from statemachines.config import StationConfig
+from statemachines.connector import ConnectorMachine
+from statemachines.effects import Effect
+from statemachines.events import (
+    AuthorizationResult,
+    CardRead,
+    CardReadEnded,
+    ChargerBack,
+    ChargerLost,
+    Event,
+    TerminalLinkDown,
+    TerminalLinkUp,
+    TimerFired,
+    TimerKind,
+    UiSelection,
+)
+from statemachines.pricing import Pricer
+from statemachines.terminal import ConnectorView, TerminalArbiter
+
+
+class Station:
+    def __init__(self, config: StationConfig, pricer: Pricer, *, terminal_online: bool = True) -> None:
+        self.config = config
+        self.connectors: dict[int, ConnectorMachine] = {
+            c.connector_id: ConnectorMachine(c, config, pricer) for c in config.connectors
+        }
+        self.arbiter = TerminalArbiter(config, online=terminal_online)
+        if not terminal_online:
+            for machine in self.connectors.values():
+                machine.terminal_online = False
+
+    def views(self) -> list[ConnectorView]:
+        return [
+            ConnectorView(
+                connector_id=m.connector_id,
+                state=m.state,
+                operative=m.operative,
+                plugged_at=m.plugged_at,
+                card_token=m.card.token if m.card is not None else None,
+            )
+            for m in self.connectors.values()
+        ]
+
+    def handle(self, event: Event) -> list[Effect]:
+        """Pre: ``event.connector_id`` (where present) names a configured connector."""
+        out: list[Effect] = []
+        match event:
+            case TerminalLinkUp() | TerminalLinkDown():
+                effects, routes = self.arbiter.handle(event, self.views())
+                out += effects
+                out += self._to_connectors(self.connectors.values(), event)
+                out += self._route(routes)
+            case CardRead() | CardReadEnded() | UiSelection():
+                effects, routes = self.arbiter.handle(event, self.views())
+                out += effects
+                out += self._route(routes)
+            case TimerFired(kind=TimerKind.CARD_DECISION):
+                effects, routes = self.arbiter.handle(event, self.views())
+                out += effects
+                out += self._route(routes)
+            case ChargerLost() | ChargerBack():
+                out += self._to_connectors(self.connectors.values(), event)
+            case AuthorizationResult():
+                out += self.connectors[event.connector_id].handle(event)
+                self.arbiter.authorization_done(event.connector_id)
+            case TimerFired():
+                if event.connector_id is not None:
+                    out += self.connectors[event.connector_id].handle(event)
+            case _:
+                out += self.connectors[event.connector_id].handle(event)
+        out = self.arbiter.pass_settlements(out)
+        out += self.arbiter.sync(self.views())
+        return out
+
+    def _to_connectors(self, machines: Iterable[ConnectorMachine], event: Any) -> list[Effect]:
+        out: list[Effect] = []
+        for machine in machines:
+            out += machine.handle(event)
+        return out
+
+    def _route(self, routes: Iterable[Any]) -> list[Effect]:
+        out: list[Effect] = []
+        for route in routes:
+            out += self.connectors[route.connector_id].handle(route)
+            if isinstance(route, AuthorizationResult):
+                self.arbiter.authorization_done(route.connector_id)
+        return out
