@@ -18,7 +18,15 @@ def test_demo_completes_a_paid_session(family: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for name in ("Synchronize", "Setup", "Enable", "StartSession", "CardRead", "SessionApproved", "CommitSession"):
+    for name in (
+        "Synchronize",
+        "Setup",
+        "Enable",
+        "StartSession",
+        "CardRead",
+        "SessionApproved",
+        "CommitSession",
+    ):
         assert name in out
     assert "paid session complete" in out
     assert '"committed_minor": 1234' in out

@@ -18,9 +18,31 @@ FORBIDDEN = {
 }
 # statemachines is pure: no I/O, no asyncio, no clock reads (DESIGN.md §1, §4)
 IMPURE_MODULES = {
-    "asyncio", "socket", "selectors", "threading", "subprocess", "os", "io", "time", "sqlite3",
-    "serial", "serial_asyncio_fast", "aiomqtt", "paho", "logging", "random", "pathlib", "shutil",
-    "tempfile", "signal", "multiprocessing", "concurrent", "urllib", "http", "ssl", "uuid",
+    "asyncio",
+    "socket",
+    "selectors",
+    "threading",
+    "subprocess",
+    "os",
+    "io",
+    "time",
+    "sqlite3",
+    "serial",
+    "serial_asyncio_fast",
+    "aiomqtt",
+    "paho",
+    "logging",
+    "random",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "signal",
+    "multiprocessing",
+    "concurrent",
+    "urllib",
+    "http",
+    "ssl",
+    "uuid",
 }
 IMPURE_CALLS = {"open", "print", "input"}
 IMPURE_ATTRS = {("datetime", "now"), ("datetime", "utcnow"), ("date", "today"), ("datetime", "today")}

@@ -20,6 +20,8 @@ def test_leak_guard_fails_a_leaking_test(pytester: pytest.Pytester) -> None:
             await asyncio.sleep(0)
         """
     )
-    result = pytester.runpytest("-p", "asyncio", "-o", "asyncio_mode=auto")
+    result = pytester.runpytest(
+        "-p", "asyncio", "-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"
+    )
     result.assert_outcomes(passed=2, errors=1)  # teardown error of test_leaks
     result.stdout.fnmatch_lines(["*leaked 1 task(s): forgotten*"])

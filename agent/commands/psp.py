@@ -8,6 +8,7 @@ mixed (told apart by the preamble, psp-reference §2.1), corrupted frames shown 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -17,6 +18,7 @@ from drivers.psp.codec import PREAMBLE_HOST, scan_capture
 from drivers.psp.messages import (
     CommitOrder,
     Family,
+    Message,
     MessageError,
     Request,
     WireFormat,
@@ -76,14 +78,8 @@ def decode_capture(data: bytes, wire: WireFormat) -> list[dict[str, Any]]:
             "checksum_ok": item.checksum_ok,
             "payload": frame.payload.hex(" "),
         }
-        frame_wire = WireFormat(
-            family=wire.family,
-            extended=frame.extended,
-            commit_order=wire.commit_order,
-            read_card_header=wire.read_card_header,
-            status_response_header=wire.status_response_header,
-            rfid_uid_tag=wire.rfid_uid_tag,
-        )
+        frame_wire = dataclasses.replace(wire, extended=frame.extended)
+        message: Message
         try:
             if to_terminal:
                 message = decode_request(frame, frame_wire)
