@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
@@ -347,9 +347,10 @@ class PspLink:
             self._events.put_nowait(None)  # keep the end marker for other readers
         return item
 
-    def events(self) -> _EventIterator:
+    async def events(self) -> AsyncIterator[PspMessage]:
         """``async for message in link.events()``: unsolicited messages until the link closes."""
-        return _EventIterator(self)
+        while (item := await self.next_event()) is not None:
+            yield item
 
     def _emit(self, message: PspMessage | None) -> None:
         if self._on_event is not None:
@@ -445,20 +446,6 @@ class PspLink:
         if pending is not None and not pending.future.done():
             pending.future.set_exception(LinkLost(self.description, reason))
         self._emit(None)
-
-
-class _EventIterator:
-    def __init__(self, link: PspLink) -> None:
-        self._link = link
-
-    def __aiter__(self) -> _EventIterator:
-        return self
-
-    async def __anext__(self) -> PspMessage:
-        item = await self._link.next_event()
-        if item is None:
-            raise StopAsyncIteration
-        return item
 
 
 def _name(message: object) -> str:

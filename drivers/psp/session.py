@@ -22,7 +22,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
@@ -258,9 +258,10 @@ class TerminalSession:
 
     # -- events --------------------------------------------------------------------------------
 
-    def events(self) -> _SessionEventIterator:
+    async def events(self) -> AsyncIterator[SessionEvent]:
         """Unsolicited PSP messages and link state changes, until :meth:`run` ends."""
-        return _SessionEventIterator(self)
+        while (item := await self.next_event()) is not None:
+            yield item
 
     async def next_event(self) -> SessionEvent | None:
         item = await self._events.get()
@@ -647,17 +648,3 @@ class TerminalSession:
     def _require(self, capable: bool, operation: str) -> None:
         if not capable:
             raise NotSupported(operation, self.profile.family.value)
-
-
-class _SessionEventIterator:
-    def __init__(self, session: TerminalSession) -> None:
-        self._session = session
-
-    def __aiter__(self) -> _SessionEventIterator:
-        return self
-
-    async def __anext__(self) -> SessionEvent:
-        item = await self._session.next_event()
-        if item is None:
-            raise StopAsyncIteration
-        return item
