@@ -52,3 +52,6 @@ def mosquitto() -> Iterator[Broker]:
         yield broker
     finally:
         broker.close()
+
+
+pytest_plugins = ["tests.pan_guard"]

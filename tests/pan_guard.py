@@ -1,0 +1,94 @@
+"""Card-data guard (DESIGN.md §5.7, OPS-2): no full PAN in anything the test suite produced.
+
+A pytest plugin (registered by ``tests/conftest.py``): during the session every log record of every
+logger is scanned; at the end every file under pytest's temporary directory (journals, logs,
+configs, captured process output, SQLite WAL files included) is scanned too. A PAN-like digit run
+— 13 to 19 digits, a card-brand first digit (2 to 6) and a valid Luhn check digit — fails the session.
+The simulators only ever emit masked PANs and card hashes, so any hit is a leak.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+_DIGIT_RUN = re.compile(rb"(?<![0-9])[2-6][0-9]{12,18}(?![0-9])")
+MAX_FILE_BYTES = 32 * 1024 * 1024
+
+
+def luhn_ok(digits: bytes) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ch - 0x30
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def find_pans(data: bytes) -> list[str]:
+    """PAN-like runs in ``data``, shown masked (first 6, last 4) so the report leaks nothing."""
+    hits = []
+    for mo in _DIGIT_RUN.finditer(data):
+        run = mo.group()
+        if luhn_ok(run):
+            text = run.decode()
+            hits.append(text[:6] + "*" * (len(text) - 10) + text[-4:])
+    return hits
+
+
+class _Scanner(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += " " + str(record.exc_info[1])
+        except Exception:  # a broken log call is not ours to report here
+            return
+        for hit in find_pans(text.encode("utf-8", "replace")):
+            self.hits.append(f"log {record.name}: {hit}")
+
+
+_SCANNER = _Scanner()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    root = logging.getLogger()
+    root.addHandler(_SCANNER)
+    if root.level > logging.DEBUG:
+        root.setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    logging.getLogger().removeHandler(_SCANNER)
+    hits = list(_SCANNER.hits)
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base: Path | None = None
+    if factory is not None:
+        try:
+            base = factory.getbasetemp()
+        except Exception:  # no temporary directory was made
+            base = None
+    if base is not None and base.exists():
+        for path in base.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_FILE_BYTES:
+                    hits.extend(f"{path}: {hit}" for hit in find_pans(path.read_bytes()))
+            except OSError:
+                continue
+    if hits and not session.config.getoption("collectonly", False):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "card data found in test output (OPS-2)", red=True)
+            for hit in hits[:50]:
+                reporter.write_line(hit)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
