@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.diagram",
     "agent.commands.tariff",
     "agent.commands.config",
+    "agent.commands.run",
+    "agent.commands.sessions",
 )
 
 

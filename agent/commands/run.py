@@ -1,0 +1,143 @@
+"""``evpay-agent run -c FILE``: the daemon (DESIGN.md §2, §5.7; OPS-1, OPS-2).
+
+Order: load the config (exit 2 with ``FILE:LINE: PATH: REASON`` — never start half-configured),
+configure logging for journald, open the journal in ``state_dir`` (exit 1 when it cannot be
+opened), start the drivers and the runtime, send ``READY=1`` (sd_notify) once the tasks are up —
+not gated on the terminal. SIGTERM/SIGINT: ``STOPPING=1``, no new sessions, settlements in flight
+finished within ``--drain-timeout`` seconds, journal closed, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from agent import crashpoints, logs, sdnotify
+from agent.config import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
+from agent.errors import ConfigError
+from agent.journal import Journal, JournalError
+from agent.logs import kv
+from agent.psptap import crashpoint_opener
+from agent.runtime import DEFAULT_DRAIN_S, Runtime, RuntimeOptions
+from drivers.charger import load_driver
+from drivers.charger.mqtt_bridge import TlsOptions
+from drivers.psp.messages import Family
+from drivers.terminal import PspTerminal
+
+_LOGGER = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+EXIT_JOURNAL = 1
+
+
+def build_runtime(
+    loaded: LoadedConfig, journal: Journal, *, drain_timeout_s: float = DEFAULT_DRAIN_S
+) -> Runtime:
+    """Wire the drivers and the runtime from a validated config (the composition root)."""
+    config = loaded.config
+    profile = config.to_profile()
+    extra: dict[str, object] = {}
+    if crashpoints.enabled():
+        extra["opener"] = crashpoint_opener(profile.wire())
+    terminal = PspTerminal(
+        config.terminal.url, profile, session_timeout_s=config.terminal.session_timeout_s, **extra
+    )
+    cc = config.charger
+    topics = {name: getattr(cc.topics, name) for name in ("plug", "status", "meter", "alive", "cmd")}
+    tls = None
+    if cc.tls is not None:
+        tls = TlsOptions(ca_file=cc.tls.ca_file, cert_file=cc.tls.cert_file, key_file=cc.tls.key_file)
+    driver_cls = load_driver(cc.driver)
+    charger_driver = driver_cls(  # type: ignore[call-arg]
+        broker_url=cc.broker_url,
+        connectors=[c.id for c in config.connectors],
+        prefix=cc.prefix,
+        topics=topics,
+        username=cc.username,
+        password_file=cc.password_file,
+        tls=tls,
+        client_id=f"evpay-agent-charger-{config.station_id}",
+    )
+    apollo = config.terminal.family is Family.APOLLO
+    options = RuntimeOptions(
+        max_current_a={c.id: c.max_current_a for c in config.connectors},
+        ui_screens=apollo,
+        list_sessions=not apollo,
+        drain_timeout_s=drain_timeout_s,
+    )
+    return Runtime(
+        station_config=config.to_station_config(),
+        pricer=loaded.tariff,
+        journal=journal,
+        terminal=terminal,
+        charger_driver=charger_driver,
+        options=options,
+    )
+
+
+async def serve(runtime: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        sdnotify.notify("STOPPING=1")
+        _LOGGER.info("signal received %s", kv(signal=signal.Signals(signum).name))
+        runtime.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async def announce_ready() -> None:
+        await runtime.ready.wait()
+        sdnotify.notify("READY=1")
+        _LOGGER.info("ready")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(announce_ready(), name="sd-ready")
+            await runtime.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.cli import CliError
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    logs.configure("debug" if args.verbose >= 2 else loaded.config.log_level)
+    for warning in loaded.warnings:
+        _LOGGER.warning("%s", warning)
+    try:
+        journal = Journal.open(Path(loaded.config.state_dir))
+    except JournalError as exc:
+        raise CliError(str(exc), EXIT_JOURNAL) from None
+    try:
+        runtime = build_runtime(loaded, journal, drain_timeout_s=args.drain_timeout)
+        asyncio.run(serve(runtime))
+    finally:
+        journal.close()
+    _LOGGER.info("exit")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the agent (the systemd service)",
+        description="Run the agent: terminal, charger, session state machines and the journal.",
+    )
+    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="config file")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        help="on SIGTERM wait at most this many seconds for settlements in flight "
+        f"(default {DEFAULT_DRAIN_S:g})",
+    )
+    parser.set_defaults(func=_run)
