@@ -63,6 +63,9 @@ def kv(fields: Mapping[str, object] | None = None, /, **more: object) -> str:
     return " ".join(parts)
 
 
+QUIET_LIBRARIES = ("transitions",)
+
+
 def configure(level: str = "info") -> None:
     """Route the root logger to stderr with :class:`JournaldFormatter` at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -72,3 +75,8 @@ def configure(level: str = "info") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # Libraries whose INFO and WARNING are internals: the transitions rulebook logs every callback,
+    # and every trigger the machines ignore on purpose (ignore_invalid_triggers) as a warning. The
+    # agent logs the state changes that matter itself.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)

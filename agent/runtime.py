@@ -352,7 +352,11 @@ class Runtime:
 
     def step(self, event: Event) -> None:
         """Step the engine with ``event`` and execute its effects in order (write-ahead)."""
+        before = {cid: machine.state for cid, machine in self.station.connectors.items()}
         effects = self.station.handle(event)
+        for cid, machine in self.station.connectors.items():
+            if machine.state != before[cid]:
+                _LOGGER.info("connector state %s", kv(connector=cid, old=before[cid], new=machine.state))
         at = getattr(event, "at", None)
         for index, effect in enumerate(effects):
             try:
