@@ -3,6 +3,11 @@
 Never depends on a system-wide broker. The binary is ``/usr/sbin/mosquitto`` or ``mosquitto`` on
 ``PATH``; when absent, :func:`find_mosquitto` returns ``None`` and the ``mosquitto`` fixture skips
 with the reason.
+
+TLS (UP-4): :func:`make_tls_material` writes a throwaway CA, a server certificate for
+``127.0.0.1``/``localhost`` and a client certificate with the ``openssl`` CLI;
+``Broker(tls=material, require_certificate=True)`` serves ``mqtts://`` with them.
+``Broker(password_file=make_password_file(path, {"user": "secret"}))`` requires a login.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -38,15 +44,125 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def find_openssl() -> str | None:
+    return shutil.which("openssl")
+
+
+def find_mosquitto_passwd() -> str | None:
+    for path in ("/usr/bin/mosquitto_passwd", "/usr/local/bin/mosquitto_passwd"):
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("mosquitto_passwd")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """PEM files of a throwaway PKI: the CA, a server certificate (SAN ``IP:127.0.0.1``,
+    ``DNS:localhost``) and a client certificate, all signed by the CA; keys unencrypted."""
+
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    binary = find_openssl()
+    if binary is None:
+        raise FileNotFoundError("openssl CLI not found on PATH")
+    result = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+
+def make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
+    """A self-signed CA (EC P-256, valid 1 day): ``(cert, key)`` as ``{name}.crt`` / ``{name}.key``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN=evpay test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    return cert, key
+
+
+def _issue(directory: Path, name: str, ca: tuple[Path, Path], cn: str, extensions: str) -> tuple[Path, Path]:
+    cert, key, csr, ext = (directory / f"{name}{s}" for s in (".crt", ".key", ".csr", ".ext"))
+    ext.write_text(extensions, encoding="utf-8")
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+        "-out", str(cert), "-days", "1", "-extfile", str(ext),
+        cwd=directory,
+    )  # fmt: skip
+    return cert, key
+
+
+def make_tls_material(directory: Path) -> TlsMaterial:
+    """Generate a CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = make_ca(directory, "ca")
+    server = _issue(
+        directory,
+        "server",
+        ca,
+        "localhost",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=critical,CA:FALSE\n",
+    )
+    client = _issue(
+        directory,
+        "client",
+        ca,
+        "evpay-agent-test",
+        "extendedKeyUsage=clientAuth\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    return TlsMaterial(ca[0], ca[1], server[0], server[1], client[0], client[1])
+
+
+def make_password_file(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file (``mosquitto_passwd -b``) with these users and passwords."""
+    binary = find_mosquitto_passwd()
+    if binary is None:
+        raise FileNotFoundError("mosquitto_passwd not found")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("", encoding="utf-8")
+    for user, password in users.items():
+        result = subprocess.run([binary, "-b", str(path), user, password], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"mosquitto_passwd failed: {result.stderr.strip()}")
+    return path
+
+
 class Broker:
-    """One mosquitto process on 127.0.0.1, anonymous, no persistence; the port survives restarts.
+    """One mosquitto process on 127.0.0.1, no persistence; the port survives restarts.
+
+    Anonymous and plain TCP by default. ``tls``: serve TLS with the material's server certificate
+    (``require_certificate``: clients must present a certificate signed by its CA).
+    ``password_file``: logins required (anonymous access off).
 
     Methods are synchronous and quick (start waits until the port accepts connections, stop waits
     for the process to exit); call them from async tests directly.
     """
 
     def __init__(
-        self, *, port: int | None = None, binary: str | None = None, workdir: Path | None = None
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        workdir: Path | None = None,
+        tls: TlsMaterial | None = None,
+        require_certificate: bool = True,
+        password_file: Path | None = None,
     ) -> None:
         found = binary or find_mosquitto()
         if found is None:
@@ -61,9 +177,22 @@ class Broker:
         self.workdir = workdir
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
+        self.tls = tls
+        listener = f"listener {self.port} {self.host}\n"
+        if tls is not None:
+            listener += (
+                f"cafile {tls.ca_cert}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
+                f"require_certificate {'true' if require_certificate else 'false'}\n"
+            )
+        if password_file is not None:
+            listener += f"allow_anonymous false\npassword_file {password_file}\n"
+        else:
+            listener += "allow_anonymous true\n"
+        if (tls is not None or password_file is not None) and hasattr(os, "geteuid") and os.geteuid() == 0:
+            # as root, mosquitto drops to user "mosquitto", which cannot read 0700 temp directories
+            listener += "user root\n"
         self.config_path.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            f"{listener}"
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
@@ -74,7 +203,8 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
