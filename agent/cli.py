@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.config",
     "agent.commands.run",
     "agent.commands.sessions",
+    "agent.commands.reconcile",
 )
 
 

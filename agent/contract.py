@@ -540,6 +540,10 @@ class ReconciledPayment(msgspec.Struct, frozen=True, kw_only=True):
     authorized_minor: Minor | None = None
     captured_minor: Minor | None = None
     voided: bool = False
+    voided_minor: Annotated[
+        Minor | None, Meta(description="authorization released by a Void (the authorized amount)")
+    ] = None
+    masked_pan: MaskedPan | None = None
     recovery: Annotated[
         Literal["resumed", "resent", "commit", "void", "ended"] | None,
         Meta(description="set when the payment was restored after a crash (ERR-5)"),
@@ -553,6 +557,13 @@ class ReconciliationTotals(msgspec.Struct, frozen=True, kw_only=True):
     voided: Annotated[int, Meta(ge=0, description="number of voided payments")]
     energy_wh: Wh
     computed_minor: Minor
+    voided_minor: Annotated[Minor, Meta(description="sum of the authorizations released by Voids")] = 0
+    by_method: Annotated[dict[str, int], Meta(description="number of payments per method")] = msgspec.field(
+        default_factory=dict
+    )
+    by_status: Annotated[dict[str, int], Meta(description="number of payments per status")] = msgspec.field(
+        default_factory=dict
+    )
 
 
 class Discrepancy(msgspec.Struct, frozen=True, kw_only=True):
@@ -562,10 +573,18 @@ class Discrepancy(msgspec.Struct, frozen=True, kw_only=True):
         "captured_mismatch",
         "free_vend",
         "recovered_after_crash",
+        "orphan_voided",
+        "capped_at_authorized",
     ]
+    severity: Annotated[
+        Literal["error", "warning", "info"],
+        Meta(description="error: money at risk, act now; warning: check; info: expected, for the record"),
+    ] = "warning"
     session_id: SessionRef | None = None
     connector_id: ConnectorId | None = None
+    terminal_session_id: TerminalSessionId | None = None
     amount_minor: int | None = None
+    age_s: Annotated[int, Meta(ge=0, description="age of the open payment, seconds")] | None = None
     detail: Text
 
 

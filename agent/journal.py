@@ -573,3 +573,44 @@ def read_payments(
             conn.close()
     except sqlite3.Error as exc:
         raise JournalError(f"cannot read the journal {path}: {exc}") from exc
+
+
+def read_window(
+    source: Path | str, *, since: datetime, until: datetime
+) -> tuple[list[PaymentRow], list[EventRow]]:
+    """Read-only snapshot for reconciliation (works while the daemon writes; WAL).
+
+    ``source`` is the state directory or the journal file. Returns the payments started in
+    ``[since, until)`` plus every payment still open that started before ``until``, oldest first,
+    and the events of those payments and every payment-less event (``recovery_*``) in the window,
+    in journal order — both from one read transaction. Raises :class:`JournalError`.
+    """
+    path = Path(source)
+    if path.is_dir() or not path.suffix:
+        path = path / JOURNAL_FILE
+    if not path.is_file():
+        raise JournalError(f"no journal at {path}")
+    lo, hi = _utc_iso(since), _utc_iso(until)
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("BEGIN")  # one snapshot for both reads
+            payments = _select(
+                conn,
+                "WHERE (started_at >= ? AND started_at < ?) OR (ended_at IS NULL AND started_at < ?) "
+                "ORDER BY started_at, payment_id",
+                (lo, hi, hi),
+            )
+            refs = [p.payment_id for p in payments]
+            marks = ", ".join("?" for _ in refs) or "NULL"
+            rows = conn.execute(
+                "SELECT id, at, kind, connector_id, payment_id, data FROM events "
+                f"WHERE payment_id IN ({marks}) OR (payment_id IS NULL AND at >= ? AND at < ?) ORDER BY id",
+                (*refs, lo, hi),
+            ).fetchall()
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal {path}: {exc}") from exc
+    return payments, [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]

@@ -13,6 +13,7 @@ from typing import Any
 # name -> module with ``run(quick: bool) -> dict``; later issues add the agent-level figures.
 BENCHMARKS: dict[str, str] = {
     "psp_codec": "hil.bench.codec",
+    "agent": "hil.bench.agent",
 }
 
 

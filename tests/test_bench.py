@@ -1,0 +1,57 @@
+"""Smoke test of the agent-level benchmarks (``python -m hil.bench --quick --only agent``).
+
+Checks that every figure is produced as a positive number; the budget verdicts are reported by the
+bench, not asserted here (no timing assertions in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.mosquitto import find_mosquitto
+
+FIGURES = {
+    "card_read_to_auth_session": ("p50_ms", "p99_ms", "budget_p99_ms"),
+    "card_read_to_auth_session_card_already_at_reader": ("p50_ms", "max_ms", "budget_p99_ms"),
+    "unplug_to_commit_session": ("p50_ms", "p99_ms", "p99_from_charger_sim_call_ms", "budget_p99_ms"),
+    "rss_after_sessions": ("rss_mib", "peak_rss_mib", "rss_at_ready_mib", "sessions", "budget_mib"),
+    "idle_cpu": ("cpu_schedstat_percent", "window_s", "budget_percent"),
+    "start_to_ready": ("median_ms", "min_ms", "max_ms", "samples", "budget_ms"),
+    "restart_to_pending_settlements_sent": (
+        "all_sent_after_spawn_ms",
+        "ready_after_spawn_ms",
+        "pending_settlements",
+        "budget_ms",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
+def test_bench_agent_quick_reports_every_figure() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hil.bench", "--quick", "--only", "agent"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    agent = json.loads(out.stdout)["agent"]
+    for figure, keys in FIGURES.items():
+        entry = agent[figure]
+        for key in keys:
+            value = entry[key]
+            assert not isinstance(value, bool), (figure, key)
+            assert isinstance(value, int | float), (figure, key, value)
+            assert value > 0, (figure, key, value)
+        assert isinstance(entry["within_budget"], bool), figure
+    # utime+stime has 10 ms ticks: over the quick 3 s window it may be 0; present and not negative
+    assert agent["idle_cpu"]["cpu_percent"] >= 0
+    assert agent["unplug_to_commit_session"]["commits"] > 0
+    assert agent["restart_to_pending_settlements_sent"]["pending_settlements"] == 8
