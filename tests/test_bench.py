@@ -55,3 +55,24 @@ def test_bench_agent_quick_reports_every_figure() -> None:
     assert agent["idle_cpu"]["cpu_percent"] >= 0
     assert agent["unplug_to_commit_session"]["commits"] > 0
     assert agent["restart_to_pending_settlements_sent"]["pending_settlements"] == 8
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
+def test_bench_codec_and_outbox_report_their_figures() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hil.bench", "--quick", "--only", "psp_codec", "--only", "outbox"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    codec, outbox = result["psp_codec"], result["outbox"]
+    for key in ("decoder_bytes_per_s", "decoder_x_line_rate_57600", "decoder_byte_at_a_time_bytes_per_s"):
+        assert codec[key] > 0, key
+    assert outbox["backlog_messages"] == 10_000
+    for key in ("outbox_drain_msgs_per_s", "plain_aiomqtt_qos1_pipelined_msgs_per_s", "ratio_vs_pipelined"):
+        assert outbox[key] > 0, key
+    assert isinstance(outbox["within_budget"], bool)

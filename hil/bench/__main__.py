@@ -14,6 +14,7 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "psp_codec": "hil.bench.codec",
     "agent": "hil.bench.agent",
+    "outbox": "hil.bench.outbox",
 }
 
 
