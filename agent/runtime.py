@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from agent.recovery import ChargerFacts, reconcile_terminal_sessions, restore_ev
 from agent.timers import TimerKey, Timers
 from drivers.charger import base as charger
 from drivers.errors import DriverError
-from drivers.psp.errors import SessionNotFound
+from drivers.psp.errors import PspNotOk, SessionNotFound, UnexpectedState
 from drivers.terminal import (
     Approved,
     CardPresented,
@@ -111,6 +112,12 @@ _LOGGER = logging.getLogger(__name__)
 RESTART_BACKOFF_MIN_S: Final = 0.1
 RESTART_BACKOFF_MAX_S: Final = 5.0
 READ_RETRY_S: Final = 1.0  # a failed Start Session is reported ended after this pause (no hot loop)
+READ_IDLE_WAIT_S: Final = 1.0  # a refused Start Session: wait this long for the terminal to be ENABLED
+READ_IDLE_POLL_S: Final = 0.05  # … asking Get Status this often
+READ_START_ATTEMPTS: Final = 3  # Start Session attempts (each after the terminal was seen idle)
+DISPATCH_STALL_S: Final = 5.0  # health: an event waiting longer than this for the dispatcher
+CRASH_LOOP_RESTARTS: Final = 3  # health: this many restarts of one task …
+CRASH_LOOP_WINDOW_S: Final = 30.0  # … within this many seconds is a crash-restart loop
 ENERGY_RETRIES: Final = 3  # enable/disable attempts before an alarm
 DEFAULT_RECOVERY_WAIT_S: Final = 1.0  # wait this long for the charger's plug facts (ERR-5 budget 2 s)
 DEFAULT_DRAIN_S: Final = 10.0  # SIGTERM: wait this long for settlements in flight (OPS-1)
@@ -241,6 +248,11 @@ class Runtime:
         self._stopping = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # health (watchdog): loop-clock times of the dispatcher's progress and of recent crashes
+        self._dispatched_at = 0.0  # last item processed
+        self._pending_since = 0.0  # the inbox last went from empty to non-empty
+        self._crashes: dict[str, deque[float]] = {}
+        self._read_outcomes = 0  # card reads that ended (card presented or read cancelled), see _start_read
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -253,6 +265,25 @@ class Runtime:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    def health(self, *, stall_s: float = DISPATCH_STALL_S) -> str | None:
+        """``None`` while healthy, else why not (the systemd watchdog is withheld, DESIGN.md §5.7).
+
+        Healthy: the dispatcher is idle or processed an event within ``stall_s`` (no event has
+        waited longer than that), and no supervised task is in a crash-restart loop
+        (``CRASH_LOOP_RESTARTS`` restarts within ``CRASH_LOOP_WINDOW_S``). A blocked event loop
+        cannot run the caller at all.
+        """
+        now = asyncio.get_running_loop().time()
+        if not self.inbox.empty():
+            waiting = now - max(self._dispatched_at, self._pending_since)
+            if waiting > stall_s:
+                return f"dispatcher stalled for {waiting:.1f} s with {self.inbox.qsize()} events queued"
+        for name, crashes in self._crashes.items():
+            recent = sum(1 for at in crashes if now - at <= CRASH_LOOP_WINDOW_S)
+            if recent >= CRASH_LOOP_RESTARTS:
+                return f"task {name} in a crash-restart loop ({recent} restarts)"
+        return None
 
     async def run(self) -> None:
         """Run until :meth:`request_stop`; then drain (bounded) and return."""
@@ -299,6 +330,8 @@ class Runtime:
             except Exception as exc:
                 _LOGGER.exception("task crashed; restarting %s", kv(task=name, error=type(exc).__name__))
             self.restarts[name] = self.restarts.get(name, 0) + 1
+            crashes = self._crashes.setdefault(name, deque(maxlen=CRASH_LOOP_RESTARTS))
+            crashes.append(asyncio.get_running_loop().time())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
 
@@ -331,6 +364,8 @@ class Runtime:
     # -- inbound ---------------------------------------------------------------------------------
 
     def post(self, event: Event | _Internal) -> None:
+        if self.inbox.empty():
+            self._pending_since = asyncio.get_running_loop().time()
         self.inbox.put_nowait(event)
 
     def _timer_fired(self, key: TimerKey) -> None:
@@ -348,6 +383,7 @@ class Runtime:
                 else:
                     self.step(item)
             finally:
+                self._dispatched_at = asyncio.get_running_loop().time()
                 self._progress.set()
 
     def step(self, event: Event) -> None:
@@ -521,19 +557,8 @@ class Runtime:
 
     async def _execute_terminal(self, effect: Effect) -> None:
         match effect:
-            case StartCardRead(amount_minor=amount, reference=ref, purpose=purpose, connector_id=cid):
-                try:
-                    if purpose == "ui_stop":
-                        await self.terminal.read_card(ref)  # Apollo Read Card: no amount (STOP-4)
-                    else:
-                        await self.terminal.start_card_read(amount, ref)
-                    _LOGGER.info(
-                        "card read started %s", kv(purpose=purpose, connector=cid, amount_minor=amount)
-                    )
-                except DriverError as exc:
-                    _LOGGER.warning("card read not started %s", kv(purpose=purpose, error=type(exc).__name__))
-                    await asyncio.sleep(READ_RETRY_S)
-                    self.post(CardReadEnded(self.clock()))
+            case StartCardRead():
+                await self._start_read(effect)
             case CancelCardRead():
                 try:
                     await self.terminal.cancel_read()
@@ -550,6 +575,54 @@ class Runtime:
             case _:
                 _LOGGER.warning("no terminal executor for %s", type(effect).__name__)
 
+    async def _start_read(self, effect: StartCardRead) -> None:
+        """Start Session / Read Card; when the terminal refuses because it is still busy (closing the
+        previous transaction), wait until Get Status says ENABLED and send it again at once
+        (TERM-3/START-1: always scanning) instead of reporting the read ended after 1 s.
+        """
+        purpose, cid, amount = effect.purpose, effect.connector_id, effect.amount_minor
+        error = ""
+        for attempt in range(1, READ_START_ATTEMPTS + 1):
+            outcomes = self._read_outcomes
+            try:
+                if purpose == "ui_stop":
+                    await self.terminal.read_card(effect.reference)  # Apollo Read Card (STOP-4)
+                else:
+                    await self.terminal.start_card_read(amount, effect.reference)
+                _LOGGER.info(
+                    "card read started %s",
+                    kv(purpose=purpose, connector=cid, amount_minor=amount, attempt=attempt),
+                )
+                return
+            except DriverError as exc:
+                error = type(exc).__name__
+                if self._read_outcomes != outcomes:
+                    # The read did start: a card was presented (or the read ended) before the
+                    # confirming Get Status, e.g. an Auth Session that ran in between. The engine
+                    # already has that outcome; a CardReadEnded now would end the *next* read.
+                    _LOGGER.info("card read started and already ended %s", kv(purpose=purpose, error=error))
+                    return
+                if not isinstance(exc, UnexpectedState | PspNotOk) or not await self._terminal_idle():
+                    break
+                _LOGGER.info("card read refused while busy; terminal idle now %s", kv(attempt=attempt))
+        _LOGGER.warning("card read not started %s", kv(purpose=purpose, error=error))
+        await asyncio.sleep(READ_RETRY_S)
+        self.post(CardReadEnded(self.clock()))
+
+    async def _terminal_idle(self) -> bool:
+        """Poll Get Status (bounded) until the terminal is ENABLED: no transaction of its own."""
+        try:
+            async with asyncio.timeout(READ_IDLE_WAIT_S):
+                while True:
+                    state = await self.terminal.status()
+                    if state == "ENABLED":
+                        return True
+                    if state not in ("WAIT_CARD", "WAIT_AUTH"):
+                        return False  # offline / disabled: the link recovery deals with it
+                    await asyncio.sleep(READ_IDLE_POLL_S)
+        except (TimeoutError, DriverError):
+            return False
+
     # -- driver event pumps ----------------------------------------------------------------------
 
     async def _pump_terminal(self) -> None:
@@ -564,12 +637,14 @@ class Runtime:
                 _LOGGER.info("terminal link %s", kv(link=state.link, ready=state.ready))
                 self._feed_link_state()
             case CardPresented(kind=kind, token=token, masked_pan=pan, brand=brand):
+                self._read_outcomes += 1
                 _LOGGER.info("card read %s", kv(kind=kind.value, pan=pan, token=mask_token(token)))
                 if self._stopping:
                     self.actors[None].queue.put_nowait(CancelCardRead())  # TERM-3: answer it
                     return
                 self.post(CardRead(at, CardToken(CardKind(kind.value), token or "", pan, brand)))
             case ReadCancelled():
+                self._read_outcomes += 1
                 self.post(CardReadEnded(at))
             case TerminalUiSelection(button_id=button):
                 selection = parse_ui_button(button, at)

@@ -208,6 +208,11 @@ class Terminal(abc.ABC):
     @abc.abstractmethod
     async def wait_ready(self, timeout_s: float | None = None) -> TerminalState: ...
 
+    async def status(self) -> str | None:
+        """Ask the terminal for its state now (PSP Get Status: ``ENABLED``, ``WAIT_CARD`` …);
+        ``None`` when the terminal cannot say."""
+        return None
+
     @abc.abstractmethod
     async def start_card_read(self, amount_minor: int, reference: int, **options: Any) -> None:
         """Start reading a card for a pre-authorization of ``amount_minor``; a card → CardPresented."""
@@ -314,6 +319,9 @@ class PspTerminal(Terminal):
 
     async def wait_ready(self, timeout_s: float | None = None) -> TerminalState:
         return _terminal_state(await self.session.wait_ready(timeout_s))
+
+    async def status(self) -> str | None:
+        return (await self.session.get_status()).state.name
 
     async def start_card_read(self, amount_minor: int, reference: int, **options: Any) -> None:
         self._requested_minor = amount_minor

@@ -3,8 +3,10 @@
 Order: load the config (exit 2 with ``FILE:LINE: PATH: REASON`` — never start half-configured),
 configure logging for journald, open the journal in ``state_dir`` (exit 1 when it cannot be
 opened), start the drivers and the runtime, send ``READY=1`` (sd_notify) once the tasks are up —
-not gated on the terminal. SIGTERM/SIGINT: ``STOPPING=1``, no new sessions, settlements in flight
-finished within ``--drain-timeout`` seconds, journal closed, exit 0.
+not gated on the terminal. Under a systemd watchdog (``WATCHDOG_USEC``) the ``sd-watchdog`` task
+sends ``WATCHDOG=1`` every half interval while :meth:`Runtime.health` is good, and withholds it
+otherwise so systemd restarts the agent. SIGTERM/SIGINT: ``STOPPING=1``, no new sessions,
+settlements in flight finished within ``--drain-timeout`` seconds, journal closed, exit 0.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from agent.errors import ConfigError
 from agent.journal import Journal, JournalError
 from agent.logs import kv
 from agent.psptap import crashpoint_opener
-from agent.runtime import DEFAULT_DRAIN_S, Runtime, RuntimeOptions
+from agent.runtime import DEFAULT_DRAIN_S, DISPATCH_STALL_S, Runtime, RuntimeOptions
 from drivers.charger import load_driver
 from drivers.charger.mqtt_bridge import TlsOptions
 from drivers.psp.messages import Family
@@ -78,6 +80,34 @@ def build_runtime(
     )
 
 
+async def watchdog(runtime: Runtime, interval_s: float) -> None:
+    """``WATCHDOG=1`` every ``interval_s / 2`` while the runtime is healthy (DESIGN.md §5.7).
+
+    The ping is withheld while :meth:`Runtime.health` reports a problem (a stalled dispatcher, a
+    task in a crash-restart loop); a blocked event loop cannot run this task at all. Either way
+    systemd restarts the agent after ``WatchdogSec``.
+    """
+    loop = asyncio.get_running_loop()
+    period = interval_s / 2
+    stall_s = min(DISPATCH_STALL_S, period)
+    await runtime.ready.wait()
+    withheld: str | None = None
+    while True:
+        problem = runtime.health(stall_s=stall_s)
+        if problem is None:
+            sdnotify.notify("WATCHDOG=1")
+            if withheld is not None:
+                _LOGGER.warning("watchdog: healthy again; pinging")
+        elif problem != withheld:
+            _LOGGER.error("watchdog: not healthy; WATCHDOG=1 withheld %s", kv(reason=problem))
+        withheld = problem
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        late = loop.time() - due
+        if late > period:
+            _LOGGER.warning("watchdog: event loop was blocked %s", kv(late_s=round(late, 3)))
+
+
 async def serve(runtime: Runtime) -> None:
     loop = asyncio.get_running_loop()
 
@@ -94,10 +124,17 @@ async def serve(runtime: Runtime) -> None:
         sdnotify.notify("READY=1")
         _LOGGER.info("ready")
 
+    interval_s = sdnotify.watchdog_interval()
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(announce_ready(), name="sd-ready")
+            pinger = None
+            if interval_s is not None:
+                _LOGGER.info("systemd watchdog %s", kv(interval_s=interval_s))
+                pinger = tg.create_task(watchdog(runtime, interval_s), name="sd-watchdog")
             await runtime.run()
+            if pinger is not None:
+                pinger.cancel()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from drivers.psp.messages import DeclineReason, describe
 from hil.psp_sim.cards import Card, CardBehaviour, Outcome
-from hil.psp_sim.simulator import screen_buttons
+from hil.psp_sim.simulator import REQUEST_NAMES, screen_buttons
 
 if TYPE_CHECKING:
     from hil.psp_sim.simulator import Simulator
@@ -31,8 +31,8 @@ HELP = (
     "[decline=REASON|partial=N|pin_delay=S|limit=N] [limit_action=partial|decline] "
     "[update=approve|partial:N|decline:REASON] | tap rfid uid=HEX | remove | press ID | screen | "
     "sessions | received | faults | fault drop [N] | fault corrupt [N] | fault split [CHUNK] [N] | "
-    "fault delay SECONDS [N] | fault not_ready N | fault silent on|off | fault clear | close | "
-    "reboot [keep|lose] | quit"
+    "fault delay SECONDS [N] [only=REQUEST] | fault not_ready N | fault silent on|off | fault clear | "
+    "close | reboot [keep|lose] | quit"
 )
 
 
@@ -241,10 +241,15 @@ def _cmd_fault(sim: Simulator, args: list[str]) -> str:
             raise CommandError("chunk must be at least 1")
         faults.split_replies(chunk, count(1, None))
     elif kind == "delay":
+        only = None
+        if rest and rest[-1].lower().startswith("only="):
+            only = rest.pop()[len("only=") :]
+            if only not in REQUEST_NAMES:
+                raise CommandError(f"only: unknown request type {only!r}")
         if not rest:
-            raise CommandError("fault delay SECONDS [N]")
+            raise CommandError("fault delay SECONDS [N] [only=REQUEST]")
         at_most(2)
-        faults.delay_replies(_float(rest[0], "seconds"), count(1, 1))
+        faults.delay_replies(_float(rest[0], "seconds"), count(1, 1), only=only)
     elif kind == "not_ready":
         if len(rest) != 1:
             raise CommandError("fault not_ready N")

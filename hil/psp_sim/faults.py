@@ -2,6 +2,11 @@
 
 Each fault is armed for a number of frames (replies and unsolicited events alike) and consumed by
 the writer in this order: drop, delay, corrupt, split. ``None`` as a count means "until cleared".
+
+The delay can be targeted: ``delay_replies(seconds, n, only="CommitSession")`` holds only the
+replies to that request type (the ``drivers.psp.messages`` class name); other frames pass and do
+not consume the count. The request itself is handled at once (a Commit is booked when it arrives;
+only its Result is late), which is what a slow acquirer looks like to the host.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ class Faults:
     split_chunk: int = 1
     delay_remaining: int | None = 0
     delay_s: float = 0.0
+    delay_only: str | None = None  # hold only replies to this request type (class name)
     not_ready_remaining: int = 0  # §10.8: Synchronize answered with Not OK/0x11
     silent_bad_checksum: bool = False  # §2.5 / §12.2: stay silent on a bad checksum
 
@@ -35,12 +41,26 @@ class Faults:
         self.split_chunk = chunk
         self.split_remaining = _count(n)
 
-    def delay_replies(self, seconds: float, n: int | None = 1) -> None:
-        """Hold the next ``n`` frames for ``seconds`` (e.g. past the host's §9.1 timeouts)."""
+    def delay_replies(self, seconds: float, n: int | None = 1, *, only: str | None = None) -> None:
+        """Hold the next ``n`` frames for ``seconds`` (e.g. past the host's §9.1 timeouts).
+
+        ``only``: hold only replies to this request type (e.g. ``"CommitSession"``); other frames
+        are sent at once and do not count.
+        """
         if seconds < 0:
             raise ValueError("seconds must not be negative")
+        if only is not None and not only.isidentifier():
+            raise ValueError(f"only must be a request type name, got {only!r}")
         self.delay_s = seconds
         self.delay_remaining = _count(n)
+        self.delay_only = only
+
+    def delay_applies(self, request: str | None) -> bool:
+        """Whether the armed delay holds a frame answering ``request`` (consumes one count if so)."""
+        if self.delay_only is not None and request != self.delay_only:
+            return False
+        applies, self.delay_remaining = Faults.take(self.delay_remaining)
+        return applies
 
     def not_ready(self, n: int) -> None:
         """Answer the next ``n`` Synchronize requests with Result Not OK / 0x11 (§6.1, §10.8)."""
@@ -52,6 +72,7 @@ class Faults:
     def clear(self) -> None:
         self.drop_remaining = self.corrupt_remaining = self.split_remaining = self.delay_remaining = 0
         self.not_ready_remaining = 0
+        self.delay_only = None
         self.silent_bad_checksum = False
 
     @staticmethod
@@ -71,6 +92,7 @@ class Faults:
             "split_chunk": self.split_chunk,
             "delay": self.delay_remaining,
             "delay_s": self.delay_s,
+            "delay_only": self.delay_only,
             "not_ready": self.not_ready_remaining,
             "silent_on_bad_checksum": self.silent_bad_checksum,
         }

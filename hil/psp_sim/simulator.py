@@ -149,6 +149,33 @@ _CARD_STAGE_TAGS = (Tag.CARD_HASH, Tag.MASKED_PAN, Tag.ITEM_REFERENCE)
 _AUTH_STAGE_TAGS = (Tag.HOST_TRANSACTION_REFERENCE, Tag.BRAND_NAME, Tag.HOST_RESPONSE_CODE, Tag.ACQUIRER_ID)
 
 LinkKind = Literal["tcp", "pty", "transport"]
+# every request the simulator answers; names usable for targeted faults (``only=``)
+REQUEST_NAMES: frozenset[str] = frozenset(
+    t.__name__
+    for t in (
+        Synchronize,
+        GetStatus,
+        Protocol,
+        Setup,
+        Enable,
+        Disable,
+        RequestIds,
+        StartSession,
+        ReadCard,
+        AuthSession,
+        CancelSession,
+        CommitSession,
+        VoidSession,
+        UpdateSession,
+        ListSessions,
+        UiRequest,
+        AddTransactionContext,
+        Control,
+        PropCardExchange,
+        Reset,
+    )
+)
+_AUTH = AuthSession.__name__  # the Auth Session's answer comes later (timer), named explicitly
 
 
 class _LinkClosed(Exception):
@@ -160,6 +187,7 @@ class _Outgoing:
     data: bytes
     label: str
     ends_request: bool
+    request: str | None = None  # the request this frame answers (None: an unsolicited frame)
 
 
 _CLOSE = _Outgoing(b"", "close", False)  # writer sentinel: close the link after what is queued
@@ -173,6 +201,7 @@ class _Link:
     idle_close: bool  # §1.3: the 20 s idle close applies (TCP only)
     queue: asyncio.Queue[_Outgoing] = field(default_factory=asyncio.Queue)
     pending: int = 0  # requests received whose reply has not been written yet
+    answering: str | None = None  # name of the request being handled (for targeted faults)
     idle_handle: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     closed: bool = False
@@ -537,9 +566,10 @@ class Simulator:
                 _LOGGER.info("fault: dropping %s", item.label)
                 self._end_request(link, item)
                 continue
-            delay, faults.delay_remaining = Faults.take(faults.delay_remaining)
-            if delay:
-                _LOGGER.info("fault: holding %s for %.3f s", item.label, faults.delay_s)
+            if faults.delay_applies(item.request):
+                _LOGGER.info(
+                    "fault: holding %s (reply to %s) for %.3f s", item.label, item.request, faults.delay_s
+                )
                 await asyncio.sleep(faults.delay_s)
             data = item.data
             corrupt, faults.corrupt_remaining = Faults.take(faults.corrupt_remaining)
@@ -601,7 +631,9 @@ class Simulator:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _enqueue(self, link: _Link | None, message: Response, *, ends_request: bool) -> None:
+    def _enqueue(
+        self, link: _Link | None, message: Response, *, ends_request: bool, request: str | None = None
+    ) -> None:
         self.sent.append(message)
         if link is None or link.closed:
             _LOGGER.info("no client: %s not sent", message.name)
@@ -609,10 +641,11 @@ class Simulator:
         data = message.to_bytes(self.wire())
         if _LOGGER.isEnabledFor(logging.INFO):
             _LOGGER.info("tx %s %s", message.name, json.dumps(describe(message), default=str))
-        link.queue.put_nowait(_Outgoing(data, message.name, ends_request))
+        link.queue.put_nowait(_Outgoing(data, message.name, ends_request, request))
 
-    def _reply(self, link: _Link, message: Response) -> None:
-        self._enqueue(link, message, ends_request=True)
+    def _reply(self, link: _Link, message: Response, *, request: str | None = None) -> None:
+        """The answer to the request being handled (``request``: name it when answering later)."""
+        self._enqueue(link, message, ends_request=True, request=request or link.answering)
 
     def _emit(self, message: Response) -> None:
         """An unsolicited frame (Card Read, events) to the current client."""
@@ -637,6 +670,7 @@ class Simulator:
 
     def _on_bad_checksum(self, link: _Link) -> None:
         self._active = link
+        link.answering = None
         if self.faults.silent_bad_checksum:
             _LOGGER.info("bad checksum: staying silent")
             return
@@ -647,6 +681,7 @@ class Simulator:
     def _on_frame(self, link: _Link, frame: Frame) -> None:
         self._active = link
         link.pending += 1
+        link.answering = None
         self._update_idle(link)
         try:
             message = decode_request(frame, self.wire())
@@ -655,6 +690,7 @@ class Simulator:
             self._result(link, False, ResultCode.INCORRECT_MESSAGE)  # §6.1: 0x03
             return
         self.received.append(message)
+        link.answering = message.name
         if _LOGGER.isEnabledFor(logging.INFO):
             _LOGGER.info("rx %s %s", message.name, json.dumps(describe(message), default=str))
         if isinstance(message, UnknownMessage):
@@ -911,7 +947,9 @@ class Simulator:
                 outcome = Outcome.decline(DeclineReason.INSUFFICIENT_FUNDS)
         self._set_state(PspState.ENABLED)
         if outcome.kind == "decline":
-            self._reply(link, SessionDeclined(int(outcome.reason) if self.detailed else None))  # §5.18
+            self._reply(
+                link, SessionDeclined(int(outcome.reason) if self.detailed else None), request=_AUTH
+            )  # §5.18
         else:
             authorized = requested
             partial = outcome.kind == "partial" and self.family is Family.APOLLO  # §5.15: Apollo only
@@ -921,9 +959,11 @@ class Simulator:
             host_ref = self._rng.getrandbits(48).to_bytes(6, "big")
             dol = self._card_dol(card, txn, host_ref)
             if partial:
-                self._reply(link, SessionPartiallyApproved(session.session_id, authorized, dol))
+                self._reply(
+                    link, SessionPartiallyApproved(session.session_id, authorized, dol), request=_AUTH
+                )
             else:
-                self._reply(link, SessionApproved(session.session_id, dol))
+                self._reply(link, SessionApproved(session.session_id, dol), request=_AUTH)
         self._txn_event(TransactionEventCode.TRANSACTION_COMPLETE)
 
     def _on_cancel(self, link: _Link, _msg: Request) -> None:

@@ -8,8 +8,11 @@ import time
 import pytest
 
 from agent.runtime import Runtime
+from drivers.psp.errors import UnexpectedState
+from drivers.psp.messages import PspState
 from hil.psp_sim import Card
-from tests.agent.rig import Rig, eventually, running_agent
+from statemachines.effects import StartCardRead
+from tests.agent.rig import Rig, eventually, make_runtime, running_agent
 
 
 def _committed(rig: Rig) -> list[dict[str, object]]:
@@ -116,6 +119,8 @@ async def test_req_err_5_p6x_list_sessions_voids_orphans(p6x_rig: Rig) -> None:
     try:
         async with running_agent(rig.loaded, journal):
             await eventually(lambda: rig.sessions()[0]["status"] == "voided", 5, "orphan void")
+            # the terminal books the Void before its Result reaches the agent: wait for the journal
+            await eventually(lambda: journal.events(kind="recovery_orphan_voided"), 5, "void journaled")
         kinds = [e.kind for e in journal.events()]
         assert "recovery_list_sessions" in kinds
         voided = journal.events(kind="recovery_orphan_voided")
@@ -147,5 +152,76 @@ async def test_req_ops_1_crashed_supervised_task_is_restarted(apollo_rig: Rig) -
             runtime._on_terminal_event = original  # type: ignore[method-assign]
             await _tap_and_charge(rig, runtime)
             assert not agent.task.done()
+    finally:
+        journal.close()
+
+
+@pytest.mark.req("START-1", "TERM-3")
+async def test_req_start_1_scanning_again_at_once_after_an_authorization(
+    apollo_rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Plug, then tap as soon as the read runs: the card is typically read inside the Start
+    Session's confirmation window, so the Auth Session runs before the confirming Get Status (which
+    then sees ENABLED). That read did happen: no "card read not started", no 1 s penalty; the next
+    scan's Start Session goes out right after the approval and nothing stale ends it."""
+    rig = apollo_rig
+    journal = rig.open_journal()
+    try:
+        async with running_agent(rig.loaded, journal) as agent:
+            runtime = agent.runtime
+            rig.charger.plug(1)  # connector 2 stays free: the terminal keeps scanning afterwards
+            await eventually(lambda: runtime.station.connectors[1].state == "awaiting_card", 5)
+            await eventually(lambda: rig.psp.state.name == "WAIT_CARD", 10, "card read started")
+            rig.psp.tap(Card.emv())
+            await eventually(lambda: [s["status"] for s in rig.sessions()] == ["approved"], 5, "approval")
+            approved_at = time.monotonic()
+            await eventually(lambda: _start_sessions(rig) == 2 and rig.psp.state.name == "WAIT_CARD", 2)
+            assert time.monotonic() - approved_at < 0.5, "next scan not started promptly"
+            await asyncio.sleep(1.5)  # nothing stale ends the new read, no Start Session churn
+            assert _start_sessions(rig) == 2
+            assert rig.psp.state.name == "WAIT_CARD"
+            assert runtime.station.arbiter.state == "reading"
+            assert runtime.station.connectors[1].state == "charging"
+    finally:
+        journal.close()
+    assert "card read not started" not in caplog.text
+
+
+def _start_sessions(rig: Rig) -> int:
+    return sum(1 for request in rig.psp.received if request.name == "StartSession")
+
+
+class _BusyTerminal:
+    """Refuses the first Start Session (still closing its last transaction), then accepts."""
+
+    def __init__(self, busy_polls: int) -> None:
+        self.starts = 0
+        self.polls = 0
+        self._busy_polls = busy_polls
+
+    async def start_card_read(self, amount_minor: int, reference: int) -> None:
+        self.starts += 1
+        if self.starts == 1:
+            raise UnexpectedState("StartSession", PspState.WAIT_AUTH, (PspState.WAIT_CARD,))
+
+    async def status(self) -> str:
+        self.polls += 1
+        return "WAIT_AUTH" if self.polls <= self._busy_polls else "ENABLED"
+
+
+@pytest.mark.req("START-1", "TERM-3")
+async def test_req_start_1_refused_read_is_resent_once_the_terminal_is_idle(apollo_rig: Rig) -> None:
+    journal = apollo_rig.open_journal()
+    try:
+        runtime = make_runtime(apollo_rig.loaded, journal)
+        terminal = _BusyTerminal(busy_polls=2)
+        runtime.terminal = terminal  # type: ignore[assignment]
+        started = time.monotonic()
+        await runtime._start_read(StartCardRead(5000, 7, "scan", None))
+        took = time.monotonic() - started
+        assert terminal.starts == 2  # re-sent …
+        assert terminal.polls == 3  # … as soon as Get Status said ENABLED
+        assert took < 0.5, f"{took:.2f} s: the old 1 s penalty"
+        assert runtime.inbox.empty()  # no CardReadEnded: the read runs
     finally:
         journal.close()

@@ -24,6 +24,9 @@ MALFORMED = [
     "tap emv decline=not_a_reason",
     "tap rfid",
     "fault delay",
+    "fault delay 1 only=NoSuchRequest",
+    "fault delay only=CommitSession",
+    "fault delay 1 2 3 only=CommitSession",
     "fault split 0",
     "reboot sometimes",
     "press",
@@ -54,6 +57,11 @@ async def test_control_in_process_flow() -> None:
             1000,
             "approved",
         )
+        assert sim.control("fault delay 2.5 1 only=CommitSession") == "ok"
+        faults = json.loads(sim.control("faults"))
+        assert (faults["delay"], faults["delay_s"], faults["delay_only"]) == (1, 2.5, "CommitSession")
+        assert sim.control("fault delay 0.5") == "ok"  # the untargeted form still works
+        assert json.loads(sim.control("faults"))["delay_only"] is None
         assert sim.control("fault drop 1") == "ok"
         assert json.loads(sim.control("faults"))["drop"] == 1
         assert sim.control("fault clear") == "ok"

@@ -9,7 +9,7 @@ import pytest
 
 from drivers.psp import messages as m
 from drivers.psp.codec import Frame
-from hil.psp_sim import Card, CardBehaviour, Outcome
+from hil.psp_sim import Card, CardBehaviour, Faults, Outcome
 from tests.sim.helpers import HASH, PAN, RawHost, connected, fast_config, until
 
 DETAILED = m.ProtocolOption.DETAILED_RESULTS
@@ -568,3 +568,52 @@ async def test_close_connection_goes_offline() -> None:
         sim.close_connection()  # a pty stays open; PSP goes OFFLINE
         assert sim.state is m.PspState.OFFLINE
         assert (await host.status()).state is m.PspState.OFFLINE
+
+
+async def test_fault_delay_only_holds_the_named_request_type() -> None:
+    """``delay_replies(only="CommitSession")``: other replies pass at once and do not use up the count;
+    the Commit is booked when it arrives, only its Result is late."""
+    async with connected(fast_config("apollo")) as (sim, host):
+        await host.setup()
+        approved = await host.approve(2500, sim)
+        assert isinstance(approved, m.SessionApproved)
+        sim.faults.delay_replies(0.3, n=1, only="CommitSession")
+        assert sim.faults.to_json()["delay_only"] == "CommitSession"
+        started = time.monotonic()
+        await host.status()  # not a Commit: answered at once, the count is kept
+        assert time.monotonic() - started < 0.2
+        assert sim.faults.delay_remaining == 1
+        started = time.monotonic()
+        await host.send(m.CommitSession(approved.session_id, 1000))
+        await until(lambda: sim.sessions[approved.session_id].status == "committed")
+        assert time.monotonic() - started < 0.2  # booked at once …
+        assert await host.silent(0.15)  # … its Result is held
+        assert await host.message() == m.Result(True)
+        assert time.monotonic() - started >= 0.29
+        assert sim.faults.delay_remaining == 0
+        started = time.monotonic()
+        await host.status()  # n=1: spent
+        assert time.monotonic() - started < 0.2
+
+
+async def test_fault_delay_only_auth_session_is_the_late_answer() -> None:
+    """The Auth Session's answer is sent from a timer; it is still recognised as its reply."""
+    async with connected(fast_config("apollo")) as (sim, host):
+        await host.setup()
+        sim.faults.delay_replies(0.2, only="AuthSession")
+        card_read = await host.read_card(2500, sim)
+        assert isinstance(card_read, m.CardRead)  # an event, not held
+        started = time.monotonic()
+        await host.send(m.AuthSession())
+        assert isinstance(await host.next_non_event(), m.SessionApproved)
+        assert time.monotonic() - started >= 0.19
+
+
+def test_fault_delay_rejects_a_bad_only() -> None:
+    faults = Faults()
+    with pytest.raises(ValueError):
+        faults.delay_replies(1.0, only="Commit Session")
+    faults.delay_replies(1.0, 2, only="VoidSession")
+    faults.clear()
+    assert faults.delay_only is None
+    assert faults.delay_applies("VoidSession") is False
