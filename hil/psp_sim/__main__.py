@@ -42,6 +42,16 @@ def _optional_seconds(value: str) -> float | None:
     return float(value)
 
 
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hil.psp_sim", description="Payter PSP terminal simulator")
     p.add_argument("--family", choices=("apollo", "p6x"), default="apollo")
@@ -75,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-decision", type=float, default=30.0, help="card hold without a decision, s (§9.2)")
     p.add_argument("--card-detect-timeout", type=_optional_seconds, default=60.0, help="s, or none (§11)")
     p.add_argument("--auth-delay", type=float, default=0.05, help="delay before the Auth answer, s")
+    p.add_argument(
+        "--session-timeout-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="F",
+        help="tests: multiply the Setup session timeout by F (e.g. 0.001: 3600 s → 3.6 s, §5.4)",
+    )
     p.add_argument("--over-capture", action="store_true", help="allow Commit above the authorised amount")
     p.add_argument(
         "--boot-not-ready", type=int, default=0, help="Not Ready answers to Synchronize after boot"
@@ -100,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         card_decision_s=args.card_decision,
         card_detect_timeout_s=args.card_detect_timeout,
         auth_delay_s=args.auth_delay,
+        session_timeout_scale=args.session_timeout_scale,
         status_header=args.status_header,
         read_card_header=args.read_card_header,
         commit_order=CommitOrder(args.commit_order),

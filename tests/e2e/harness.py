@@ -292,11 +292,20 @@ class LineClient:
 class PspSim:
     """``python -m hil.psp_sim`` as a process, driven over its control port."""
 
-    def __init__(self, workdir: Path, *, family: str = "apollo", pty: bool = False, seed: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        family: str = "apollo",
+        pty: bool = False,
+        seed: int = 1,
+        session_timeout_scale: float | None = None,
+    ) -> None:
         self.proc = Proc("psp_sim", workdir / "psp_sim.log")
         self.family = family
         self.pty = pty
         self.seed = seed
+        self.session_timeout_scale = session_timeout_scale
         self.control = LineClient("psp_sim")
         self.where: dict[str, Any] = {}
 
@@ -305,6 +314,8 @@ class PspSim:
         argv += ["--control-port", "0", "--seed", str(self.seed), "-v"]
         if self.pty:
             argv.append("--pty")
+        if self.session_timeout_scale is not None:
+            argv += ["--session-timeout-scale", repr(self.session_timeout_scale)]
         await self.proc.spawn(argv)
         self.where = await _first_json_line(self.proc)
         host, _, port = str(self.where["control"]).rpartition(":")
@@ -720,6 +731,8 @@ class StationOptions:
     relay: bool = False  # socat in front of the terminal (TCP only): link down/up
     config: Mapping[str, Any] | None = None  # merged into base_config()
     start_agent: bool = True
+    # the terminal simulator's Setup session timeout times this (--session-timeout-scale); None = real
+    session_timeout_scale: float | None = None
 
 
 class Station:
@@ -737,7 +750,12 @@ class Station:
             raise ValueError(f"transport {self.options.transport!r}")
         if self.options.relay and self.options.transport != "tcp":
             raise ValueError("the relay is for TCP")
-        self.psp = PspSim(workdir, family=self.options.family, pty=self.options.transport == "pty")
+        self.psp = PspSim(
+            workdir,
+            family=self.options.family,
+            pty=self.options.transport == "pty",
+            session_timeout_scale=self.options.session_timeout_scale,
+        )
         self.charger = ChargerSim(
             workdir, broker.url, connectors=self.options.connectors, prefix=f"e2e{os.getpid()}n{self.number}"
         )

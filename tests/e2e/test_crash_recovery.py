@@ -161,14 +161,60 @@ async def test_crash_point(station_factory: StationFactory, case: CrashCase) -> 
     await run_crash_case(station_factory, case)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    reason="psp-reference §10.4: an approval lost before it is journaled cannot be found on an Apollo "
-    "(no List Sessions); only the terminal's Setup timeout (void, ≥ 1 h) releases it",
-    strict=False,
-)
-async def test_crash_after_approval_received_apollo(station_factory: StationFactory) -> None:
-    await run_crash_case(station_factory, APOLLO_ORPHAN)
+ORPHAN_SETUP_TIMEOUT_S = 3600  # terminal.session_timeout_s of the test (the schema's minimum)
+ORPHAN_TIMEOUT_S = 12.0  # … that the simulator runs in this many seconds (--session-timeout-scale)
+
+
+@pytest.mark.timeout(90)
+async def test_crash_after_approval_received_apollo_is_voided_by_the_terminal(
+    station_factory: StationFactory,
+) -> None:
+    """psp-reference §10.4: a kill after the terminal approved but before ``payment_approved`` was
+    journaled leaves an approval the journal never saw, and an Apollo cannot list sessions. The net
+    is the Setup session timeout with action *void* (TERM-2): the terminal voids the orphan when it
+    runs out; the agent never commits it. The simulator runs the timeout in seconds."""
+    case = APOLLO_ORPHAN
+    config = station_config(case.scenario)
+    config["terminal"] = {"session_timeout_s": ORPHAN_SETUP_TIMEOUT_S}
+    async with station_factory(
+        family=case.family,
+        config=config,
+        start_agent=False,
+        session_timeout_scale=ORPHAN_TIMEOUT_S / ORPHAN_SETUP_TIMEOUT_S,
+    ) as st:
+        await st.agent.start(crash_at=case.point)
+        await st.wait_ready()
+        setup = await st.psp.state()
+        assert (setup["session_timeout_s"], setup["timeout_action"]) == (ORPHAN_SETUP_TIMEOUT_S, "VOID")
+        with pytest.raises(AgentExited):
+            await drive_session(st, case.scenario, 1)
+        assert await st.agent.wait_exit(5) == -9
+        (orphan,) = await st.psp.sessions()
+        assert orphan["status"] == "approved"  # approved on the terminal, unknown to the journal
+        await recover(st)
+        await drive_session(st, "plug", 2)  # the restarted agent works normally meanwhile
+        sim = await st.wait_sim_sessions(
+            lambda ss: all(s["status"] != "approved" for s in ss),
+            what="the orphan approval timed out on the terminal",
+            within=ORPHAN_TIMEOUT_S + 10,
+        )
+        journal = await st.wait_until_journal_closed()
+        # every journaled payment settled exactly once, of the journal's amount
+        known = [s for s in sim if s["session_id"] != orphan["session_id"]]
+        assert [s["status"] for s in known] == ["committed"]
+        assert settlement_problems(known) == []
+        assert journal_problems(journal, known) == []
+        (p,) = [p for p in journal if p.get("terminal_session_id") == known[0]["session_id"]]
+        assert known[0]["committed_minor"] == p["final_minor"] == st.expected_cost(p["energy_wh"])
+        # the orphan: voided by the terminal's timeout, never committed or voided by the agent
+        (expired,) = [s for s in sim if s["session_id"] == orphan["session_id"]]
+        assert expired["status"] == "expired_voided", expired
+        assert expired["committed_minor"] in (0, None)
+        assert [h["event"] for h in expired["history"]] == ["approved", "expired_voided"]
+        assert not any(p.get("terminal_session_id") == orphan["session_id"] for p in journal)
+        first = [p for p in journal if p.get("masked_pan") == card(1)["pan"]]
+        assert all(p.get("terminal_session_id") is None for p in first), first
+        await st.agent.stop()  # SIGTERM → exit 0 (OPS-1)
 
 
 async def run_crash_case(station_factory: StationFactory, case: CrashCase) -> None:

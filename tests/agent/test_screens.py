@@ -1,0 +1,131 @@
+"""Apollo screens (agent/screens.py): home screen, message screens, button ids (START-3, STOP-4, START-8)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from agent import screens
+from agent.runtime import parse_ui_button
+from statemachines.authorization import AuthorizationPolicy, AuthorizationStrategy
+from statemachines.config import ConnectorConfig, StartMode, StationConfig, StopMode
+from statemachines.effects import ShowMessage
+from statemachines.events import UiAction
+from statemachines.terminal import ConnectorView
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class _Tariff:
+    currency = "EUR"
+    minor_unit_digits = 2
+
+    def describe(self) -> str:
+        return "0.39 EUR/kWh · incl. 21% VAT"
+
+
+def settings(**overrides: object) -> screens.ScreenSettings:
+    config = StationConfig(
+        connectors=(ConnectorConfig(1), ConnectorConfig(2), ConnectorConfig(3)),
+        start_modes=frozenset({StartMode.UI, StartMode.PLUG_IN}),
+        stop_modes=frozenset({StopMode.UI, StopMode.UNPLUG}),
+        **overrides,  # type: ignore[arg-type]
+    )
+    return screens.ScreenSettings.from_station(config, _Tariff(), {1: "Left", 2: "Right"})
+
+
+VIEWS = [
+    ConnectorView(1, "available", True),
+    ConnectorView(2, "charging", True, card_token="tok"),
+    ConnectorView(3, "unavailable", False),
+]
+
+
+@pytest.mark.req("START-3", "STOP-4", "START-8")
+def test_home_screen_lists_every_connector() -> None:
+    kind, props = screens.home_screen(settings(), VIEWS)
+    assert kind == "selection"
+    assert props == {
+        "title": "Select a connector - 0.39 EUR/kWh · incl. 21% VAT",
+        "items.start_1": "",
+        "items.start_1.label": "Left - Start",
+        "items.stop_2": "",
+        "items.stop_2.label": "Right - Charging: Stop",
+        "items.start_3": "",
+        "items.start_3.label": "Connector 3 - Unavailable",
+        "items.start_3.disabled": "true",
+    }
+
+
+@pytest.mark.req("AMT-1")
+def test_home_screen_driver_cap_items() -> None:
+    policy = AuthorizationPolicy(
+        strategy=AuthorizationStrategy.DRIVER_CAP, driver_cap_choices_minor=(2000, 5000)
+    )
+    _, props = screens.home_screen(settings(authorization=policy), VIEWS[:1])
+    assert [k for k in props if k.startswith("items.") and k.count(".") == 1] == [
+        "items.start_1_2000",
+        "items.start_1_5000",
+        "items.start_2",
+        "items.start_3",
+    ]
+    assert props["items.start_1_5000.amount"] == "50.00"
+    assert props["items.start_1_5000.currency"] == "EUR"
+    assert props["items.start_2.disabled"] == "true"  # no view: shown as unavailable
+
+
+def test_busy_connector_without_ui_stop_is_disabled() -> None:
+    s = screens.ScreenSettings(connector_ids=(1,), ui_start=True)
+    _, props = screens.home_screen(s, [ConnectorView(1, "charging", True, card_token="t")])
+    assert props["items.start_1.disabled"] == "true"
+    assert props["items.start_1.label"] == "Connector 1 - Charging"
+
+
+@pytest.mark.parametrize(
+    ("button", "connector", "action", "cap"),
+    [
+        ("start_2", 2, UiAction.START, None),
+        ("start_2_5000", 2, UiAction.START, 5000),
+        ("stop_1", 1, UiAction.STOP, None),
+    ],
+)
+def test_wire_button_ids_parse(button: str, connector: int, action: UiAction, cap: int | None) -> None:
+    sel = parse_ui_button(button, AT)
+    assert sel is not None
+    assert (sel.connector_id, sel.action, sel.cap_minor) == (connector, action, cap)
+    assert parse_ui_button(button.replace("_", "."), AT) == sel  # the engine's dotted form too
+
+
+def test_message_screens() -> None:
+    s = settings()
+    assert screens.message_screen(s, ShowMessage(1, "tariff")) is None  # the home screen says it
+    assert screens.message_screen(s, ShowMessage(1, "charging")) is None
+    kind, props = screens.message_screen(s, ShowMessage(2, "session_ended", {"amount_minor": 1234})) or (
+        "",
+        {},
+    )
+    assert kind == "notification"
+    assert props["message"] == "Charged 12.34 EUR"
+    assert props["icon"] == "approved"
+    kind, props = screens.message_screen(s, ShowMessage(1, "card_mismatch")) or ("", {})
+    assert (kind, props["icon"], props["subtitle"]) == ("notification", "declined", "Left")
+    kind, props = screens.message_screen(
+        s, ShowMessage(None, "select_connector", {"connectors": (1, 2)})
+    ) or (
+        "",
+        {},
+    )
+    assert kind == "dialog"
+    assert props["buttons.start_1.label"] == "Left"
+    assert "buttons.start_2" in props
+
+
+def test_notifications_only_deployment() -> None:
+    s = screens.ScreenSettings(tariff_text="0.39 EUR/kWh")
+    assert not s.home_enabled
+    assert screens.notification(s, ShowMessage(1, "plug_in")) == (
+        "notification",
+        {"title": "Please plug in your vehicle", "subtitle": "Connector 1"},
+    )
+    assert screens.notification(s, ShowMessage(None, "tariff"))[1]["message"] == "0.39 EUR/kWh"
