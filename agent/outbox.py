@@ -19,6 +19,13 @@ only those are left the append is refused with :class:`OutboxFull` and :attr:`Ou
 is raised (cleared once the count falls below the bound again). :attr:`Outbox.near_full` is true
 from ``near_full_ratio`` (80 %) of the bound, for the "outbox near full" alarm.
 
+Sequence counters (UP-2): :meth:`Outbox.next_seq` reads the next ``seq`` of a stream (e.g. the
+events of one session) and ``append(..., seq=(stream, value))`` stores ``value + 1`` as that
+stream's next value **in the append's transaction**: a message and the counter advance together or
+not at all, so a restart continues the sequence without a gap or a repeated ``seq``. The counters
+live in ``outbox_seq`` and survive the deletion of published rows; :meth:`Outbox.forget_seq` drops a
+finished stream.
+
 Storage: the agent passes the journal's database file; the outbox uses its own connection and its
 own tables (``outbox``, ``outbox_schema_version``), created with ``IF NOT EXISTS`` and migrated
 independently of the journal's ``schema_version``. One :class:`Outbox` instance owns the table; it is
@@ -54,7 +61,7 @@ DROPPABLE: Final = "meter"  # periodic meter values: the only kind ever dropped 
 DEFAULT_MAX_MESSAGES: Final = 10_000  # agent/config.py UpstreamConfig.outbox_max_messages default
 NEAR_FULL_RATIO: Final = 0.8
 BUSY_TIMEOUT_MS: Final = 5_000  # the journal writes to the same file from its own connection
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (  # 1
@@ -68,6 +75,12 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             created_at REAL NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, id)",
+    ),
+    (  # 2: per-session sequence counters (``seq``), advanced in the append's transaction
+        """CREATE TABLE IF NOT EXISTS outbox_seq (
+            stream TEXT PRIMARY KEY,
+            next INTEGER NOT NULL CHECK (next >= 0)
+        )""",
     ),
 )
 
@@ -190,17 +203,49 @@ class Outbox:
             self._listeners.remove(callback)
 
     def append(
-        self, topic: str, payload: bytes, *, kind: Kind, connector_id: int | None, qos: int = 1
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: Kind,
+        connector_id: int | None,
+        qos: int = 1,
+        seq: tuple[str, int] | None = None,
+        forget: Sequence[str] = (),
     ) -> int:
         """Store one message durably (fsync'd before returning) and return its row id.
 
+        ``seq=(stream, value)``: the payload carries ``seq`` ``value`` of ``stream``; the stream's
+        next value becomes ``value + 1`` in the same transaction. ``forget``: streams whose counters
+        are dropped in the same transaction (a finished session).
         Raises :class:`OutboxFull` when the bound is reached and no meter row can be dropped.
         """
-        return self.append_many([(topic, payload, kind, connector_id, qos)])[0]
+        return self.append_many([(topic, payload, kind, connector_id, qos)], seq=seq, forget=forget)[0]
 
-    def append_many(self, items: Iterable[tuple[str, bytes, Kind, int | None, int]]) -> list[int]:
+    def next_seq(self, stream: str) -> int:
+        """The next ``seq`` of ``stream`` (0 for a new stream); advanced by ``append(seq=…)``."""
+        row = self._conn.execute("SELECT next FROM outbox_seq WHERE stream = ?", (stream,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def forget_seq(self, *streams: str) -> None:
+        """Drop the counters of finished streams."""
+        if not streams:
+            return
+        try:
+            self._conn.executemany("DELETE FROM outbox_seq WHERE stream = ?", [(s,) for s in streams])
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox forget_seq in {self.path} failed: {exc}") from exc
+
+    def append_many(
+        self,
+        items: Iterable[tuple[str, bytes, Kind, int | None, int]],
+        *,
+        seq: tuple[str, int] | None = None,
+        forget: Sequence[str] = (),
+    ) -> list[int]:
         """Store several ``(topic, payload, kind, connector_id, qos)`` messages in one transaction
-        (one fsync), in the given order; all or nothing. Returns their row ids."""
+        (one fsync), in the given order; all or nothing. Returns their row ids. ``seq`` and
+        ``forget``: see :meth:`append`."""
         rows = [self._checked(*item) for item in items]
         if not rows:
             return []
@@ -232,6 +277,14 @@ class Outbox:
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
                 count += 1
+            if seq is not None:
+                conn.execute(
+                    "INSERT INTO outbox_seq (stream, next) VALUES (?, ?) "
+                    "ON CONFLICT (stream) DO UPDATE SET next = MAX(next, excluded.next)",
+                    (seq[0], seq[1] + 1),
+                )
+            for stream in forget:
+                conn.execute("DELETE FROM outbox_seq WHERE stream = ?", (stream,))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:

@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from agent import crashpoints
+from agent import crashpoints, screens
 from agent.journal import Journal, JournalError
 from agent.logs import kv
+from agent.publisher import ConnectorSnapshot, Publisher
 from agent.recovery import ChargerFacts, reconcile_terminal_sessions, restore_events, settle_unapproved
 from agent.timers import TimerKey, Timers
 from drivers.charger import base as charger
@@ -56,6 +57,7 @@ from drivers.terminal import (
     TransactionProgress,
     mask_token,
 )
+from drivers.terminal import TerminalState as TerminalLinkState
 from drivers.terminal import UiSelection as TerminalUiSelection
 from statemachines.config import StationConfig
 from statemachines.effects import (
@@ -122,23 +124,7 @@ ENERGY_RETRIES: Final = 3  # enable/disable attempts before an alarm
 DEFAULT_RECOVERY_WAIT_S: Final = 1.0  # wait this long for the charger's plug facts (ERR-5 budget 2 s)
 DEFAULT_DRAIN_S: Final = 10.0  # SIGTERM: wait this long for settlements in flight (OPS-1)
 
-# ShowMessage keys → Apollo notification text (a seam: texts/localisation come with receipts)
-MESSAGE_TEXT: Final[Mapping[str, str]] = {
-    "tariff": "Tap your card to start",
-    "plug_in": "Please plug in your vehicle",
-    "charging": "Charging",
-    "declined": "Card declined",
-    "session_ended": "Session ended. Thank you",
-    "terminal_offline": "Payment unavailable",
-    "idle_fee": "Charging finished: please unplug",
-    "select_connector": "Select a connector",
-    "selection_timeout": "No connector selected",
-    "connector_unavailable": "Connector unavailable",
-    "no_session": "No session on this connector",
-    "terminal_busy": "Terminal busy, try again",
-    "rfid_accepted": "Card accepted",
-    "rfid_rejected": "Card not accepted",
-}
+MESSAGE_TEXT: Final = screens.MESSAGE_TEXT  # ShowMessage keys → text (agent/screens.py)
 
 
 def utcnow() -> datetime:
@@ -166,6 +152,7 @@ class RuntimeOptions:
 
     max_current_a: Mapping[int, int] = field(default_factory=dict)
     ui_screens: bool = False  # Apollo: render ShowMessage as UI Request screens
+    connector_labels: Mapping[int, str] = field(default_factory=dict)  # names on the Apollo screens
     list_sessions: bool = False  # P6X: reconcile with List Sessions after a restart
     timer_scale: float = 1.0
     recovery_wait_s: float = DEFAULT_RECOVERY_WAIT_S
@@ -221,6 +208,8 @@ class Runtime:
         charger_driver: charger.ChargerDriver,
         options: RuntimeOptions | None = None,
         clock: Callable[[], datetime] = utcnow,
+        publisher: Publisher | None = None,
+        upstream_run: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.options = options or RuntimeOptions()
         self.station = Station(station_config, pricer, terminal_online=False)
@@ -228,6 +217,8 @@ class Runtime:
         self.terminal = terminal
         self.charger = charger_driver
         self.clock = clock
+        self.publisher = publisher  # the upstream seam (agent/publisher.py); None = log lines only
+        self._upstream_run = upstream_run  # the UpstreamClient's run(), a supervised task
         self.connector_ids = tuple(c.connector_id for c in station_config.connectors)
         self.timers = Timers(self._timer_fired, scale=self.options.timer_scale)
         self.inbox: asyncio.Queue[Event | _Internal] = asyncio.Queue()
@@ -253,6 +244,18 @@ class Runtime:
         self._pending_since = 0.0  # the inbox last went from empty to non-empty
         self._crashes: dict[str, deque[float]] = {}
         self._read_outcomes = 0  # card reads that ended (card presented or read cancelled), see _start_read
+        # RFID/CUG: awaited by the connector actor (agent/port.py wire_remote sets the back office's)
+        self.backend_authorizer: Callable[[int, CardToken], Awaitable[BackendAuthorizationResult]]
+        self.backend_authorizer = self._backend_unavailable
+        self.extra_tasks: dict[str, Callable[[], Awaitable[None]]] = {}  # more supervised tasks
+        # Apollo screens (agent/screens.py): the home screen is re-rendered, coalesced, on changes
+        self.screens = screens.ScreenSettings.from_station(
+            station_config, pricer, self.options.connector_labels
+        )
+        self._home_sig: tuple[object, ...] | None = None
+        self._home_pending = False
+        self._hold_until = 0.0  # a message is on screen until then (loop clock)
+        self._hold_handle: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -296,8 +299,16 @@ class Runtime:
                 spawn("dispatcher", self._dispatch_loop)
                 spawn("terminal-events", self._pump_terminal)
                 spawn("charger-events", self._pump_charger)
+                if self._upstream_run is not None:
+                    spawn("upstream", self._upstream_run)
+                if self.publisher is not None:
+                    spawn("upstream-publisher", self.publisher.run)
+                    for cid in self.connector_ids:
+                        self._publish_connector_state(cid)
                 for actor in self.actors.values():
                     spawn(actor.name, actor.run)
+                for name, factory in self.extra_tasks.items():  # e.g. "commands" (agent/port.py)
+                    spawn(name, factory)
                 self._tasks.append(tg.create_task(self._recovery(), name="recovery"))
                 self.ready.set()
                 _LOGGER.info("runtime up %s", kv(connectors=",".join(map(str, self.connector_ids))))
@@ -307,6 +318,8 @@ class Runtime:
                     task.cancel()
         finally:
             self.timers.cancel_all()
+            if self._hold_handle is not None:
+                self._hold_handle.cancel()
             await self.charger.close()
             _LOGGER.info("runtime stopped")
 
@@ -382,6 +395,7 @@ class Runtime:
                     self._buffered.append(item)  # fed after the restore (ERR-5), see _RestoreNow
                 else:
                     self.step(item)
+                self._refresh_home()
             finally:
                 self._dispatched_at = asyncio.get_running_loop().time()
                 self._progress.set()
@@ -393,17 +407,20 @@ class Runtime:
         for cid, machine in self.station.connectors.items():
             if machine.state != before[cid]:
                 _LOGGER.info("connector state %s", kv(connector=cid, old=before[cid], new=machine.state))
+                self._publish_connector_state(cid)
         at = getattr(event, "at", None)
         for index, effect in enumerate(effects):
             try:
                 self._execute_inline(effect, at)
+                if isinstance(effect, JournalRecord) and effect.kind == "meter":
+                    self._publish_meter(effect, event)
             except JournalError as exc:
                 dropped = [type(e).__name__ for e in effects[index + 1 :]]
                 _LOGGER.error(
                     "journal write failed; effects after it are not executed %s",
                     kv(error=str(exc), dropped=",".join(dropped) or None),
                 )
-                publish_upstream(Alarm("journal_trouble", getattr(effect, "connector_id", None), {}))
+                self._upstream(Alarm("journal_trouble", getattr(effect, "connector_id", None), {}))
                 return
 
     def _execute_inline(self, effect: Effect, at: datetime | None) -> None:
@@ -415,7 +432,7 @@ class Runtime:
             case CancelTimer(kind=kind, connector_id=cid):
                 self.timers.cancel(kind, cid)
             case UpstreamEvent() | Alarm():
-                publish_upstream(effect)
+                self._upstream(effect)
             case ShowMessage(connector_id=cid, key=key, data=data):
                 _LOGGER.info("message %s", kv(connector=cid, key=key, **_safe(data)))
                 if self.options.ui_screens and not self._stopping:
@@ -427,6 +444,77 @@ class Runtime:
                 self.actors[None].queue.put_nowait(effect)
             case _:
                 self.actors[effect.connector_id].queue.put_nowait(effect)
+
+    # -- upstream (agent/publisher.py; ERR-6: never raises into the engine's path) ----------------
+
+    def _upstream(self, effect: UpstreamEvent | Alarm) -> None:
+        publish_upstream(effect)  # the log line
+        if self.publisher is None:
+            return
+        try:
+            if isinstance(effect, Alarm):
+                self.publisher.alarm(effect)
+            else:
+                self.publisher.event(effect)
+        except Exception:
+            _LOGGER.exception("upstream: %s not published", effect.name)
+
+    def _publish_connector_state(self, cid: int) -> None:
+        machine = self.station.connectors.get(cid)
+        if self.publisher is None or machine is None:
+            return
+        session, payment = machine.session, machine.payment
+        try:
+            self.publisher.connector_state(
+                ConnectorSnapshot(
+                    connector_id=cid,
+                    state=machine.state,
+                    plugged=machine.plugged,
+                    available=machine.enabled,
+                    session_id=session.ref if session is not None else None,
+                    terminal_session_id=payment.session_id if payment is not None else None,
+                    method=payment.method.value if payment is not None else None,
+                    energy_wh=session.usage.energy_wh if session is not None else 0,
+                    power_w=round(session.power_w) if session is not None else 0,
+                    cost_minor=machine.running_cost_minor,
+                    authorized_minor=machine.authorized_minor,
+                )
+            )
+        except Exception:
+            _LOGGER.exception("upstream: connector %s state not published", cid)
+
+    def _publish_meter(self, record: JournalRecord, event: Event) -> None:
+        """A journaled meter value of a session → upstream meter message and connector state."""
+        if self.publisher is None or not isinstance(event, MeterReading) or record.connector_id is None:
+            return
+        data = record.data
+        try:
+            self.publisher.meter(
+                record.connector_id,
+                str(data.get("session_ref") or ""),
+                at=event.at,
+                meter_wh=event.energy_wh,
+                energy_wh=int(str(data.get("energy_wh") or 0)),
+                power_w=event.power_w,
+                cost_minor=int(str(data.get("cost_minor") or 0)),
+            )
+        except Exception:
+            _LOGGER.exception("upstream: meter value not published")
+        self._publish_connector_state(record.connector_id)
+
+    def _publish_terminal_state(self, state: TerminalLinkState) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.terminal_state(
+                state.link,
+                ready=state.ready,
+                since_monotonic=state.since,
+                psp_state=state.psp_state,
+                last_error=state.last_error,
+            )
+        except Exception:
+            _LOGGER.exception("upstream: terminal state not published")
 
     def _usage_for(self, record: JournalRecord) -> Usage | None:
         if record.connector_id is None:
@@ -452,21 +540,19 @@ class Runtime:
             case UpdateAuthorization(connector_id=cid, session_id=sid, new_total_minor=total):
                 self.post(await self._update(cid, sid, total))
             case RequestBackendAuthorization(connector_id=cid, card=card):
-                # the upstream auth/request round trip comes with the MQTT outbox (next issue)
-                _LOGGER.info(
-                    "backend authorization unavailable %s", kv(connector=cid, token=mask_token(card.token))
-                )
-                self.post(
-                    BackendAuthorizationResult(
-                        cid, self.clock(), card.token, BackendAuthorizationStatus.UNAVAILABLE
-                    )
-                )
+                self.post(await self.backend_authorizer(cid, card))  # agent/port.py wire_remote
             case EnableEnergy(connector_id=cid):
                 await self._energy(cid, enable=True)
             case DisableEnergy(connector_id=cid):
                 await self._energy(cid, enable=False)
             case _:
                 _LOGGER.warning("no executor for %s", type(effect).__name__)
+
+    async def _backend_unavailable(self, cid: int, card: CardToken) -> BackendAuthorizationResult:
+        """``backend_authorizer`` until :func:`agent.port.wire_remote` replaces it."""
+        _LOGGER.info("backend authorization unavailable %s", kv(connector=cid, token=mask_token(card.token)))
+        status = BackendAuthorizationStatus.UNAVAILABLE
+        return BackendAuthorizationResult(cid, self.clock(), card.token, status)
 
     async def _authorize(self, cid: int) -> AuthorizationResult:
         try:
@@ -553,7 +639,7 @@ class Runtime:
             crashpoints.reached(f"charger_sent:{action}")
             _LOGGER.info("charger command sent %s", kv(connector=cid, action=action))
             return
-        publish_upstream(Alarm("charger_command_failed", cid, {"action": action}))
+        self._upstream(Alarm("charger_command_failed", cid, {"action": action}))
 
     async def _execute_terminal(self, effect: Effect) -> None:
         match effect:
@@ -564,16 +650,63 @@ class Runtime:
                     await self.terminal.cancel_read()
                 except DriverError as exc:
                     _LOGGER.warning("cancel read failed %s", kv(error=type(exc).__name__))
-            case ShowMessage(connector_id=cid, key=key):
-                props = {"title": MESSAGE_TEXT.get(key, key)}
-                if cid is not None:
-                    props["subtitle"] = f"Connector {cid}"
-                try:
-                    await self.terminal.show_screen("notification", props)
-                except DriverError as exc:
-                    _LOGGER.info("screen not shown %s", kv(key=key, error=type(exc).__name__))
+            case ShowMessage():
+                await self._show_message(effect)
             case _:
                 _LOGGER.warning("no terminal executor for %s", type(effect).__name__)
+
+    # -- Apollo screens (agent/screens.py) --------------------------------------------------------
+
+    def _refresh_home(self) -> None:
+        """After a dispatched item: re-render the home screen when what it shows changed, or when
+        the payment flow released the display (a read ended)."""
+        if not (self.options.ui_screens and self.screens.home_enabled):
+            return
+        sig = screens.home_signature(self.station.views(), self.station.arbiter.read_in_progress)
+        if sig != self._home_sig:
+            self._home_sig = sig
+            self._request_home()
+
+    def _request_home(self) -> None:
+        """Queue one home screen render (coalesced: at most one queued at a time)."""
+        if not (self.options.ui_screens and self.screens.home_enabled) or self._stopping:
+            return
+        if not self._home_pending:
+            self._home_pending = True
+            self.actors[None].queue.put_nowait(ShowMessage(None, screens.HOME_KEY))
+
+    async def _show_message(self, message: ShowMessage) -> None:
+        """Terminal actor: a ``ShowMessage`` (or the home screen marker) as a UI Request."""
+        screen: screens.Screen | None
+        if not self.screens.home_enabled:
+            screen = screens.notification(self.screens, message)
+        elif message.key == screens.HOME_KEY:
+            self._home_pending = False
+            if asyncio.get_running_loop().time() < self._hold_until:
+                return  # a message is up; the hold timer brings the home screen back
+            screen = screens.home_screen(self.screens, self.station.views())
+        else:
+            screen = screens.message_screen(self.screens, message)
+            if screen is None:
+                self._request_home()
+                return
+        try:
+            await self.terminal.show_screen(*screen)
+        except DriverError as exc:
+            _LOGGER.info("screen not shown %s", kv(key=message.key, error=type(exc).__name__))
+            return
+        _LOGGER.debug("screen shown %s", kv(key=message.key, type=screen[0]))
+        if self.screens.home_enabled and message.key != screens.HOME_KEY:
+            loop = asyncio.get_running_loop()
+            self._hold_until = loop.time() + screens.MESSAGE_HOLD_S
+            if self._hold_handle is not None:
+                self._hold_handle.cancel()
+            self._hold_handle = loop.call_later(screens.MESSAGE_HOLD_S, self._hold_over)
+
+    def _hold_over(self) -> None:
+        self._hold_until = 0.0
+        self._hold_handle = None
+        self._request_home()
 
     async def _start_read(self, effect: StartCardRead) -> None:
         """Start Session / Read Card; when the terminal refuses because it is still busy (closing the
@@ -635,6 +768,9 @@ class Runtime:
             case LinkStateChanged(state=state):
                 self._terminal_ready = state.ready
                 _LOGGER.info("terminal link %s", kv(link=state.link, ready=state.ready))
+                self._publish_terminal_state(state)
+                if state.ready:
+                    self._request_home()
                 self._feed_link_state()
             case CardPresented(kind=kind, token=token, masked_pan=pan, brand=brand):
                 self._read_outcomes += 1
@@ -753,8 +889,10 @@ def map_charger_event(event: charger.ChargerEvent) -> Event | None:
 
 def parse_ui_button(button: str, at: datetime) -> UiSelection | None:
     """Apollo button ids the agent puts on its screens: ``start.<connector>[.<cap_minor>]`` or
-    ``stop.<connector>`` (docs/runtime.md)."""
-    parts = button.split(".")
+    ``stop.<connector>`` (docs/runtime.md). On the wire the parts are joined with ``_``
+    (``start_2_5000``, :func:`agent.screens.button_id`): a ``.`` in an id would read as a nested
+    property in the flattened UI Request keys (``items.<id>.label``, psp-reference §5.21)."""
+    parts = button.replace("_", ".").split(".")
     if len(parts) not in (2, 3) or parts[0] not in ("start", "stop") or not parts[1].isdigit():
         return None
     cap = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None

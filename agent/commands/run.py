@@ -17,13 +17,18 @@ import logging
 import signal
 from pathlib import Path
 
-from agent import crashpoints, logs, sdnotify
+from agent import __version__, crashpoints, logs, sdnotify
 from agent.config import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
+from agent.contract import Topics
 from agent.errors import ConfigError
 from agent.journal import Journal, JournalError
 from agent.logs import kv
+from agent.outbox import Outbox, OutboxError
+from agent.port import wire_remote
 from agent.psptap import crashpoint_opener
+from agent.publisher import Publisher
 from agent.runtime import DEFAULT_DRAIN_S, DISPATCH_STALL_S, Runtime, RuntimeOptions
+from agent.upstream import UpstreamClient, UpstreamError
 from drivers.charger import load_driver
 from drivers.charger.mqtt_bridge import TlsOptions
 from drivers.psp.messages import Family
@@ -67,17 +72,70 @@ def build_runtime(
     options = RuntimeOptions(
         max_current_a={c.id: c.max_current_a for c in config.connectors},
         ui_screens=apollo,
+        connector_labels={c.id: c.label for c in config.connectors if c.label},
         list_sessions=not apollo,
         drain_timeout_s=drain_timeout_s,
     )
-    return Runtime(
+    publisher, client = build_upstream(loaded, journal, apollo=apollo)
+    runtime = Runtime(
         station_config=config.to_station_config(),
         pricer=loaded.tariff,
         journal=journal,
         terminal=terminal,
         charger_driver=charger_driver,
         options=options,
+        publisher=publisher,
+        upstream_run=client.run,
     )
+    wire_remote(runtime, client, config, outbox=publisher.outbox)  # commands + RFID (agent/port.py)
+    return runtime
+
+
+def build_upstream(
+    loaded: LoadedConfig, journal: Journal, *, apollo: bool
+) -> tuple[Publisher, UpstreamClient]:
+    """The outbox (in the journal's SQLite file), the MQTT client and the publisher (DESIGN.md §5.3).
+
+    Raises :class:`UpstreamError` (bad broker URL or TLS files) and :class:`OutboxError`; the
+    caller closes ``publisher.outbox``.
+    """
+    config = loaded.config
+    uc = config.upstream
+    outbox = Outbox(journal.path, max_messages=uc.outbox_max_messages)
+    try:
+        password = loaded.secrets.upstream_password
+        tls = uc.tls
+        client = UpstreamClient(
+            broker_url=uc.broker_url,
+            station_id=config.station_id,
+            prefix=uc.prefix,
+            outbox=outbox,
+            protocol="3.1.1" if uc.protocol == "3.1.1" else "5",
+            client_id=uc.client_id,
+            username=uc.username,
+            password=password.reveal().rstrip("\r\n") if password is not None else None,
+            ca_file=tls.ca_file if tls is not None else None,
+            cert_file=tls.cert_file if tls is not None else None,
+            key_file=tls.key_file if tls is not None else None,
+            version=__version__,
+        )
+    except BaseException:
+        outbox.close()
+        raise
+    publisher = Publisher(
+        outbox,
+        client,
+        Topics(config.station_id, uc.prefix),
+        config.station_id,
+        journal=journal,
+        tariff=loaded.tariff,
+        currency=config.tariff.currency,
+        qr_url_template=config.receipts.qr_url_template,
+        final_screen=None,  # the Apollo final screen is not wired yet (docs/upstream.md)
+        terminal_family="apollo" if apollo else "p6x",
+        terminal_offline_alarm_after_s=config.terminal.offline_alarm_after_s,
+    )
+    return publisher, client
 
 
 async def watchdog(runtime: Runtime, interval_s: float) -> None:
@@ -155,8 +213,15 @@ def _run(args: argparse.Namespace) -> int:
     except JournalError as exc:
         raise CliError(str(exc), EXIT_JOURNAL) from None
     try:
-        runtime = build_runtime(loaded, journal, drain_timeout_s=args.drain_timeout)
-        asyncio.run(serve(runtime))
+        try:
+            runtime = build_runtime(loaded, journal, drain_timeout_s=args.drain_timeout)
+        except (UpstreamError, OutboxError) as exc:
+            raise CliError(f"upstream: {exc}", EXIT_CONFIG) from None
+        try:
+            asyncio.run(serve(runtime))
+        finally:
+            if runtime.publisher is not None:
+                runtime.publisher.outbox.close()
     finally:
         journal.close()
     _LOGGER.info("exit")

@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "psp_codec": "hil.bench.codec",
     "agent": "hil.bench.agent",
     "outbox": "hil.bench.outbox",
+    "upstream": "hil.bench.upstream",
 }
 
 
