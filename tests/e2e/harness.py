@@ -25,6 +25,7 @@ import copy
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -833,6 +834,25 @@ class Station:
             within=within,
             check=self.agent.check_alive,
         )
+
+    async def wait_connector(self, c: int, states: Sequence[str], *, within: float = 5.0) -> str:
+        """The agent's connector ``c`` is in one of ``states``, read from its ``connector state``
+        log lines (what the agent has processed, not what the simulators were told)."""
+        pattern = re.compile(rf"connector state connector={c} old=\S+ new=(\S+)")
+
+        async def current() -> str | None:
+            found = pattern.findall(self.agent.proc.log_text())
+            return found[-1] if found else None
+
+        state = await wait_until(
+            current,
+            lambda s: s in states,
+            what=f"connector {c} in {list(states)}",
+            within=within,
+            check=self.agent.check_alive,
+        )
+        assert state is not None
+        return state
 
     async def wait_terminal(
         self, states: Sequence[str], *, within: float = 5.0, alive: bool = True

@@ -56,6 +56,8 @@ async def start_charging(st: Station, c: int, n: int, *, plug_first: bool = True
     await st.charger.power(c, POWER_W)
     if plug_first:
         await st.charger.plug(c)
+        # the terminal may already be scanning (tap-to-stop): tap only once the agent saw the plug
+        await st.wait_connector(c, ("awaiting_card",))
     await st.wait_terminal(("WAIT_CARD",))
     await st.psp.tap_emv(**card(n))
     sessions = await st.wait_sim_sessions(
