@@ -2,7 +2,9 @@
 
 Every upstream message except retained state is appended here **before** it is published: the row
 is committed (WAL + ``synchronous=FULL``: fsync'd) before :meth:`Outbox.append` returns, so a message
-the agent has produced survives a crash, a power cut and a broker outage. The drainer in
+the agent has produced survives a crash, a power cut and a broker outage. Periodic meter values are
+the exception: committed without their own fsync, they survive a process crash and are fsync'd
+with the next durable row (a power cut may lose the latest few). The drainer in
 :mod:`agent.upstream` publishes the rows QoS 1 and deletes them only after the PUBACK.
 
 Ordering: rows get a strictly increasing ``id`` (``AUTOINCREMENT``: never reused) and
@@ -253,7 +255,14 @@ class Outbox:
         ids: list[int] = []
         dropped = 0
         now = self._wall_clock()
+        # Periodic meter values need no fsync of their own (DESIGN.md §7: meter → broker ≤ 10 ms):
+        # committed with synchronous=NORMAL they reach the OS at once (a process crash loses
+        # nothing), and the next FULL commit fsyncs the WAL with them; a power cut may lose the
+        # latest few, which the drop policy treats as expendable anyway. Everything else: FULL.
+        meter_only = all(kind == DROPPABLE for _, _, kind, _, _ in rows)
         try:
+            if meter_only:
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             count = self._count
             for topic, payload, kind, connector_id, qos in rows:
@@ -290,6 +299,9 @@ class Outbox:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise OutboxError(f"outbox append to {self.path} failed: {exc}") from exc
+        finally:
+            if meter_only and not conn.in_transaction:
+                conn.execute("PRAGMA synchronous=FULL")
         self._count = count
         self.stats.appended += len(ids)
         self.stats.dropped_meter += dropped

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -176,3 +179,26 @@ def test_bound_order_and_never_dropping_events(ops: list[str | int]) -> None:
             model.append((n, op))
             assert box.count() <= 8
         assert [r.payload for r in box.pending(100)] == [_payload(n) for n, _ in model]
+
+
+@pytest.mark.req("UP-2")
+def test_meter_rows_survive_a_process_crash_and_durable_rows_stay_full(tmp_path: Path) -> None:
+    """Meter rows skip their own fsync (latency budget) but survive SIGKILL; other kinds stay FULL."""
+    db = tmp_path / "journal.sqlite3"
+    script = (
+        "import os, signal, sys\n"
+        "from agent.outbox import Outbox\n"
+        f"box = Outbox({str(db)!r})\n"
+        "box.append('m/1', b'meter-1', kind='meter', connector_id=1)\n"
+        "box.append('e/1', b'event-1', kind='event', connector_id=1)\n"
+        "box.append('m/1', b'meter-2', kind='meter', connector_id=1)\n"
+        "assert box._conn.execute('PRAGMA synchronous').fetchone()[0] == 2  # FULL again\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    box = Outbox(db)
+    try:
+        assert [row.payload for row in box.pending(10)] == [b"meter-1", b"event-1", b"meter-2"]
+    finally:
+        box.close()
