@@ -1,7 +1,14 @@
 """The journal: the agent's write-ahead record of every money-relevant fact (DESIGN.md §2, §5.2).
 
 SQLite in WAL mode with ``synchronous=FULL``: a transaction that :meth:`Journal.record` commits is
-on disk (fsync) when the call returns. Schema changes are numbered SQL files in
+on disk (fsync) when the call returns — for every money-relevant fact. The one exception is a
+**periodic meter value** (a ``meter`` record while the payment is ``charging``; not the final meter
+value of a stop): its transaction is committed with ``synchronous=NORMAL``, i.e. written to the WAL
+(it reaches the OS at once and survives a crash or SIGKILL of the process) without waiting for its
+own fsync; the next FULL commit fsyncs the WAL including it, and a meter value is committed with FULL
+anyway when the last FULL commit is older than ``meter_sync_interval_s`` (5 s). After a power loss
+at most the meter values of that interval are lost (the recovery then commits a total up to a few
+seconds older). See docs/runtime.md "Journal durability". Schema changes are numbered SQL files in
 ``agent/migrations`` (``0001_journal.sql`` …) applied in order inside one transaction each, tracked
 in ``schema_version``.
 
@@ -25,7 +32,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -40,6 +48,11 @@ from statemachines.pricing import Usage, UsageBucket, UsageKind
 
 JOURNAL_FILE: Final = "journal.sqlite3"
 BUSY_TIMEOUT_MS: Final = 5000
+# A periodic meter value is committed with synchronous=FULL anyway when the last FULL commit is older
+# than this: the bound on meter values lost to a power cut (never to a process crash).
+METER_SYNC_INTERVAL_S: Final = 5.0
+# payment state in which a ``meter`` record is a periodic value, not money-relevant on its own
+_PERIODIC_METER_STATE: Final = "charging"
 
 FINAL_STATES: Final = frozenset({"committed", "voided", "declined", "failed", "ended"})
 # a full PAN is 13 to 19 digits (ISO/IEC 7812); a 40-hex card hash never has such a run alone
@@ -282,13 +295,25 @@ def _statements(sql: str) -> Iterable[str]:
 class Journal:
     """The single writer. Use :meth:`open`; call :meth:`close` at the end."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, schema_version: int) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        schema_version: int,
+        *,
+        meter_sync_interval_s: float = METER_SYNC_INTERVAL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._conn = conn
         self.path = path
         self.schema_version = schema_version
+        self._meter_sync_interval_s = meter_sync_interval_s
+        self._monotonic = monotonic
+        self._last_full_commit = monotonic()
+        self.unsynced_meter_commits = 0  # NORMAL meter commits since the last FULL commit
 
     @classmethod
-    def open(cls, state_dir: Path | str) -> Journal:
+    def open(cls, state_dir: Path | str, *, meter_sync_interval_s: float = METER_SYNC_INTERVAL_S) -> Journal:
         """Open (create, migrate) ``state_dir/journal.sqlite3``; raises :class:`JournalError`."""
         directory = Path(state_dir)
         try:
@@ -305,7 +330,7 @@ class Journal:
             version = _migrate(conn)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open the journal in {directory}: {exc}") from exc
-        return cls(conn, path, version)
+        return cls(conn, path, version, meter_sync_interval_s=meter_sync_interval_s)
 
     def close(self) -> None:
         try:
@@ -328,28 +353,56 @@ class Journal:
         at: datetime | None = None,
         usage: Usage | None = None,
     ) -> None:
-        """Persist ``record`` (event row + payment row update) in one fsynced transaction.
+        """Persist ``record`` (event row + payment row update) in one transaction.
 
-        Post: the transaction is committed and on disk; then the crash point ``journal:<kind>``.
+        Post: the transaction is committed — fsynced (``synchronous=FULL``) unless it is a periodic
+        meter value (see :meth:`_periodic_meter` and the module docstring), which is committed with
+        ``synchronous=NORMAL`` (in the OS, not yet on disk); then the crash point ``journal:<kind>``.
         ``usage`` (the session's accumulated usage after the event) is kept for restart pricing.
         """
         data = dict(record.data)
         check_no_pan(record.kind, data)
         when = _utc_iso(at)
         ref = str(data.get("session_ref") or "") or None
+        full = not self._periodic_meter(record.kind, ref)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
-                "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
-                (when, record.kind, record.connector_id, ref, json.dumps(data, default=str)),
-            )
-            if ref is not None and record.connector_id is not None:
-                self._apply(record.kind, ref, record.connector_id, data, when, usage)
-            self._conn.execute("COMMIT")
+            if not full:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(
+                    "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
+                    (when, record.kind, record.connector_id, ref, json.dumps(data, default=str)),
+                )
+                if ref is not None and record.connector_id is not None:
+                    self._apply(record.kind, ref, record.connector_id, data, when, usage)
+                self._conn.execute("COMMIT")
+            finally:
+                if not full:
+                    self._conn.execute("PRAGMA synchronous=FULL")  # every other write fsyncs again
         except sqlite3.Error as exc:
             self._rollback()
             raise JournalError(f"journal write of {record.kind} failed: {exc}") from exc
+        self._committed(full)
         crashpoints.reached(f"journal:{record.kind}")
+
+    def _periodic_meter(self, kind: str, ref: str | None) -> bool:
+        """Whether ``kind`` for payment ``ref`` may be committed without its own fsync: a ``meter``
+        record while the payment is ``charging`` (the final meter value of a stop comes in
+        ``stopping`` and stays FULL), and the last FULL commit is recent enough."""
+        if kind != "meter" or ref is None:
+            return False
+        if self._monotonic() - self._last_full_commit >= self._meter_sync_interval_s:
+            return False
+        row = self._conn.execute("SELECT state FROM payments WHERE payment_id = ?", (ref,)).fetchone()
+        return row is not None and row[0] == _PERIODIC_METER_STATE
+
+    def _committed(self, full: bool) -> None:
+        if full:
+            self._last_full_commit = self._monotonic()
+            self.unsynced_meter_commits = 0
+        else:
+            self.unsynced_meter_commits += 1
 
     def note(
         self, kind: str, connector_id: int | None, data: Mapping[str, object], **changes: object
@@ -371,6 +424,7 @@ class Journal:
         except sqlite3.Error as exc:
             self._rollback()
             raise JournalError(f"journal write of {kind} failed: {exc}") from exc
+        self._committed(True)
         crashpoints.reached(f"journal:{kind}")
 
     def disposal_sent(self, session_id: str) -> None:

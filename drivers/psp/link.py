@@ -10,10 +10,14 @@ Declined when no Cancel/Auth is outstanding, and anything that is not a valid re
 event stream (:meth:`PspLink.events`). Frames that do not decode are counted and logged, never
 raised out of the reader (style.md §2).
 
-Start Session and Read Card have no documented immediate reply (§5.9): the link treats them as
-accepted unless a Result Not OK arrives within ``timeouts.start_session_window_s``, then confirms
-with Get Status (WAIT_CARD expected; WAIT_AUTH if a card was already tapped). The Card Read that
-follows is an event.
+Start Session and Read Card have no documented immediate reply (§5.9): only a Result Not OK
+rejects them. The link writes the start **and a Get Status right behind it** (one write, under the
+one lock) and waits for the first reply: the terminal answers in order, so a rejection (Result Not
+OK) arrives before the status reply, and a status of WAIT_CARD (WAIT_AUTH if a card was already
+at the reader) confirms the start (DESIGN.md §3.2). There is no fixed waiting window: the lock is
+held for one round trip, so an Auth Session for a card read at once is not delayed. After a
+rejection the link still consumes the status reply that follows, so the next request is not
+answered with it. The Card Read that follows is an event.
 """
 
 from __future__ import annotations
@@ -134,6 +138,11 @@ class LinkStats:
 class _Pending:
     request: Request
     future: asyncio.Future[PspMessage]
+    # a start (Start Session / Read Card) with its confirming Get Status written right behind it:
+    # the first reply is either the start's Result Not OK or the status reply (§4.4, §5.9)
+    start_pair: bool = False
+    # start pair only: the reply to its Get Status when the start was rejected (it follows the Not OK)
+    trailing: asyncio.Future[PspMessage] | None = None
 
 
 def command_timeout(profile: Profile, request: Request) -> float:
@@ -143,8 +152,7 @@ def command_timeout(profile: Profile, request: Request) -> float:
         return t.auth_s  # §9.1: P6X 30 s, Apollo 3 min 30 s
     if isinstance(request, CommitSession | VoidSession):
         return t.commit_void_s  # §9.1: 60 s
-    if isinstance(request, _START_REQUESTS):
-        return t.start_session_window_s  # DESIGN.md §3.2: only a quick Not OK rejects a start
+    # others, and Start Session / Read Card: confirmed by the Get Status written right behind them
     return t.other_s  # §9.1: P6X 10 s, Apollo 5 s
 
 
@@ -158,6 +166,14 @@ def is_reply(request: Request, message: PspMessage) -> bool:
     if expected is None:  # a request without a modelled reply (e.g. Prop Card Exchange): take any
         return not isinstance(message, SessionCancelled | SessionDeclined)
     return type(message) in expected
+
+
+def _is_start_pair_reply(message: PspMessage) -> bool:
+    """First reply to Start Session / Read Card + Get Status: the start's Result Not OK (§5.9) or
+    the status reply (§5.6); a Result OK is no documented reply to a start and stays an event."""
+    if isinstance(message, Result):
+        return not message.ok
+    return isinstance(message, GetStatusResponse)
 
 
 class PspLink:
@@ -277,34 +293,42 @@ class PspLink:
             raise PspNotOk(request, reply)
         return reply
 
-    async def _start(self, request: Request, window_s: float | None) -> GetStatusResponse:
-        window = self.profile.timeouts.start_session_window_s if window_s is None else window_s
-        try:
-            reply = await self._exchange(request, window)
-        except PspTimeout:
-            reply = None  # §5.9: no documented immediate reply; silence means accepted
+    async def _start(self, request: Request, timeout_s: float | None) -> GetStatusResponse:
+        """Start Session / Read Card + Get Status in one exchange (see the module docstring)."""
+        limit_s = command_timeout(self.profile, request) if timeout_s is None else timeout_s
+        reply = await self._exchange(request, limit_s, confirm=True)
         if isinstance(reply, Result) and not reply.ok:
             self.stats.not_ok += 1
             raise PspNotOk(request, reply)
-        status = await self.request(GetStatus())
-        if not isinstance(status, GetStatusResponse):  # pragma: no cover - the reply table forbids it
+        if not isinstance(reply, GetStatusResponse):  # pragma: no cover - is_reply forbids it
             raise UnexpectedState(request.name, PspState.OFFLINE, (PspState.WAIT_CARD,))
-        if status.state not in (PspState.WAIT_CARD, PspState.WAIT_AUTH):
-            raise UnexpectedState(request.name, status.state, (PspState.WAIT_CARD, PspState.WAIT_AUTH))
-        return status
+        if reply.state not in (PspState.WAIT_CARD, PspState.WAIT_AUTH):
+            raise UnexpectedState(request.name, reply.state, (PspState.WAIT_CARD, PspState.WAIT_AUTH))
+        return reply
 
-    async def _exchange(self, request: Request, timeout_s: float) -> PspMessage:
+    async def _exchange(self, request: Request, timeout_s: float, *, confirm: bool = False) -> PspMessage:
+        """One request and its reply under the lock. ``confirm`` (starts only): a Get Status is
+        written right behind ``request`` and the first reply is the start's Result Not OK or the
+        status; after a Not OK the status reply is consumed as well (bounded by ``timeout_s``)."""
+        loop = asyncio.get_running_loop()
         async with self._lock:
             if self.closed:
                 raise LinkLost(self.description, self._close_reason)
-            future: asyncio.Future[PspMessage] = asyncio.get_running_loop().create_future()
-            self._pending = _Pending(request, future)  # registered before the write
+            future: asyncio.Future[PspMessage] = loop.create_future()
+            trailing: asyncio.Future[PspMessage] | None = loop.create_future() if confirm else None
+            # registered before the write
+            self._pending = _Pending(request, future, start_pair=confirm, trailing=trailing)
             self.stats.requests += 1
             try:
-                frame = request.to_frame(self.wire)
-                data = frame.to_bytes()
+                data = request.to_frame(self.wire).to_bytes()
                 if _LOGGER.isEnabledFor(logging.DEBUG):
                     _LOGGER.debug("%s → %s %s", self.description, request.name, data.hex(" "))
+                if confirm:
+                    self.stats.requests += 1
+                    status_data = GetStatus().to_frame(self.wire).to_bytes()
+                    if _LOGGER.isEnabledFor(logging.DEBUG):
+                        _LOGGER.debug("%s → GetStatus %s", self.description, status_data.hex(" "))
+                    data += status_data  # one write: both frames leave in one segment
                 try:
                     await self._transport.write(data)
                 except TransportError as exc:
@@ -317,13 +341,28 @@ class PspLink:
                 except TimeoutError:
                     self.stats.timeouts += 1
                     raise PspTimeout(request, timeout_s) from None
+                if trailing is not None and isinstance(reply, Result) and not reply.ok:
+                    await self._consume_status(request, trailing, timeout_s)
             finally:
                 self._pending = None
-                if not future.done():
-                    future.cancel()
+                for waiter in (future, trailing):
+                    if waiter is not None and not waiter.done():
+                        waiter.cancel()
             self.last_reply = time.monotonic()
             self._after_reply(request, reply)
             return reply
+
+    async def _consume_status(
+        self, request: Request, trailing: asyncio.Future[PspMessage], timeout_s: float
+    ) -> None:
+        """After a rejected start: wait for the reply to the Get Status written behind it (the
+        reader registered ``trailing`` as the pending reply when it took the Not OK; lock held)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await trailing
+        except TimeoutError:
+            self.stats.timeouts += 1
+            _LOGGER.info("%s: no status reply after %s was rejected", self.description, request.name)
 
     def _after_reply(self, request: Request, reply: PspMessage) -> None:
         if isinstance(reply, ProtocolEcho):
@@ -411,7 +450,9 @@ class PspLink:
                     if frame.extended == self.wire.extended
                     else replace(self.wire, extended=frame.extended)
                 )
-                message = decode_response(frame, wire, expecting=pending.request if pending else None)
+                # a start pair: no context, so 0x01 reads as Not OK and a one-hot state as status
+                expecting = None if pending is None or pending.start_pair else pending.request
+                message = decode_response(frame, wire, expecting=expecting)
             except MessageError as exc:
                 self.stats.decode_errors += 1
                 _LOGGER.warning("%s: undecodable frame 0x%02X: %s", self.description, frame.header, exc)
@@ -420,8 +461,19 @@ class PspLink:
                 continue
             if _LOGGER.isEnabledFor(logging.DEBUG):
                 _LOGGER.debug("%s ← %s %s", self.description, _name(message), frame.to_bytes().hex(" "))
-            if pending is not None and not pending.future.done() and is_reply(pending.request, message):
+            if (
+                pending is not None
+                and not pending.future.done()
+                and (
+                    _is_start_pair_reply(message)
+                    if pending.start_pair
+                    else is_reply(pending.request, message)
+                )
+            ):
                 pending.future.set_result(message)
+                if pending.trailing is not None and isinstance(message, Result):
+                    # a rejected start: the reply to its Get Status is next (same read or later)
+                    self._pending = _Pending(GetStatus(), pending.trailing)
                 continue
             if type(message) not in _ALWAYS_EVENTS and not isinstance(
                 message, SessionCancelled | SessionDeclined

@@ -45,7 +45,8 @@ class Timeouts:
     commit_void_s: float = 60.0  # §9.1: Commit/Void 60 s, both families
     other_s: float = 5.0
     get_receipt_s: float = 15.0  # §9.1: Apollo only
-    # DESIGN.md §3.2: Start Session has no documented reply; a Not OK within this window rejects it
+    # Unused since the link confirms a Start Session with a Get Status written right behind it (no
+    # fixed window, DESIGN.md §3.2); kept so that existing configurations and callers still load.
     start_session_window_s: float = 0.5
     # §1.3 / TERM-4: keep-alive Get Status at ≤ 15 s (terminal closes idle TCP after 20 s)
     keepalive_s: float = 10.0

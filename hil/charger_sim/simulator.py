@@ -38,7 +38,7 @@ import aiomqtt
 import msgspec
 
 from drivers.charger.base import ChargingState
-from drivers.charger.mqtt_bridge import cancel_and_wait, retrieve_disconnect_error
+from drivers.charger.mqtt_bridge import NO_DELAY, cancel_and_wait, retrieve_disconnect_error
 from drivers.charger.payloads import (
     AlivePayload,
     CommandPayload,
@@ -402,6 +402,7 @@ class ChargerSimulator:
                 keepalive=self._keepalive_s,
                 clean_session=True,
                 timeout=5,
+                socket_options=NO_DELAY,  # like the bridge: no Nagle delay behind an unacked packet
             )
             try:
                 async with client:
