@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 from msgspec import Meta
 
+from agent.authorization import OfflinePolicy as RfidOfflinePolicy
 from agent.errors import ConfigError
 from agent.tariff import Tariff, TariffConfig, TariffConfigError, tariff_config_from_builtins
 from agent.yamlload import KeyPath, PathItem, YamlDocument, read_yaml_file
@@ -589,6 +590,38 @@ class ReceiptsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise _Rule("qr_url_template", "needs {receipt_id}")
 
 
+RFID_AUTH_MARGIN_S: Final = 2  # rfid.auth_timeout_s stays this far below session.card_decision_s
+
+
+class RfidConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """RFID / closed-user-group authorization by the back office (START-5, docs/commands.md)."""
+
+    offline_policy: Annotated[
+        RfidOfflinePolicy,
+        Meta(
+            description="no back-office answer: reject, local_list, local_list_and_cache or accept; START-5"
+        ),
+    ] = RfidOfflinePolicy.LOCAL_LIST_AND_CACHE
+    auth_timeout_s: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=25,
+            description="wait this long for auth/response, then the offline policy; below card_decision_s",
+        ),
+    ] = 5.0
+    offline_accept_limit_minor: Annotated[
+        Annotated[int, Meta(ge=1, le=MAX_AMOUNT_MINOR)] | None,
+        Meta(description="session cap of a card accepted by the accept policy; null = none"),
+    ] = None
+    cache_ttl_s: Annotated[
+        int, Meta(ge=1, description="keep a back-office accept for offline use this long (at most)")
+    ] = 604_800
+    cache_max_entries: Annotated[
+        int, Meta(ge=1, le=100_000, description="cached accepts kept (LRU); memory only")
+    ] = 1000
+
+
 # ---------------------------------------------------------------------------------------------------
 # the whole file
 # ---------------------------------------------------------------------------------------------------
@@ -626,6 +659,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     receipts: Annotated[ReceiptsConfig, Meta(description="receipts")] = msgspec.field(
         default_factory=ReceiptsConfig
     )
+    rfid: Annotated[RfidConfig, Meta(description="RFID / CUG authorization by the back office")] = (
+        msgspec.field(default_factory=RfidConfig)
+    )
 
     def __post_init__(self) -> None:
         _check_absolute(self, "state_dir")
@@ -659,6 +695,13 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
                 )
         if self.session.routing is Routing.UI_SELECTION and StartMode.UI not in self.session.start_modes:
             raise _Rule("session.routing", "ui_selection needs ui among session.start_modes")
+        limit_s = self.session.card_decision_s - RFID_AUTH_MARGIN_S
+        if self.rfid.auth_timeout_s > limit_s:
+            raise _Rule(
+                "rfid.auth_timeout_s",
+                f"must be at most session.card_decision_s - {RFID_AUTH_MARGIN_S} ({limit_s}): the terminal "
+                "drops a card not decided in time (psp-reference §9.2)",
+            )
         for index, connector in enumerate(self.connectors):
             if (
                 connector.max_duration_s is not None
