@@ -56,7 +56,9 @@ _PERIODIC_METER_STATE: Final = "charging"
 
 FINAL_STATES: Final = frozenset({"committed", "voided", "declined", "failed", "ended"})
 # a full PAN is 13 to 19 digits (ISO/IEC 7812); a 40-hex card hash never has such a run alone
-_PAN_LIKE: Final = re.compile(r"(?<![0-9])[0-9]{13,19}(?![0-9])")
+# A full PAN as it would leak: 13 to 19 digits standing alone (not inside a longer hex token such as
+# a card hash or an RFID UID), a card-brand first digit (2 to 6) and a valid Luhn check digit.
+_PAN_LIKE: Final = re.compile(r"(?<![0-9A-Za-z])[2-6][0-9]{12,18}(?![0-9A-Za-z])")
 _CARD_HASH: Final = re.compile(r"^[0-9A-Fa-f]{40}$")
 
 
@@ -69,7 +71,7 @@ def _utc_iso(at: datetime | None = None) -> str:
 
 
 def check_no_pan(kind: str, values: Mapping[str, object]) -> None:
-    """Raise :class:`JournalError` when a value looks like a full PAN (13 to 19 digits in a row).
+    """Raise :class:`JournalError` when a value looks like a full PAN (see ``_PAN_LIKE``).
 
     A 40-hex-digit card hash is allowed as a whole (psp-reference §5.14); the message names the
     field only, never the value.
@@ -91,8 +93,18 @@ def check_no_pan(kind: str, values: Mapping[str, object]) -> None:
             continue
         else:
             text = str(value)
-        if _PAN_LIKE.search(text):
+        if any(_luhn_ok(mo.group()) for mo in _PAN_LIKE.finditer(text)):
             raise JournalError(f"refused to journal {kind}: field {name} looks like a full PAN")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 0x30
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
 
 
 # --- usage (de)serialisation ------------------------------------------------------------------

@@ -166,7 +166,13 @@ def test_req_ops_2_pan_guard_refuses_full_pans(tmp_path: Path) -> None:
             "ok", {"token": HASH, "masked_pan": "476173******0010", "session_ref": REF, "amount": 5000}
         )
         with pytest.raises(JournalError):
-            check_no_pan("nested", {"data": {"x": ["4761 ", "4761739001010010123"]}})
+            check_no_pan("nested", {"data": {"x": ["4761 ", "4761739001010010121"]}})  # 19 digits, Luhn-valid
+        # not PANs: an RFID UID whose hex happens to be mostly digits, a Luhn-invalid digit run,
+        # a millisecond timestamp (first digit 1)
+        check_no_pan(
+            "rfid",
+            {"token": "0411223344556677AABB", "ref": "4761739001010011", "at_ms": 1795000000000},
+        )
     finally:
         journal.close()
 
