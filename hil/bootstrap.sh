@@ -61,6 +61,7 @@ case "$target" in
     .venv/bin/mypy --strict drivers statemachines agent/tariff.py
     .venv/bin/mypy agent hil
     log "pytest"
-    exec .venv/bin/python -m pytest -q -p no:cacheprovider "${@:2}"
+    # -n 3: most end-to-end tests wait on processes and sockets, so three workers fit two cores
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-3}" "${@:2}"
     ;;
 esac

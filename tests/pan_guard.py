@@ -68,21 +68,41 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         root.setLevel(logging.DEBUG)
 
 
+HITS_FILE_PREFIX = "pan-guard-log-hits-"
+
+
+def _basetemp(session: pytest.Session) -> Path | None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return None
+    try:
+        base: Path = factory.getbasetemp()
+    except Exception:  # no temporary directory was made
+        return None
+    return base
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     logging.getLogger().removeHandler(_SCANNER)
     hits = list(_SCANNER.hits)
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    base: Path | None = None
-    if factory is not None:
-        try:
-            base = factory.getbasetemp()
-        except Exception:  # no temporary directory was made
-            base = None
+    base = _basetemp(session)
+    worker = getattr(session.config, "workerinput", None)
+    if worker is not None:
+        # pytest-xdist worker: its exit status does not reach the controller. Hand the (masked)
+        # log hits over in a file under this worker's basetemp, which lies inside the
+        # controller's; the controller scans every file there, workers' included.
+        if hits and base is not None:
+            (base / f"{HITS_FILE_PREFIX}{worker.get('workerid', 'w')}.txt").write_text("\n".join(hits))
+        return
     if base is not None and base.exists():
         for path in base.rglob("*"):
             try:
-                if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_FILE_BYTES:
-                    hits.extend(f"{path}: {hit}" for hit in find_pans(path.read_bytes()))
+                if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_FILE_BYTES:
+                    continue
+                if path.name.startswith(HITS_FILE_PREFIX):
+                    hits.extend(path.read_text().splitlines())
+                    continue
+                hits.extend(f"{path}: {hit}" for hit in find_pans(path.read_bytes()))
             except OSError:
                 continue
     if hits and not session.config.getoption("collectonly", False):

@@ -40,7 +40,8 @@ def test_ignores_what_is_not_a_pan(text: str) -> None:
 
 
 @pytest.mark.req("OPS-2")
-def test_guard_fails_a_session_that_logs_a_pan() -> None:
+@pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
+def test_guard_fails_a_session_that_logs_a_pan(workers: str | None) -> None:
     """A real pytest session that logs a PAN fails. It runs outside this session's temporary
     directory, so the planted PAN is not found (again) by this session's own guard."""
     with tempfile.TemporaryDirectory(prefix="pan-guard-selftest-") as tmp:
@@ -49,10 +50,23 @@ def test_guard_fails_a_session_that_logs_a_pan() -> None:
         (root / "test_leak.py").write_text(
             "import logging\n\n"
             "def test_leaks(tmp_path):\n"
-            f"    logging.getLogger('agent').warning('declined card %s', '{TEST_PAN}')\n"
+            f"    logging.getLogger('agent').warning('declined card %s', '{TEST_PAN}')\n\n"
+            "def test_clean():\n"
+            "    pass\n"
         )
+        extra = ["-n", workers] if workers else []
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(root / "bt")],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--basetemp",
+                str(root / "bt"),
+                *extra,
+            ],
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             capture_output=True,

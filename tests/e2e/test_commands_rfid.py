@@ -414,6 +414,7 @@ async def test_rfid_backend_accept_with_limit_reject_and_tap_to_stop(station_fac
         # tap-to-stop with the same card (STOP-1 for RFID)
         bo.auth_answers[UID_OK] = {"status": "accepted"}
         await st.charger.plug(1)
+        await st.wait_connector(1, ("awaiting_card",))  # the agent saw the new plug-in
         await tap_rfid_and_wait_request(st, bo, UID_OK)
         await st.wait_energy(1, 150)
         await st.wait_terminal(("WAIT_CARD",))

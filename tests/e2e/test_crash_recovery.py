@@ -94,6 +94,9 @@ async def drive_session(st: Station, scenario: str, n: int, *, energy_wh: int = 
     if scenario == "plug":
         await st.charger.power(c, POWER_W)
         await st.charger.plug(c)
+        # tap only once the agent has processed this plug-in (the terminal may still be reading
+        # for an earlier one)
+        await st.wait_connector(c, ("awaiting_card",))
         await st.wait_terminal(("WAIT_CARD",))
         await st.psp.tap_emv(**card(n))
         await st.wait_energy(c, energy_wh)
@@ -126,6 +129,7 @@ async def recover(st: Station) -> None:
             with contextlib.suppress(HarnessError):  # a payment that is resumed gets energy again
                 await st.wait_charger(c, lambda s: s["enabled"], what="resumed", within=RESUME_WAIT_S)
             await st.charger.unplug(c)
+            await st.wait_connector(c, ("available",), within=15.0)  # the agent saw the unplug
 
 
 def check_outcome(

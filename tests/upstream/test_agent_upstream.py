@@ -169,6 +169,7 @@ async def charge(st: Station, c: int, card: int) -> None:
     before = {s["session_id"] for s in await st.psp.sessions()}
     await st.charger.power(c, POWER_W)
     await st.charger.plug(c)
+    await st.wait_connector(c, ("awaiting_card",), within=10)  # the agent saw the plug-in
     await st.wait_terminal(("WAIT_CARD",), within=10)
     await st.psp.tap_emv(hash=f"{card:040X}", pan=f"476173******{card:04d}")
     await st.wait_sim_sessions(lambda ss: any(s["session_id"] not in before for s in ss), what="approved")
