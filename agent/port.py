@@ -27,8 +27,8 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Final
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING, Final, Literal
 
 from agent.authorization import AuthCache, BackendAuthorizer, LocalAuthList, local_list_path
 from agent.contract import ReconciliationReport, Topics, encode
@@ -54,11 +54,13 @@ if TYPE_CHECKING:
     from agent.runtime import Runtime
     from agent.upstream import UpstreamClient
 
-__all__ = ["Remote", "RuntimeAdapter", "wire_remote"]
+__all__ = ["DailyReconciliation", "Remote", "RuntimeAdapter", "next_daily_run", "wire_remote"]
 
 _LOGGER = logging.getLogger(__name__)
 
 COMMANDS_TASK: Final = "commands"
+DAILY_REPORT_TASK: Final = "daily-reconciliation"
+DAILY_REPORT_DELAY: Final = timedelta(minutes=5)  # after local midnight: late meter values are in
 
 
 def _session_ref(machine: object) -> str | None:
@@ -197,19 +199,43 @@ class RuntimeAdapter:
         rows = self.runtime.journal.payments(limit=limit)
         return [dataclasses.asdict(row) for row in rows[:limit]]
 
-    async def reconcile(self, day: date | None, *, correlation_id: str) -> ReconciliationReport:
-        """Build the report (journal read in a worker thread), append it to the outbox (or, with
-        no outbox wired, publish it directly, best effort) and return it."""
-        source = self.state_dir or str(self.runtime.journal.path)
+    def _tariff(self) -> Tariff | None:
         base = self._pricers[self.runtime.connector_ids[0]].current if self._pricers else None
+        return base if isinstance(base, Tariff) else None
+
+    def station_tz(self) -> tzinfo:
+        """The station's timezone: the tariff's (UTC when none is configured), as
+        :func:`agent.reconcile.build_report` uses it for a day's window."""
+        tariff = self._tariff()
+        return tariff.timezone if tariff is not None else UTC
+
+    async def reconcile(self, day: date | None, *, correlation_id: str) -> ReconciliationReport:
+        """The ``reconcile`` command: :meth:`publish_report` of ``day`` (default: today, UTC)."""
+        return await self.publish_report(
+            day or datetime.now(UTC).date(), trigger="command", correlation_id=correlation_id, tz=UTC
+        )
+
+    async def publish_report(
+        self,
+        day: date,
+        *,
+        trigger: Literal["daily", "command"],
+        correlation_id: str | None = None,
+        tz: tzinfo | None = None,
+    ) -> ReconciliationReport:
+        """Build ``day``'s report (journal read in a worker thread; ``tz`` ``None``: the tariff's
+        timezone), append it to the outbox on ``reports/reconciliation`` (or, with no outbox
+        wired, publish it directly, best effort) and return it. Raises what
+        :func:`agent.reconcile.build_report` raises (``JournalError``)."""
+        source = self.state_dir or str(self.runtime.journal.path)
         report = await asyncio.to_thread(
             build_report,
             source,
             station_id=self.station_id,
-            day=day or datetime.now(UTC).date(),
-            tz=UTC,
-            tariff=base if isinstance(base, Tariff) else None,
-            trigger="command",
+            day=day,
+            tz=tz,
+            tariff=self._tariff(),
+            trigger=trigger,
             correlation_id=correlation_id,
         )
         payload = encode(report)
@@ -221,6 +247,73 @@ class RuntimeAdapter:
             except (AgentError, OSError, TimeoutError) as exc:
                 _LOGGER.warning("reconciliation report not published %s", kv(error=type(exc).__name__))
         return report
+
+
+def next_daily_run(now: datetime, tz: tzinfo, delay: timedelta = DAILY_REPORT_DELAY) -> datetime:
+    """The first local midnight + ``delay`` in ``tz`` strictly after ``now`` (timezone-aware)."""
+    local = now.astimezone(tz)
+    for offset in (0, 1, 2):
+        due = datetime.combine(local.date() + timedelta(days=offset), time(0), tzinfo=tz) + delay
+        if due > now:
+            return due
+    raise AssertionError("unreachable: a local midnight follows within two days")
+
+
+class DailyReconciliation:
+    """The ``daily-reconciliation`` task (REC-1): shortly after local midnight (``delay`` after
+    00:00 in :meth:`RuntimeAdapter.station_tz`), the previous day's report with
+    ``trigger="daily"`` through :meth:`RuntimeAdapter.publish_report` (the outbox).
+
+    The wait is computed from the wall clock (``clock``, injectable with ``sleep``) and slept in
+    chunks of at most ``MAX_SLEEP_S``, so a clock set after boot (NTP) or a DST change moves the
+    run. Woken late by more than a day (the clock jumped forward) it skips that run instead of
+    reporting a stale day. A failed report is logged (``JournalError``…) and not retried; a day
+    missed while the agent was down is not caught up (``evpay-agent reconcile`` / the
+    ``reconcile`` command build any day on demand).
+    """
+
+    MAX_SLEEP_S: Final = 3600.0
+
+    def __init__(
+        self,
+        port: RuntimeAdapter,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        delay: timedelta = DAILY_REPORT_DELAY,
+    ) -> None:
+        self.port = port
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sleep = sleep
+        self.delay = delay
+
+    async def run(self) -> None:
+        due = next_daily_run(self._clock(), self.port.station_tz(), self.delay)
+        while True:
+            now = self._clock()
+            tz = self.port.station_tz()
+            if now < due:  # recomputed: the same unless the clock went back or the timezone changed
+                due = next_daily_run(now, tz, self.delay)
+                await self._sleep(min((due - now).total_seconds(), self.MAX_SLEEP_S))
+                continue
+            day = (due - self.delay).astimezone(tz).date() - timedelta(days=1)
+            late = now - due
+            due = next_daily_run(now, tz, self.delay)
+            if late > timedelta(days=1):
+                _LOGGER.warning("daily reconciliation skipped: the clock jumped %s", kv(day=day.isoformat()))
+                continue
+            await self.report(day)
+
+    async def report(self, day: date) -> None:
+        try:
+            report = await self.port.publish_report(day, trigger="daily")
+        except (AgentError, OSError, ValueError) as exc:
+            _LOGGER.error("daily reconciliation report failed %s", kv(day=day.isoformat(), error=str(exc)))
+            return
+        _LOGGER.info(
+            "daily reconciliation report queued %s",
+            kv(day=day.isoformat(), payments=report.totals.payments, discrepancies=len(report.discrepancies)),
+        )
 
 
 @dataclass(slots=True)
@@ -292,6 +385,7 @@ def wire_remote(
     runtime.backend_authorizer = backend_authorizer
     remote = Remote(port, authorizer, handler, upstream)
     runtime.extra_tasks[COMMANDS_TASK] = remote.run
+    runtime.extra_tasks[DAILY_REPORT_TASK] = DailyReconciliation(port).run  # REC-1
     _LOGGER.info(
         "remote commands and rfid wired %s",
         kv(

@@ -12,7 +12,8 @@
 * receipts (RCPT-1): after ``session.ended`` and after a ``payment.declined`` the receipt is built
   with :mod:`agent.receipts` from the journal's payment row and the tariff's quote of the
   journaled usage, and appended on ``receipts``; with a QR template the link is in the receipt, and
-  the optional ``final_screen`` callback gets the Apollo final screen.
+  after ``session.ended`` the optional ``final_screen`` callback gets the Apollo final screen
+  (``Runtime.show_final_screen``, wired by agent/commands/run.py on Apollo with a QR template).
 
 Everything except retained state goes to the :class:`~agent.outbox.Outbox` first (fsync'd, a few
 ms, inline like the journal); delivery is the drainer's business. Nothing here waits for the
@@ -414,7 +415,8 @@ class Publisher:
 
     def receipt(self, connector_id: int, session_ref: str, effect: UpstreamEvent) -> Receipt | None:
         """Build the session's receipt from the journal and the tariff; append it on ``receipts``;
-        show the Apollo final screen through ``final_screen`` (when given)."""
+        after ``session.ended`` show the Apollo final screen through ``final_screen`` (when given;
+        a declined payment keeps the engine's ``declined`` message)."""
         if self.journal is None or self.tariff is None:
             return None
         try:
@@ -431,7 +433,7 @@ class Publisher:
             kv(connector=connector_id, receipt_id=receipt.receipt_id, status=receipt.status,
                total_minor=receipt.total_minor),
         )  # fmt: skip
-        if self.final_screen is not None:
+        if self.final_screen is not None and effect.name == "session.ended":
             try:
                 screen, props = apollo_final_screen(receipt, receipt.qr_url)
                 self.final_screen(connector_id, screen, props)

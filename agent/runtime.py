@@ -256,6 +256,7 @@ class Runtime:
         self._home_pending = False
         self._hold_until = 0.0  # a message is on screen until then (loop clock)
         self._hold_handle: asyncio.TimerHandle | None = None
+        self._final_screens: set[int] = set()  # connectors whose final receipt screen this step queued
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -403,6 +404,7 @@ class Runtime:
     def step(self, event: Event) -> None:
         """Step the engine with ``event`` and execute its effects in order (write-ahead)."""
         before = {cid: machine.state for cid, machine in self.station.connectors.items()}
+        self._final_screens.clear()
         effects = self.station.handle(event)
         for cid, machine in self.station.connectors.items():
             if machine.state != before[cid]:
@@ -435,6 +437,8 @@ class Runtime:
                 self._upstream(effect)
             case ShowMessage(connector_id=cid, key=key, data=data):
                 _LOGGER.info("message %s", kv(connector=cid, key=key, **_safe(data)))
+                if key == "session_ended" and cid in self._final_screens:
+                    return  # the final receipt screen (queued by this step's session.ended) says it
                 if self.options.ui_screens and not self._stopping:
                     self.actors[None].queue.put_nowait(effect)
             case StartCardRead() | CancelCardRead():
@@ -675,10 +679,23 @@ class Runtime:
             self._home_pending = True
             self.actors[None].queue.put_nowait(ShowMessage(None, screens.HOME_KEY))
 
+    def show_final_screen(self, connector_id: int, screen_type: str, properties: Mapping[str, str]) -> None:
+        """The publisher's ``final_screen`` callback (RCPT-2; wired on Apollo with a QR template,
+        agent/commands/run.py): queue the final receipt screen (amount, QR link) on the terminal
+        actor in place of the ``session_ended`` notification of the same engine step; held like
+        any message (``MESSAGE_HOLD_S``), then the home screen returns. Never blocks."""
+        if not self.options.ui_screens or self._stopping:
+            return
+        self._final_screens.add(connector_id)
+        data = {"type": screen_type, "properties": dict(properties)}
+        self.actors[None].queue.put_nowait(ShowMessage(connector_id, screens.FINAL_KEY, data))
+
     async def _show_message(self, message: ShowMessage) -> None:
         """Terminal actor: a ``ShowMessage`` (or the home screen marker) as a UI Request."""
         screen: screens.Screen | None
-        if not self.screens.home_enabled:
+        if message.key == screens.FINAL_KEY:
+            screen = screens.prebuilt(message)
+        elif not self.screens.home_enabled:
             screen = screens.notification(self.screens, message)
         elif message.key == screens.HOME_KEY:
             self._home_pending = False

@@ -33,6 +33,7 @@ Screen = tuple[str, dict[str, str]]  # (UI type, properties in order)
 
 MESSAGE_HOLD_S: Final = 3.0  # a message stays this long before the home screen returns
 HOME_KEY: Final = "_home"  # runtime-internal ShowMessage key: render the home screen now
+FINAL_KEY: Final = "_final"  # runtime-internal ShowMessage key: a prebuilt screen (RCPT-2), see prebuilt()
 
 # ShowMessage keys → text (a seam: texts/localisation come with receipts)
 MESSAGE_TEXT: Final[Mapping[str, str]] = {
@@ -242,6 +243,14 @@ def message_screen(settings: ScreenSettings, message: ShowMessage) -> Screen | N
     elif key in _OK_KEYS:
         props.update(icon="approved", color="1")
     return "notification", props
+
+
+def prebuilt(message: ShowMessage) -> Screen:
+    """A :data:`FINAL_KEY` message's screen as built elsewhere (the Apollo final receipt screen,
+    :func:`agent.receipts.apollo_final_screen`): ``data`` holds ``type`` and ``properties``."""
+    props = message.data.get("properties")
+    items = props.items() if isinstance(props, Mapping) else ()
+    return str(message.data.get("type") or "notification"), {str(k): str(v) for k, v in items}
 
 
 def notification(settings: ScreenSettings, message: ShowMessage) -> Screen:

@@ -87,6 +87,8 @@ def build_runtime(
         publisher=publisher,
         upstream_run=client.run,
     )
+    if apollo and config.receipts.qr_url_template:  # RCPT-2: amount + QR link on the final screen
+        publisher.final_screen = runtime.show_final_screen
     wire_remote(runtime, client, config, outbox=publisher.outbox)  # commands + RFID (agent/port.py)
     return runtime
 
@@ -131,7 +133,7 @@ def build_upstream(
         tariff=loaded.tariff,
         currency=config.tariff.currency,
         qr_url_template=config.receipts.qr_url_template,
-        final_screen=None,  # the Apollo final screen is not wired yet (docs/upstream.md)
+        final_screen=None,  # set by build_runtime (Runtime.show_final_screen) on Apollo with a QR template
         terminal_family="apollo" if apollo else "p6x",
         terminal_offline_alarm_after_s=config.terminal.offline_alarm_after_s,
     )

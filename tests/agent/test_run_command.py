@@ -79,9 +79,18 @@ async def _charge_then_unplug_with_commit_held(rig: Rig, held_s: float) -> float
     """Tap, charge, unplug; returns (monotonic) when the Commit reached the terminal, its Result held."""
     rig.charger.set_power(1, 11000.0)
     rig.charger.plug(1)
-    await eventually(lambda: rig.psp.state.name == "WAIT_CARD", 10, "card read")
-    rig.psp.tap(Card.emv())
-    await eventually(lambda: rig.charger.state(1).enabled, 10, "energy enabled")
+    # The terminal already scans for tap-to-start, so a tap can beat the agent's view of the
+    # plug-in and be refused ("plug in first", no payment made): tap again until energy flows.
+    for attempt in range(5):
+        await eventually(lambda: rig.psp.state.name == "WAIT_CARD", 10, "card read")
+        rig.psp.tap(Card.emv())
+        try:
+            await eventually(lambda: rig.charger.state(1).enabled, 3, "energy enabled")
+            break
+        except TimeoutError:
+            if attempt == 4:
+                raise
+    assert len(rig.sessions()) == 1  # refused taps made no payment
     await asyncio.sleep(0.3)
     rig.psp.faults.delay_replies(held_s, n=1, only="CommitSession")
     rig.charger.unplug(1)

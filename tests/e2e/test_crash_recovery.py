@@ -325,6 +325,13 @@ async def test_random_kills_settle_every_payment_exactly_once(station_factory: S
         assert settlement_problems(known) == []
         assert journal_problems(journal, known) == []
         assert len(orphans) <= results[1]["kills"]
+        # an orphan is untouched by the agent (never committed or voided twice) and left to the
+        # terminal's Setup timeout with action void, proven in
+        # test_crash_after_approval_received_apollo_is_voided_by_the_terminal
+        for orphan in orphans:
+            assert [h["event"] for h in orphan["history"]] == ["approved"], orphan
+        terminal = await apollo.psp.state()
+        assert terminal["timeout_action"] == "VOID"
         for st, table in ((p6x, await p6x.psp.sessions()), (apollo, known)):
             payments = await st.agent.sessions()
             for s in table:
