@@ -541,7 +541,7 @@ async def _sessions_rss_idle(rig: _Rig, sessions: int, idle_window_s: float) -> 
             "budget_p99_ms": BUDGET_AUTH_P99_MS,
             "within_budget": max(auth_early) * 1000 <= BUDGET_AUTH_P99_MS,
             "note": "card held at the reader before the card read starts: the terminal sends Card Read "
-            "at once, while the PSP driver still holds the link for the Start Session window (0.5 s)",
+            "at once, right behind the reply that confirms the Start Session",
         },
         "unplug_to_commit_session": {
             "p50_ms": _ms(_percentile(commit, 50)),
