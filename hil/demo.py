@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import re
-import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
@@ -36,6 +31,7 @@ from drivers.psp.codec import PREAMBLE_HOST, FrameDecoder
 from drivers.psp.profile import profile_for
 from drivers.terminal import Approved, CardPresented, PartiallyApproved, PspTerminal
 from drivers.transport import Transport, open_transport
+from hil.broker import BrokerError, LocalBroker
 from hil.charger_sim import ChargerSimulator
 from hil.psp_sim import Card, SimConfig, Simulator
 from statemachines.pricing import Usage, UsageKind
@@ -93,39 +89,6 @@ def step(text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # the full agent demo
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def mosquitto(workdir: Path) -> AsyncIterator[str]:
-    """Our own broker on a free port (never a system-wide one), stopped on exit."""
-    binary = shutil.which("mosquitto", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
-    if binary is None:
-        raise SystemExit("mosquitto is not installed: run `bash hil/bootstrap.sh demo`, which installs it")
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = await asyncio.create_subprocess_exec(
-        binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                with contextlib.suppress(OSError):
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                    writer.close()
-                    break
-                await asyncio.sleep(0.05)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        await proc.wait()
 
 
 class AgentProcess:
@@ -212,31 +175,36 @@ def _money(minor: object) -> str:
 async def run_agent_demo(out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="evpay-demo-") as tmp:
         workdir = Path(tmp)
-        async with mosquitto(workdir) as broker_url, Simulator(SimConfig(family="apollo")) as terminal:
-            psp_port = await terminal.serve_tcp("127.0.0.1", 0)
-            step(f"Mosquitto at {broker_url}; Payter Apollo simulator at tcp://127.0.0.1:{psp_port}")
-            tariff_yaml = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in TARIFF.items())
-            config = workdir / "agent.yaml"
-            config.write_text(
-                CONFIG.format(
-                    state_dir=workdir / "state",
-                    psp_port=psp_port,
-                    broker_url=broker_url,
-                    pre_auth=PRE_AUTH_MINOR,
-                    tariff=tariff_yaml,
-                )
+        with LocalBroker(workdir) as broker:
+            return await _run_with_broker(workdir, broker.url, out)
+
+
+async def _run_with_broker(workdir: Path, broker_url: str, out: TextIO) -> int:
+    async with Simulator(SimConfig(family="apollo")) as terminal:
+        psp_port = await terminal.serve_tcp("127.0.0.1", 0)
+        step(f"Mosquitto at {broker_url}; Payter Apollo simulator at tcp://127.0.0.1:{psp_port}")
+        tariff_yaml = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in TARIFF.items())
+        config = workdir / "agent.yaml"
+        config.write_text(
+            CONFIG.format(
+                state_dir=workdir / "state",
+                psp_port=psp_port,
+                broker_url=broker_url,
+                pre_auth=PRE_AUTH_MINOR,
+                tariff=tariff_yaml,
             )
-            charger = ChargerSimulator(broker_url, connectors=1, meter_interval_s=0.5)
-            async with charger:
-                await charger.wait_connected()
-                agent = AgentProcess(config, out)
-                step(f"starting the agent: evpay-agent run -c {config.name}")
-                await agent.start()
-                try:
-                    return await _drive(agent, charger, terminal, config, out)
-                finally:
-                    code = await agent.stop()
-                    step(f"agent stopped with SIGTERM, exit code {code}")
+        )
+        charger = ChargerSimulator(broker_url, connectors=1, meter_interval_s=0.5)
+        async with charger:
+            await charger.wait_connected()
+            agent = AgentProcess(config, out)
+            step(f"starting the agent: evpay-agent run -c {config.name}")
+            await agent.start()
+            try:
+                return await _drive(agent, charger, terminal, config, out)
+            finally:
+                code = await agent.stop()
+                step(f"agent stopped with SIGTERM, exit code {code}")
 
 
 async def _drive(
@@ -413,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_driver_demo(args.family, sys.stdout))
     try:
         return asyncio.run(run_agent_demo(sys.stdout))
-    except RuntimeError as exc:
+    except (RuntimeError, BrokerError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
 

@@ -24,24 +24,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from hil.broker import find_mosquitto, free_port
+
+__all__ = ["Broker", "TlsMaterial", "find_mosquitto", "free_port", "make_tls_material"]
+
 STARTUP_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def find_mosquitto() -> str | None:
-    """The mosquitto binary, or ``None``."""
-    for path in MOSQUITTO_PATHS:
-        if os.access(path, os.X_OK):
-            return path
-    return shutil.which("mosquitto")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_openssl() -> str | None:

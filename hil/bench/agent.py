@@ -41,10 +41,8 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +65,7 @@ from drivers.psp.messages import (
     StartSession,
     VoidSession,
 )
+from hil.broker import LocalBroker
 from hil.charger_sim import ChargerSimulator
 from hil.psp_sim import Card, SimConfig, Simulator
 
@@ -137,22 +136,6 @@ class _Stamped(list[T]):
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _mosquitto() -> str:
-    for path in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if os.access(path, os.X_OK):
-            return path
-    found = shutil.which("mosquitto")
-    if found is None:
-        raise FileNotFoundError("mosquitto not found (/usr/sbin/mosquitto or PATH)")
-    return found
-
-
 def _agent_command() -> list[str]:
     """The installed console script next to this interpreter, else ``python -m agent``."""
     script = Path(sys.executable).parent / "evpay-agent"
@@ -203,42 +186,6 @@ def _proc_status_kib(pid: int, key: str) -> int:
 # -- the rig: broker, simulators, agent processes ------------------------------------------------
 
 
-class _Broker:
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        config = workdir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
-            encoding="utf-8",
-        )
-        self._proc = subprocess.Popen(
-            [_mosquitto(), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise BenchError("mosquitto did not start") from None
-                time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-
-
 class _Agent:
     """One ``evpay-agent run`` process; stderr goes to a log file (its tail is in errors)."""
 
@@ -278,7 +225,7 @@ class _Session:
 
 
 class _Rig:
-    def __init__(self, workdir: Path, broker: _Broker, psp: Simulator, psp_port: int) -> None:
+    def __init__(self, workdir: Path, broker: LocalBroker, psp: Simulator, psp_port: int) -> None:
         self.workdir = workdir
         self.broker = broker
         self.psp = psp
@@ -664,7 +611,7 @@ async def _run(quick: bool) -> dict[str, Any]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         workdir = Path(tmp)
-        broker = _Broker(workdir)
+        broker = LocalBroker(workdir)
         try:
             async with Simulator(SimConfig(family="apollo", seed=7)) as psp:
                 psp_port = await psp.serve_tcp("127.0.0.1", 0)

@@ -14,10 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,58 +23,11 @@ import aiomqtt
 
 from agent.outbox import Outbox
 from agent.upstream import DEFAULT_DRAIN_BATCH, UpstreamClient
+from hil.broker import LocalBroker
 
 BACKLOG = 10_000
 BUDGET_RATIO = 0.5  # DESIGN.md §7
 TOPIC = "evpay/v1/bench/connectors/1/meter"
-
-
-def _mosquitto() -> str:
-    for path in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if os.access(path, os.X_OK):
-            return path
-    found = shutil.which("mosquitto")
-    if found is None:
-        raise FileNotFoundError("mosquitto not found (/usr/sbin/mosquitto or PATH)")
-    return found
-
-
-class _Broker:
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        config = workdir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nlog_dest none\n",
-            encoding="utf-8",
-        )
-        self._proc = subprocess.Popen(
-            [_mosquitto(), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("mosquitto did not start") from None
-                time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
 
 
 def _messages(n: int) -> list[bytes]:
@@ -149,7 +98,7 @@ async def _run(quick: bool) -> dict[str, Any]:
     payloads = _messages(BACKLOG)
     rounds = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
-        broker = _Broker(Path(tmp))
+        broker = LocalBroker(Path(tmp), extra_config="max_queued_messages 0\n")
         try:
             seq = min([await _plain_sequential(broker.port, payloads) for _ in range(rounds)])
             pipe = min(

@@ -28,7 +28,8 @@ from typing import Any
 import aiomqtt
 import msgspec
 
-from hil.bench.agent import BenchError, _Broker, _ms, _percentile, _Rig
+from hil.bench.agent import BenchError, _ms, _percentile, _Rig
+from hil.broker import LocalBroker
 from hil.psp_sim import SimConfig, Simulator
 
 BUDGET_METER_P99_MS = 10.0
@@ -99,7 +100,7 @@ async def _measure(rig: _Rig, collect_s: float) -> dict[str, Any]:
 async def _run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-upstream-") as tmp:
         workdir = Path(tmp)
-        broker = _Broker(workdir)
+        broker = LocalBroker(workdir)
         try:
             async with Simulator(SimConfig(family="apollo", seed=11)) as psp:
                 psp_port = await psp.serve_tcp("127.0.0.1", 0)
