@@ -199,6 +199,12 @@ class RuntimeAdapter:
         rows = self.runtime.journal.payments(limit=limit)
         return [dataclasses.asdict(row) for row in rows[:limit]]
 
+    def session_tariff(self, connector_id: int) -> Tariff | None:
+        """The tariff pricing (or, at its end, having priced) the connector's current session."""
+        wrapper = self._pricers.get(connector_id)
+        current = wrapper.current if wrapper is not None else None
+        return current if isinstance(current, Tariff) else None
+
     def _tariff(self) -> Tariff | None:
         base = self._pricers[self.runtime.connector_ids[0]].current if self._pricers else None
         return base if isinstance(base, Tariff) else None
@@ -367,6 +373,9 @@ def wire_remote(
         outbox=outbox,
         publish=upstream.publish_now,
     )
+    publisher = getattr(runtime, "publisher", None)
+    if publisher is not None:  # receipts quote the tariff that priced each session
+        publisher.tariff_for = port.session_tariff
     station = runtime.station.config
     handler = CommandHandler(
         port,

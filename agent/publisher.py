@@ -184,6 +184,8 @@ class Publisher:
         self.clock = clock
         self.journal = journal
         self.tariff = tariff
+        # per-connector tariff of the session being receipted (set by agent.port.wire_remote)
+        self.tariff_for: Callable[[int], Quoter | None] | None = None
         self.currency = currency
         self.qr_url_template = qr_url_template
         self.final_screen = final_screen
@@ -447,7 +449,10 @@ class Publisher:
         assert self.tariff is not None
         now = self.clock()
         usage = usage_from_json(row.usage_json if row is not None else None)
-        quote = self.tariff.quote(usage)
+        # the tariff that priced this session (a set_tariff command may have changed the station's
+        # tariff since; STOP-8: the receipt shows what was committed)
+        tariff = self.tariff_for(connector_id) if self.tariff_for is not None else None
+        quote = (tariff or self.tariff).quote(usage)
         data = effect.data
         method_text = (row.method if row is not None else None) or "emv"
         method: contract.PaymentMethod = (
