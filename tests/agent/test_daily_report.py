@@ -10,14 +10,20 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import jsonschema
 import msgspec
 import pytest
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from agent.contract import ReconciliationReport, Topics
 from agent.journal import Journal
 from agent.outbox import Outbox
 from agent.port import DAILY_REPORT_DELAY, DailyReconciliation, RuntimeAdapter, next_daily_run
 from agent.tariff import Tariff, TariffConfig
+
+ASYNCAPI_TEXT = (Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml").read_text()
 
 AMS = ZoneInfo("Europe/Amsterdam")
 
@@ -129,6 +135,16 @@ async def test_req_rec_1_daily_report_fires_once_a_day_for_the_previous_local_da
         ("2026-03-29T22:00:00.000Z", "2026-03-30T22:00:00.000Z"),
     ]
     assert all(r.correlation_id is None for r in reports)
+    # the published payloads validate against the AsyncAPI document's schema (UP-1)
+    doc = yaml.safe_load(ASYNCAPI_TEXT)
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:asyncapi", Resource(doc, specification=DRAFT202012)
+    )
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "urn:asyncapi#/components/schemas/ReconciliationReport"}, registry=registry
+    )
+    for r in rows:
+        assert not [e.message for e in validator.iter_errors(msgspec.json.decode(r.payload))]
 
 
 async def test_daily_report_skips_a_run_when_the_clock_jumps_by_days(
