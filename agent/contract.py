@@ -566,16 +566,19 @@ class ReconciliationTotals(msgspec.Struct, frozen=True, kw_only=True):
     )
 
 
+DiscrepancyKind = Literal[
+    "undisposed_payment",
+    "commit_unconfirmed",
+    "captured_mismatch",
+    "free_vend",
+    "recovered_after_crash",
+    "orphan_voided",
+    "capped_at_authorized",
+]
+
+
 class Discrepancy(msgspec.Struct, frozen=True, kw_only=True):
-    kind: Literal[
-        "undisposed_payment",
-        "commit_unconfirmed",
-        "captured_mismatch",
-        "free_vend",
-        "recovered_after_crash",
-        "orphan_voided",
-        "capped_at_authorized",
-    ]
+    kind: DiscrepancyKind
     severity: Annotated[
         Literal["error", "warning", "info"],
         Meta(description="error: money at risk, act now; warning: check; info: expected, for the record"),

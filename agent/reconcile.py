@@ -41,6 +41,7 @@ from typing import Final, Literal
 
 from agent.contract import (
     Discrepancy,
+    DiscrepancyKind,
     ReconciledPayment,
     ReconciliationReport,
     ReconciliationTotals,
@@ -64,15 +65,7 @@ __all__ = [
 DEFAULT_UNDISPOSED_AFTER_S: Final = 900  # session.undisposed_alarm_after_s default (STOP-7)
 
 Status = Literal["open", "captured", "voided", "declined", "failed", "undisposed", "account", "free_vend"]
-Kind = Literal[
-    "undisposed_payment",
-    "commit_unconfirmed",
-    "captured_mismatch",
-    "free_vend",
-    "recovered_after_crash",
-    "orphan_voided",
-    "capped_at_authorized",
-]
+Kind = DiscrepancyKind
 Recovery = Literal["resumed", "resent", "commit", "void", "ended"]
 Severity = Literal["error", "warning", "info"]
 

@@ -27,10 +27,10 @@ from typing import TextIO
 
 from agent.tariff import Tariff, tariff_config_from_builtins
 from drivers.psp import messages as m
-from drivers.psp.codec import PREAMBLE_HOST, FrameDecoder
 from drivers.psp.profile import profile_for
+from drivers.psp.tap import Direction, FrameObserver, tapped_opener
 from drivers.terminal import Approved, CardPresented, PartiallyApproved, PspTerminal
-from drivers.transport import Transport, open_transport
+from drivers.transport import open_transport
 from hil.broker import BrokerError, LocalBroker
 from hil.charger_sim import ChargerSimulator
 from hil.psp_sim import Card, SimConfig, Simulator
@@ -287,42 +287,16 @@ def _span() -> tuple[datetime, datetime]:
 # the driver-only demo
 
 
-class TappingTransport:
-    """A transport that prints every frame it carries, decoded (the field tool, live)."""
+def frame_printer(out: TextIO) -> FrameObserver:
+    """Print every frame on the wire, decoded, with its bytes (the field tool, live)."""
 
-    def __init__(self, inner: Transport, wire: m.WireFormat, out: TextIO) -> None:
-        self._inner = inner
-        self._wire = wire
-        self._out = out
-        self._tx = FrameDecoder(preambles=frozenset({PREAMBLE_HOST}))
-        self._rx = FrameDecoder()
-        self._last_request: m.Request | None = None
-
-    @property
-    def description(self) -> str:
-        return self._inner.description
-
-    async def read(self) -> bytes:
-        data = await self._inner.read()
-        for frame in self._rx.feed(data):
-            message = m.decode_response(frame, self._wire, expecting=self._last_request)
-            self._print("terminal → host", message, frame.to_bytes())
-        return data
-
-    async def write(self, data: bytes) -> None:
-        for frame in self._tx.feed(data):
-            request = m.decode_request(frame, self._wire)
-            self._last_request = request if isinstance(request, m.Request) else None
-            self._print("host → terminal", request, frame.to_bytes())
-        await self._inner.write(data)
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def _print(self, direction: str, message: m.Message, raw: bytes) -> None:
+    def show(direction: Direction, message: m.Message, raw: bytes) -> None:
+        arrow = "host → terminal" if direction == "sent" else "terminal → host"
         fields = json.dumps(m.describe(message), ensure_ascii=False)
-        print(f"  {direction}  {message.name:<24} {fields}", file=self._out)
-        print(f"  {'':15}  {raw.hex(' ').upper()}", file=self._out)
+        print(f"  {arrow}  {message.name:<24} {fields}", file=out)
+        print(f"  {'':15}  {raw.hex(' ').upper()}", file=out)
+
+    return show
 
 
 async def run_driver_demo(family: str, out: TextIO) -> int:
@@ -332,10 +306,7 @@ async def run_driver_demo(family: str, out: TextIO) -> int:
         step(f"Payter {family} simulator listening on {url}; connecting and setting the terminal up")
         wire = profile_for(family).wire()
 
-        async def tapping_opener(target: str) -> Transport:
-            return TappingTransport(await open_transport(target), wire, out)
-
-        terminal = PspTerminal(url, family, opener=tapping_opener)
+        terminal = PspTerminal(url, family, opener=tapped_opener(open_transport, wire, frame_printer(out)))
         async with terminal:
             state = await terminal.wait_ready(10)
             step(f"terminal ready: {state}")
