@@ -9,12 +9,15 @@ counts them. Used by the agent's crash points and the demo's live frame log.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from drivers.psp import messages as m
 from drivers.psp.codec import PREAMBLE_HOST, FrameDecoder
 from drivers.transport import Transport
+
+_LOGGER = logging.getLogger(__name__)
 
 Direction = Literal["sent", "received"]
 FrameObserver = Callable[[Direction, m.Message, bytes], None]
@@ -41,7 +44,7 @@ class TappedTransport:
                 message = m.decode_response(frame, self._wire, expecting=self._last_request)
             except m.MessageError:
                 continue
-            self._on_frame("received", message, frame.to_bytes())
+            self._notify("received", message, frame.to_bytes())
         return data
 
     async def write(self, data: bytes) -> None:
@@ -55,7 +58,14 @@ class TappedTransport:
             sent.append((request, frame.to_bytes()))
         await self._inner.write(data)
         for message, raw in sent:
-            self._on_frame("sent", message, raw)
+            self._notify("sent", message, raw)
+
+    def _notify(self, direction: Direction, message: m.Message, raw: bytes) -> None:
+        """An observer's failure never breaks the link it watches."""
+        try:
+            self._on_frame(direction, message, raw)
+        except Exception:
+            _LOGGER.warning("frame observer failed on %s %s", direction, message.name, exc_info=True)
 
     async def close(self) -> None:
         await self._inner.close()
