@@ -58,7 +58,7 @@ case "$target" in
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
     log "mypy"
-    .venv/bin/mypy --strict drivers statemachines agent/tariff.py
+    .venv/bin/mypy --strict drivers statemachines agent/money/tariff.py
     .venv/bin/mypy agent hil
     log "pytest"
     # -n 3: most end-to-end tests wait on processes and sockets, so three workers fit two cores

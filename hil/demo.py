@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
-from agent.tariff import Tariff, tariff_config_from_builtins
+from agent.money.tariff import Tariff, tariff_config_from_builtins
 from drivers.psp import messages as m
 from drivers.psp.profile import profile_for
 from drivers.psp.tap import Direction, FrameObserver, tapped_opener

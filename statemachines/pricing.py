@@ -1,7 +1,7 @@
 """The pricing contract between the connector machine and the tariff (DESIGN.md §4.1, §5.4).
 
 ``statemachines`` may not import ``agent``, so the connector machine prices a session through the
-structural :class:`Pricer` protocol; ``agent.tariff.Tariff`` implements it. Usage is accumulated as
+structural :class:`Pricer` protocol; ``agent.money.tariff.Tariff`` implements it. Usage is accumulated as
 exact integers: energy in Wh, durations in milliseconds, bucketed by tariff band and usage kind, so
 that a time-of-day band change during a session prices each part at its own rate.
 

@@ -26,7 +26,7 @@ def _settings(text: str) -> dict[str, list[str]]:
 def test_unit_is_a_hardened_notify_service() -> None:
     s = _settings(UNIT.read_text())
     assert s["Type"] == ["notify"]
-    assert s["WatchdogSec"] == ["20"]  # WATCHDOG=1 every 10 s while healthy (agent/commands/run.py)
+    assert s["WatchdogSec"] == ["20"]  # WATCHDOG=1 every 10 s while healthy (agent/cli/run.py)
     assert s["Restart"] == ["always"]  # a withheld watchdog ends in a restart
     assert s["NotifyAccess"] == ["main"]
     assert s["ExecStart"] == ["/opt/evpay-agent/venv/bin/evpay-agent run -c /etc/evpay-agent/agent.yaml"]

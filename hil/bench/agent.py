@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
-from agent.journal import read_payments
+from agent.store.journal import read_payments
 from drivers.psp.messages import (
     AuthSession,
     CardRead,

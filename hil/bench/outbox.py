@@ -1,7 +1,7 @@
 """Outbox drain rate vs plain aiomqtt QoS 1 publishing (DESIGN.md §7: budget ≥ 0.5x).
 
-A 10 000-message backlog of meter messages is stored in an :class:`agent.outbox.Outbox`; an
-:class:`agent.upstream.UpstreamClient` then connects and drains it (publish QoS 1, delete after
+A 10 000-message backlog of meter messages is stored in an :class:`agent.store.outbox.Outbox`; an
+:class:`agent.upstream.client.UpstreamClient` then connects and drains it (publish QoS 1, delete after
 PUBACK, fsync'd deletes). The same messages are published with plain aiomqtt to the same broker in
 two ways: one ``await client.publish(qos=1)`` after the other (the plain way), and pipelined with a
 sliding window of as many publishes in flight as the drainer allows (the best plain aiomqtt does).
@@ -21,8 +21,8 @@ from typing import Any
 
 import aiomqtt
 
-from agent.outbox import Outbox
-from agent.upstream import DEFAULT_DRAIN_BATCH, UpstreamClient
+from agent.store.outbox import Outbox
+from agent.upstream.client import DEFAULT_DRAIN_BATCH, UpstreamClient
 from hil.broker import LocalBroker
 
 BACKLOG = 10_000

@@ -8,7 +8,7 @@ broker). ``CHARGING`` sessions are started (plug and tap); meanwhile:
   right before it is handed to its MQTT publisher: conservative, the simulator's own hand-over is
   included);
 * a bench subscriber on ``evpay/v1/BENCH-1/connectors/+/meter`` timestamps every upstream
-  :class:`~agent.contract.MeterValue` on arrival.
+  :class:`~agent.upstream.contract.MeterValue` on arrival.
 
 A sample pairs an upstream message with the charger value of the same connector and register
 (``meter_wh`` = the simulator's ``energy_wh``); it includes both MQTT hops, the agent's journal write

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import LoadedConfig, load_config
-from agent.journal import Journal
-from agent.runtime import Runtime, RuntimeOptions
+from agent.config.schema import LoadedConfig, load_config
+from agent.runtime.shell import Runtime, RuntimeOptions
+from agent.store.journal import Journal
 from drivers.charger.mqtt_bridge import MqttBridgeDriver
 from drivers.psp.messages import Family
 from drivers.terminal import PspTerminal

@@ -1,4 +1,4 @@
-"""The daily reconciliation report task (REC-1, agent/port.py ``DailyReconciliation``): an injected
+"""The daily reconciliation report task (REC-1, agent/upstream/port.py ``DailyReconciliation``): an injected
 wall clock and sleep, the real adapter path (journal read, outbox append), no real waiting."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from agent.contract import ReconciliationReport, Topics
-from agent.journal import Journal
-from agent.outbox import Outbox
-from agent.port import DAILY_REPORT_DELAY, DailyReconciliation, RuntimeAdapter, next_daily_run
-from agent.tariff import Tariff, TariffConfig
+from agent.money.tariff import Tariff, TariffConfig
+from agent.store.journal import Journal
+from agent.store.outbox import Outbox
+from agent.upstream.contract import ReconciliationReport, Topics
+from agent.upstream.port import DAILY_REPORT_DELAY, DailyReconciliation, RuntimeAdapter, next_daily_run
 
 ASYNCAPI_TEXT = (Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml").read_text()
 

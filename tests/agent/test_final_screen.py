@@ -1,5 +1,5 @@
 """The Apollo final receipt screen (RCPT-2) end to end in-process: PSP simulator, charger simulator,
-real Mosquitto, journal, publisher with a QR template wired as agent/commands/run.py does."""
+real Mosquitto, journal, publisher with a QR template wired as agent/cli/run.py does."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Mapping
 import msgspec
 import pytest
 
-from agent.contract import Receipt, Topics
-from agent.outbox import Outbox
-from agent.publisher import Publisher
-from agent.receipts import format_minor
+from agent.money.receipts import format_minor
+from agent.store.outbox import Outbox
+from agent.upstream.contract import Receipt, Topics
+from agent.upstream.publisher import Publisher
 from hil.psp_sim import Card
 from tests.agent.rig import Rig, eventually, make_runtime
 

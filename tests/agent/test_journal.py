@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal, JournalError, check_no_pan, migrations, read_payments
+from agent.store.journal import Journal, JournalError, check_no_pan, migrations, read_payments
 from statemachines.effects import JournalRecord
 from statemachines.events import Disposal, PaymentMethod
 from statemachines.pricing import Usage, UsageKind

@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from agent.journal import Journal, read_payments
+from agent.store.journal import Journal, read_payments
 from statemachines.effects import JournalRecord
 from tests.agent.test_journal import REF, SID, _approve
 
@@ -104,7 +104,7 @@ def test_periodic_meter_value_survives_sigkill_of_the_writer(tmp_path: Path) -> 
     script = textwrap.dedent(
         """
         import os, signal, sys
-        from agent.journal import Journal
+        from agent.store.journal import Journal
         from statemachines.effects import JournalRecord
         from tests.agent.test_journal import REF
         from tests.agent.test_journal_durability import _charging, _meter

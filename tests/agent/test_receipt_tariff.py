@@ -7,12 +7,12 @@ import asyncio
 import msgspec
 import pytest
 
-from agent.contract import Receipt, Topics
-from agent.journal import usage_from_json
-from agent.outbox import Outbox
-from agent.port import RuntimeAdapter
-from agent.publisher import Publisher
-from agent.tariff import tariff_config_from_builtins
+from agent.money.tariff import tariff_config_from_builtins
+from agent.store.journal import usage_from_json
+from agent.store.outbox import Outbox
+from agent.upstream.contract import Receipt, Topics
+from agent.upstream.port import RuntimeAdapter
+from agent.upstream.publisher import Publisher
 from hil.psp_sim import Card
 from tests.agent.rig import Rig, eventually, make_runtime
 

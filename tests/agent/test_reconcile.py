@@ -1,6 +1,6 @@
 """Reconciliation report (REC-1, DESIGN.md §5.6): lines, totals, discrepancies, day windows, CLI.
 
-Journals are written through the :class:`agent.journal.Journal` API with the records the engine
+Journals are written through the :class:`agent.store.journal.Journal` API with the records the engine
 emits (``statemachines/connector.py``); agent-side notes (``commit_sent``, ``recovery_*``) take the
 journal's clock, which the tests pin with :func:`_clock`.
 """
@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
-import agent.journal as journal_mod
-from agent.contract import ReconciliationReport, encode
-from agent.journal import Journal, JournalError
-from agent.reconcile import build_report, day_window, has_discrepancy, render_text
+import agent.store.journal as journal_mod
+from agent.money.reconcile import build_report, day_window, has_discrepancy, render_text
+from agent.store.journal import Journal, JournalError
+from agent.upstream.contract import ReconciliationReport, encode
 from statemachines.effects import JournalRecord
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import read_payments
+from agent.store.journal import read_payments
 from hil.psp_sim import Card
 from tests.agent.rig import Rig, eventually
 

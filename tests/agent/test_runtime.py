@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.runtime import Runtime
+from agent.runtime.shell import Runtime
 from drivers.psp.errors import UnexpectedState
 from drivers.psp.messages import PspState
 from hil.psp_sim import Card

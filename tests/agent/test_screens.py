@@ -1,4 +1,4 @@
-"""Apollo screens (agent/screens.py): home screen, message screens, button ids (START-3, STOP-4, START-8)."""
+"""Apollo screens (agent/runtime/screens.py): home screen, messages, final receipt screen."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent import screens
-from agent.runtime import parse_ui_button
+from agent.runtime import screens
+from agent.runtime.shell import parse_ui_button
 from statemachines.authorization import AuthorizationPolicy, AuthorizationStrategy
 from statemachines.config import ConnectorConfig, StartMode, StationConfig, StopMode
 from statemachines.effects import ShowMessage

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import sdnotify
-from agent.commands.run import watchdog
-from agent.runtime import Runtime, _Internal
+from agent.cli.run import watchdog
+from agent.runtime import sdnotify
+from agent.runtime.shell import Runtime, _Internal
 from tests.agent.rig import Rig, eventually, running_agent
 
 INTERVAL_S = 0.2  # pings every 0.1 s; the dispatcher counts as stalled after 0.1 s

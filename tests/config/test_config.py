@@ -13,12 +13,12 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
-from agent import configref
-from agent.commands.config import check_config, summary
-from agent.config import AgentConfig, LoadedConfig, Secret, load_config
+from agent.cli.config import check_config, summary
+from agent.config import reference as configref
+from agent.config.schema import AgentConfig, LoadedConfig, Secret, load_config
+from agent.config.yamlload import load_yaml
 from agent.errors import AgentError, ConfigError
-from agent.tariff import TariffBand, TariffConfig
-from agent.yamlload import load_yaml
+from agent.money.tariff import TariffBand, TariffConfig
 from drivers.psp.messages import CommitOrder, Family
 from drivers.psp.profile import Quirks
 from statemachines.authorization import AuthorizationStrategy
@@ -523,7 +523,7 @@ def test_example_key_lines_are_commented() -> None:
 
 def test_reference_table_is_current() -> None:
     """docs/configuration.md's table is generated from the Structs; regenerate when this fails:
-    .venv/bin/python -m agent.configref --write docs/configuration.md"""
+    .venv/bin/python -m agent.config.reference --write docs/configuration.md"""
     text = REFERENCE.read_text(encoding="utf-8")
     assert configref.render(text) == text
     every: set[tuple[type, str]] = set()

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from agent.tariff import Tariff, tariff_config_from_builtins
+from agent.money.tariff import Tariff, tariff_config_from_builtins
 from statemachines.pricing import Usage, UsageBucket, UsageKind
 from tests.mosquitto import Broker, free_port
 
@@ -67,7 +67,7 @@ class AgentExited(HarnessError):
 
 def agent_missing_reason() -> str | None:
     """Why ``evpay-agent run`` cannot be tested yet, or ``None`` when the daemon exists."""
-    missing = [p for p in ("agent/runtime.py", "agent/commands/run.py") if not (REPO / p).exists()]
+    missing = [p for p in ("agent/runtime/shell.py", "agent/cli/run.py") if not (REPO / p).exists()]
     if missing:
         return f"blocked on the daemon: {', '.join(missing)} not there yet"
     return None
@@ -641,7 +641,7 @@ def base_config(
 
 
 def expected_cost_minor(tariff: Mapping[str, Any], energy_wh: int) -> int:
-    """The tariff (``agent.tariff``) applied to ``energy_wh`` of charging and no time components."""
+    """The tariff (``agent.money.tariff``) applied to ``energy_wh`` of charging and no time components."""
     priced = Tariff(tariff_config_from_builtins(dict(tariff)))
     usage = Usage(buckets=(UsageBucket("", UsageKind.CHARGING, energy_wh=energy_wh),))
     return priced.cost_minor(usage)

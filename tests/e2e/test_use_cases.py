@@ -3,7 +3,7 @@
 Each test drives the simulators like a driver and a charger would, then checks both records of the
 money: the terminal simulator's sessions table (what was committed or voided) and the agent's
 journal (``evpay-agent sessions --json``). Energy comes from a high simulated power (100 Wh/s) so
-that amounts are well above rounding; expected amounts are the tariff (``agent.tariff``) applied to
+that amounts are well above rounding; expected amounts are the tariff (``agent.money.tariff``) applied to
 the energy the journal reports, which must equal what the charger simulator metered.
 """
 

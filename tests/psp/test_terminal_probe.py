@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from agent.cli import CliError
-from agent.commands import terminal as terminal_command
+from agent.cli import terminal as terminal_command
 from hil.psp_sim import SimConfig, Simulator
 
 

@@ -1,4 +1,4 @@
-"""A small linear test pricer (so the machine tests do not depend on ``agent.tariff``)."""
+"""A small linear test pricer (so the machine tests do not depend on ``agent.money.tariff``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Worked examples for agent/tariff.py (issue 3, acceptance 3): every component, half-cent rounding,
+"""Worked examples for agent/money/tariff.py (issue 3, acceptance 3): every component, half-cent rounding,
 VAT both ways, band changes (also across DST), idle fee with grace, minimum/maximum, authorization
 strategies with the projection. Amounts are minor units (cents); the arithmetic is in the comments."""
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.tariff import (
+from agent.money.tariff import (
     AuthorizationPolicy,
     AuthorizationStrategy,
     LineKind,

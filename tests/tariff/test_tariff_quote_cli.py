@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 import agent.cli
-from agent.tariff import Tariff, tariff_config_from_builtins
+from agent.money.tariff import Tariff, tariff_config_from_builtins
 from statemachines.pricing import Usage, UsageKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ EXAMPLE = ROOT / "docs" / "examples" / "tariff.yaml"
 @pytest.fixture(autouse=True)
 def _only_the_tariff_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sibling sub-command modules are written in parallel; this tests the tariff command alone."""
-    monkeypatch.setattr(agent.cli, "COMMAND_MODULES", ("agent.commands.tariff",))
+    monkeypatch.setattr(agent.cli, "COMMAND_MODULES", ("agent.cli.tariff",))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -213,7 +213,7 @@ def test_missing_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path
 def test_installed_entry_point(tmp_path: Path) -> None:
     """The real ``evpay-agent`` process (once every sub-command module of agent.cli exists)."""
     missing = [name for name in agent.cli.COMMAND_MODULES if importlib.util.find_spec(name) is None]
-    original = ("agent.commands.psp", "agent.commands.terminal", "agent.commands.diagram")
+    original = ("agent.cli.psp", "agent.cli.terminal", "agent.cli.diagram")
     if any(importlib.util.find_spec(name) is None for name in original):
         pytest.skip("sibling sub-command modules of agent.cli are not written yet")
     assert not missing

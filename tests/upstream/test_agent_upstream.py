@@ -27,7 +27,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from agent import contract
+from agent.upstream import contract
 from tests.e2e.harness import ACTIVE_STATIONS, Station, StationOptions, agent_missing_reason, wait_until
 from tests.mosquitto import Broker, TlsMaterial, find_mosquitto, find_openssl, make_ca, make_tls_material
 

@@ -1,4 +1,4 @@
-"""docs/asyncapi.yaml: generated from agent/contract.py, current, and its schemas accept the examples."""
+"""docs/asyncapi.yaml: generated from the contract module, current, and its schemas accept the examples."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from agent.asyncapi import EXAMPLES, render_asyncapi
-from agent.contract import COMMANDS, TOPICS, Receipt, encode
+from agent.upstream.asyncapi import EXAMPLES, render_asyncapi
+from agent.upstream.contract import COMMANDS, TOPICS, Receipt, encode
 from tests.upstream.strategies import structs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,13 +61,13 @@ def _resolve(doc: Any, ref: str) -> Any:
 @pytest.mark.req("UP-1")
 def test_checked_in_document_is_current() -> None:
     assert DOC_PATH.read_text(encoding="utf-8") == render_asyncapi(), (
-        "docs/asyncapi.yaml is stale: python -m agent.contract --asyncapi > docs/asyncapi.yaml"
+        "docs/asyncapi.yaml is stale: python -m agent.upstream.contract --asyncapi > docs/asyncapi.yaml"
     )
 
 
 def test_cli_prints_the_document() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.contract", "--asyncapi"],
+        [sys.executable, "-m", "agent.upstream.contract", "--asyncapi"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""RFID/CUG backend authorization (agent/authorization.py; START-5, DESIGN.md §5.3)."""
+"""RFID/CUG backend authorization (agent/upstream/rfid.py; START-5, DESIGN.md §5.3)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.authorization import (
+from agent.upstream.client import UpstreamClient, UpstreamNotConnected
+from agent.upstream.contract import LocalAuthEntry, SetLocalAuthList, Topics
+from agent.upstream.rfid import (
     AuthCache,
     BackendAuthorizer,
     LocalAuthList,
@@ -25,8 +27,6 @@ from agent.authorization import (
     OfflinePolicy,
     local_list_path,
 )
-from agent.contract import LocalAuthEntry, SetLocalAuthList, Topics
-from agent.upstream import UpstreamClient, UpstreamNotConnected
 from statemachines.events import BackendAuthorizationStatus as S
 from statemachines.events import CardKind, CardToken
 from tests.mosquitto import Broker, find_mosquitto
@@ -360,7 +360,7 @@ async def test_bad_responses_are_counted_and_do_not_disturb_a_pending_request(
 
 
 async def test_uid_is_masked_in_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="agent.authorization")
+    caplog.set_level(logging.DEBUG, logger="agent.upstream.rfid")
     authorizer, backend, _ = make(tmp_path, timeout_s=0.05)
     backend.answer = answer("accepted")
     await authorizer.authorize(card(), 1)
@@ -425,7 +425,7 @@ async def test_failed_write_changes_nothing(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     local = LocalAuthList(blocker / "list.json")  # parent is a file: the write fails
-    from agent.authorization import LocalAuthListError
+    from agent.upstream.rfid import LocalAuthListError
 
     with pytest.raises(LocalAuthListError):
         await local.apply(set_list(1, "full", (UID, "accepted", None)), now=NOW)

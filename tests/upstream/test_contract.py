@@ -1,4 +1,4 @@
-"""The upstream contract (agent/contract.py): topics, payload round trips, strict command decoding."""
+"""The upstream contract: topics, payload round trips, strict command decoding."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.asyncapi import EXAMPLES
-from agent.contract import (
+from agent.upstream.asyncapi import EXAMPLES
+from agent.upstream.contract import (
     COMMANDS,
     DEFAULT_MAX_COMMAND_BYTES,
     EVENT_TYPES,
@@ -122,14 +122,14 @@ def test_birth_and_last_will_payloads() -> None:
 
 
 def test_connector_states_match_the_machine() -> None:
-    from agent import contract
+    from agent.upstream import contract
 
     assert set(get_args(contract.ConnectorMachineState)) == set(CONNECTOR_STATES)
 
 
 def test_enums_match_the_engine() -> None:
     """The contract's literals cover the engine's values (payment methods, stop reasons, RFID)."""
-    from agent import contract
+    from agent.upstream import contract
 
     assert set(get_args(contract.PaymentMethod)) == {m.value for m in PaymentMethod}
     assert set(get_args(contract.StopReason)) == {s.value for s in StopSource}

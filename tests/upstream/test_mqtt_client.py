@@ -1,4 +1,4 @@
-"""The upstream MQTT client against a real Mosquitto (agent/upstream.py; DESIGN.md §5.3)."""
+"""The upstream MQTT client against a real Mosquitto (agent/upstream/client.py; DESIGN.md §5.3)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.outbox import Outbox
-from agent.upstream import InboundMessage, UpstreamClient, UpstreamNotConnected
+from agent.store.outbox import Outbox
+from agent.upstream.client import InboundMessage, UpstreamClient, UpstreamNotConnected
 from tests.mosquitto import (
     Broker,
     TlsMaterial,
@@ -186,7 +186,7 @@ async def test_birth_retained_and_retained_state_published(mosquitto: Broker) ->
 
 _LWT_SCRIPT = """
 import asyncio, sys
-from agent.upstream import UpstreamClient
+from agent.upstream.client import UpstreamClient
 async def main():
     client = UpstreamClient(broker_url=sys.argv[1], station_id="st-1", client_id="lwt-agent", keepalive_s=5)
     await client.start()
@@ -346,7 +346,7 @@ async def test_wrong_ca_is_refused_with_a_clear_error(
     m = tls_material
     with Broker(tls=m, require_certificate=True) as broker:
         client = make_client(broker, ca_file=wrong_ca, cert_file=m.client_cert, key_file=m.client_key)
-        with caplog.at_level(logging.WARNING, logger="agent.upstream"):
+        with caplog.at_level(logging.WARNING, logger="agent.upstream.client"):
             async with running(client):
                 await poll(lambda: client.stats.connect_attempts >= 3)  # keeps retrying with backoff
                 assert not client.is_connected

@@ -1,4 +1,4 @@
-"""The outbox (agent/outbox.py; DESIGN.md §5.3): write-ahead, ordered, durable, bounded."""
+"""The outbox (agent/store/outbox.py; DESIGN.md §5.3): write-ahead, ordered, durable, bounded."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.outbox import SCHEMA_VERSION, Outbox, OutboxFull
+from agent.store.outbox import SCHEMA_VERSION, Outbox, OutboxFull
 
 
 def _payload(n: int) -> bytes:
@@ -187,7 +187,7 @@ def test_meter_rows_survive_a_process_crash_and_durable_rows_stay_full(tmp_path:
     db = tmp_path / "journal.sqlite3"
     script = (
         "import os, signal, sys\n"
-        "from agent.outbox import Outbox\n"
+        "from agent.store.outbox import Outbox\n"
         f"box = Outbox({str(db)!r})\n"
         "box.append('m/1', b'meter-1', kind='meter', connector_id=1)\n"
         "box.append('e/1', b'event-1', kind='event', connector_id=1)\n"

@@ -1,4 +1,4 @@
-"""Receipts (agent/receipts.py): worked examples, plain text, QR link, Apollo final screen."""
+"""Receipts (agent/money/receipts.py): worked examples, plain text, QR link, Apollo final screen."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.contract import Receipt, SignedMeterData, encode
-from agent.receipts import (
+from agent.money.receipts import (
     ReceiptError,
     ReceiptTemplateError,
     apollo_final_screen,
@@ -22,7 +21,8 @@ from agent.receipts import (
     render_text,
     validate_qr_template,
 )
-from agent.tariff import Quote, Tariff, TariffConfig
+from agent.money.tariff import Quote, Tariff, TariffConfig
+from agent.upstream.contract import Receipt, SignedMeterData, encode
 from statemachines.pricing import Usage, UsageKind
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Back-office commands (agent/remote.py; UP-3, START-4, STOP-5; DESIGN.md §5.3)."""
+"""Back-office commands (agent/upstream/commands.py; UP-3, START-4, STOP-5; DESIGN.md §5.3)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.authorization import AuthCache, BackendAuthorizer, LocalAuthList, OfflinePolicy, local_list_path
-from agent.contract import (
+from agent.money.tariff import TariffConfig
+from agent.upstream.client import UpstreamClient
+from agent.upstream.commands import ActiveSession, CommandHandler, RuntimePort, ScreenMessage
+from agent.upstream.contract import (
     CommandResult,
     ReconciliationReport,
     ReconciliationTotals,
@@ -27,9 +29,7 @@ from agent.contract import (
     Topics,
     decode_command,
 )
-from agent.remote import ActiveSession, CommandHandler, RuntimePort, ScreenMessage
-from agent.tariff import TariffConfig
-from agent.upstream import UpstreamClient
+from agent.upstream.rfid import AuthCache, BackendAuthorizer, LocalAuthList, OfflinePolicy, local_list_path
 from statemachines.config import APOLLO, P6X, StartMode, StopMode, TerminalCapabilities
 from statemachines.events import RemoteStart, SetAvailability, StopRequest, StopSource
 from tests.mosquitto import Broker, find_mosquitto
@@ -345,7 +345,7 @@ async def test_unsafe_response_topics_are_not_used(tmp_path: Path, response_topi
 
 
 async def test_a_failing_publish_does_not_break_the_handler(tmp_path: Path) -> None:
-    from agent.upstream import UpstreamNotConnected
+    from agent.upstream.client import UpstreamNotConnected
 
     async def broken(topic: str, payload: bytes, qos: int = 1, **_: object) -> None:
         raise UpstreamNotConnected("offline")
@@ -501,7 +501,7 @@ async def test_invalid_command_gets_an_error_result_and_changes_nothing(
 
 @pytest.mark.req("UP-3")
 def test_every_contract_command_has_a_handler_case() -> None:
-    from agent.contract import COMMANDS
+    from agent.upstream.contract import COMMANDS
 
     assert set(COMMANDS) == {
         "start",
@@ -517,7 +517,7 @@ def test_every_contract_command_has_a_handler_case() -> None:
 
 
 async def test_queue_overflow_is_counted_not_blocking(tmp_path: Path) -> None:
-    from agent.upstream import InboundMessage
+    from agent.upstream.client import InboundMessage
 
     handler, _, _ = make(tmp_path)
     message = InboundMessage(TOPICS.command("start"), cmd(correlation_id="c", connector_id=1, id_token="T"))

@@ -1,9 +1,9 @@
-"""The configuration reference table, generated from the Structs of :mod:`agent.config` (CFG-1).
+"""The configuration reference table, generated from the Structs of :mod:`agent.config.schema` (CFG-1).
 
 ``docs/configuration.md`` holds the table between :data:`BEGIN` and :data:`END`; a test fails when it
 differs from :func:`reference_table`. Regenerate with::
 
-    .venv/bin/python -m agent.configref --write docs/configuration.md
+    .venv/bin/python -m agent.config.reference --write docs/configuration.md
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Final
 import msgspec
 from msgspec import inspect as mi
 
-from agent.config import AgentConfig
+from agent.config.schema import AgentConfig
 
-BEGIN: Final = "<!-- BEGIN GENERATED: python -m agent.configref --write docs/configuration.md -->"
+BEGIN: Final = "<!-- BEGIN GENERATED: python -m agent.config.reference --write docs/configuration.md -->"
 END: Final = "<!-- END GENERATED -->"
 _HEX_FIELDS: Final = frozenset(
     {"read_card_header", "status_response_header", "rfid_uid_tag", "accepted_preambles"}
@@ -153,7 +153,7 @@ def render(document: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.configref", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m agent.config.reference", description=__doc__)
     parser.add_argument("--write", type=Path, metavar="FILE", help="update the generated block of FILE")
     args = parser.parse_args(argv)
     if args.write is None:

@@ -1,9 +1,9 @@
 """Receipts (DESIGN.md §5.5; RCPT-1, RCPT-2; payter-ev-guide §6.1). Pure: no I/O, no clock.
 
 Payter terminals make no receipts; the agent builds one per finished session, paid or not, from
-the terminal's payment data, the meter values and the tariff :class:`~agent.tariff.Quote`:
+the terminal's payment data, the meter values and the tariff :class:`~agent.money.tariff.Quote`:
 
-* :func:`build_receipt` → :class:`agent.contract.Receipt` (the JSON document sent upstream);
+* :func:`build_receipt` → :class:`agent.upstream.contract.Receipt` (the JSON document sent upstream);
 * :func:`render_text` → fixed-width plain text for charger displays and printers;
 * :func:`qr_link` → the dynamic receipt URL from ``receipts.qr_url_template``;
 * :func:`apollo_final_screen` → the Apollo UI Request (psp-reference §5.21) showing the amount and
@@ -40,7 +40,9 @@ from fractions import Fraction
 from typing import Final
 from urllib.parse import quote
 
-from agent.contract import (
+from agent.errors import AgentError
+from agent.money.tariff import Quote, QuoteLine, round_half_up
+from agent.upstream.contract import (
     MaskedPan,
     PaymentMethod,
     Receipt,
@@ -51,8 +53,6 @@ from agent.contract import (
     new_msg_id,
     utc_timestamp,
 )
-from agent.errors import AgentError
-from agent.tariff import Quote, QuoteLine, round_half_up
 
 __all__ = [
     "QR_PLACEHOLDERS",

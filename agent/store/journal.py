@@ -253,9 +253,9 @@ class EventRow:
 
 
 def migrations() -> list[tuple[int, str]]:
-    """``(version, sql)`` of every file ``agent/migrations/NNNN_*.sql``, ascending."""
+    """``(version, sql)`` of every file ``agent/store/migrations/NNNN_*.sql``, ascending."""
     found: list[tuple[int, str]] = []
-    for entry in resources.files("agent.migrations").iterdir():
+    for entry in resources.files("agent.store.migrations").iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:4].isdigit():
             found.append((int(name[:4]), entry.read_text(encoding="utf-8")))

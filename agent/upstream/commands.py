@@ -1,12 +1,12 @@
 """Back-office commands (UP-3, START-4, STOP-5; DESIGN.md §5.3; docs/commands.md).
 
 ``…/cmd/{name}`` → ``…/cmd/{name}/result``. :class:`CommandHandler` decodes every command with
-:func:`agent.contract.decode_command`, checks it against the station (connectors, start/stop modes,
+:func:`agent.upstream.contract.decode_command`, checks it against the station (connectors, start/stop modes,
 terminal family, connector state, active session) and acts through a narrow :class:`RuntimePort`
 that the runtime implements. Every command — malformed, oversized, unknown, wrongly targeted —
-gets exactly one :class:`~agent.contract.CommandResult`; a refused command changes nothing.
+gets exactly one :class:`~agent.upstream.contract.CommandResult`; a refused command changes nothing.
 
-Result status (see :class:`~agent.contract.CommandResult`):
+Result status (see :class:`~agent.upstream.contract.CommandResult`):
 
 ``accepted``
     the agent acts on it (engine events are queued; the session outcome follows on ``events``);
@@ -24,7 +24,7 @@ also to that topic with the request's correlation data. A response topic with wi
 this station's command tree is not used (the result topic still gets the result).
 
 Never blocking: :meth:`CommandHandler.on_message` is synchronous (for
-:meth:`agent.upstream.UpstreamClient.subscribe`) and only queues (bounded; when full the command is
+:meth:`agent.upstream.client.UpstreamClient.subscribe`) and only queues (bounded; when full the command is
 dropped and counted — the back office times out and retries). :meth:`CommandHandler.run` (one named
 task) handles the queue one command at a time; a handler step never awaits the terminal or the
 charger: it posts engine events and returns. The only awaits are the local auth list file write (in
@@ -47,8 +47,10 @@ from typing import Final, Protocol, runtime_checkable
 
 import msgspec
 
-from agent.authorization import BackendAuthorizer, LocalAuthListConflict, LocalAuthListError, Publish
-from agent.contract import (
+from agent.errors import AgentError
+from agent.logs import kv
+from agent.money.tariff import TariffConfig
+from agent.upstream.contract import (
     DEFAULT_MAX_COMMAND_BYTES,
     Command,
     CommandError,
@@ -68,10 +70,8 @@ from agent.contract import (
     encode,
     utc_timestamp,
 )
-from agent.contract import SetAvailability as SetAvailabilityCommand
-from agent.errors import AgentError
-from agent.logs import kv
-from agent.tariff import TariffConfig
+from agent.upstream.contract import SetAvailability as SetAvailabilityCommand
+from agent.upstream.rfid import BackendAuthorizer, LocalAuthListConflict, LocalAuthListError, Publish
 from drivers.terminal import mask_token
 from statemachines.config import StartMode, StopMode, TerminalCapabilities
 from statemachines.events import RemoteStart, SetAvailability, StopRequest, StopSource

@@ -1,21 +1,21 @@
 """The runtime's upstream seam (DESIGN.md §5.3, §5.5; UP-1, UP-2, ERR-6, TERM-6, RCPT-1).
 
-:class:`Publisher` turns what the runtime sees into :mod:`agent.contract` payloads:
+:class:`Publisher` turns what the runtime sees into :mod:`agent.upstream.contract` payloads:
 
 * :meth:`Publisher.event` — an engine ``UpstreamEvent`` → the typed session/payment event on
   ``connectors/{id}/events`` with a fresh ``msg_id``, the session's next ``seq`` and ``offline``;
-* :meth:`Publisher.meter` — a journaled meter value → :class:`~agent.contract.MeterValue` on
+* :meth:`Publisher.meter` — a journaled meter value → :class:`~agent.upstream.contract.MeterValue` on
   ``connectors/{id}/meter`` (outbox kind ``meter``: the only kind the outbox may drop);
-* :meth:`Publisher.alarm` — an engine ``Alarm`` → :class:`~agent.contract.Alarm` on ``alarms``;
+* :meth:`Publisher.alarm` — an engine ``Alarm`` → :class:`~agent.upstream.contract.Alarm` on ``alarms``;
 * :meth:`Publisher.connector_state` / :meth:`Publisher.terminal_state` — retained state through
-  :meth:`agent.upstream.UpstreamClient.set_retained` (never the outbox: only the latest matters);
+  :meth:`agent.upstream.client.UpstreamClient.set_retained` (never the outbox: only the latest matters);
 * receipts (RCPT-1): after ``session.ended`` and after a ``payment.declined`` the receipt is built
-  with :mod:`agent.receipts` from the journal's payment row and the tariff's quote of the
+  with :mod:`agent.money.receipts` from the journal's payment row and the tariff's quote of the
   journaled usage, and appended on ``receipts``; with a QR template the link is in the receipt, and
   after ``session.ended`` the optional ``final_screen`` callback gets the Apollo final screen
-  (``Runtime.show_final_screen``, wired by agent/commands/run.py on Apollo with a QR template).
+  (``Runtime.show_final_screen``, wired by agent/cli/run.py on Apollo with a QR template).
 
-Everything except retained state goes to the :class:`~agent.outbox.Outbox` first (fsync'd, a few
+Everything except retained state goes to the :class:`~agent.store.outbox.Outbox` first (fsync'd, a few
 ms, inline like the journal); delivery is the drainer's business. Nothing here waits for the
 broker and no method raises into the runtime: a contract, outbox or receipt error is logged (and a
 full outbox raises the ``outbox_near_full`` alarm) — upstream never blocks charging or payments
@@ -48,8 +48,13 @@ from typing import Final, Literal, Protocol
 
 import msgspec
 
-from agent import contract
-from agent.contract import (
+from agent.logs import kv
+from agent.money.receipts import ReceiptError, apollo_final_screen, build_receipt, qr_link
+from agent.money.tariff import Quote
+from agent.store.journal import Journal, JournalError, PaymentRow, usage_from_json
+from agent.store.outbox import Kind, Outbox, OutboxError
+from agent.upstream import contract
+from agent.upstream.contract import (
     ConnectorState,
     ContractError,
     MeterValue,
@@ -60,11 +65,6 @@ from agent.contract import (
     session_event,
     utc_timestamp,
 )
-from agent.journal import Journal, JournalError, PaymentRow, usage_from_json
-from agent.logs import kv
-from agent.outbox import Kind, Outbox, OutboxError
-from agent.receipts import ReceiptError, apollo_final_screen, build_receipt, qr_link
-from agent.tariff import Quote
 from statemachines.effects import Alarm, UpstreamEvent
 from statemachines.pricing import Usage
 
@@ -72,7 +72,7 @@ __all__ = ["ConnectorSnapshot", "FinalScreen", "Publisher", "Quoter", "RetainedS
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_OFFLINE_ALARM_AFTER_S: Final = 60.0  # agent/config.py TerminalConfig.offline_alarm_after_s
+DEFAULT_OFFLINE_ALARM_AFTER_S: Final = 60.0  # agent/config/schema.py TerminalConfig.offline_alarm_after_s
 CHECK_INTERVAL_S: Final = 1.0
 
 # engine alarm names → contract names (DESIGN.md §5.3); unknown names are logged, not published
@@ -104,7 +104,7 @@ _DECLINED: Final = frozenset({"declined", "cancelled", "rejected", "blocked", "e
 
 
 class RetainedSink(Protocol):
-    """What the publisher needs from :class:`agent.upstream.UpstreamClient`."""
+    """What the publisher needs from :class:`agent.upstream.client.UpstreamClient`."""
 
     @property
     def is_connected(self) -> bool: ...
@@ -113,7 +113,7 @@ class RetainedSink(Protocol):
 
 
 class Quoter(Protocol):
-    """The tariff (:class:`agent.tariff.Tariff`): the itemised quote of a usage."""
+    """The tariff (:class:`agent.money.tariff.Tariff`): the itemised quote of a usage."""
 
     def quote(self, usage: Usage) -> Quote: ...
 

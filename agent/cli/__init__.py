@@ -1,4 +1,4 @@
-"""``evpay-agent`` command line: one entry point, sub-commands registered by ``agent.commands.*``.
+"""``evpay-agent`` command line: one entry point, sub-commands registered by ``agent.cli.*``.
 
 Every sub-command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func`` (a callable taking the parsed namespace and returning the exit code).
@@ -16,14 +16,14 @@ from agent import __version__
 
 # Sub-command modules, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "agent.commands.psp",
-    "agent.commands.terminal",
-    "agent.commands.diagram",
-    "agent.commands.tariff",
-    "agent.commands.config",
-    "agent.commands.run",
-    "agent.commands.sessions",
-    "agent.commands.reconcile",
+    "agent.cli.psp",
+    "agent.cli.terminal",
+    "agent.cli.diagram",
+    "agent.cli.tariff",
+    "agent.cli.config",
+    "agent.cli.run",
+    "agent.cli.sessions",
+    "agent.cli.reconcile",
 )
 
 

@@ -17,18 +17,19 @@ import logging
 import signal
 from pathlib import Path
 
-from agent import __version__, crashpoints, logs, sdnotify
-from agent.config import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
-from agent.contract import Topics
+from agent import __version__, crashpoints, logs
+from agent.config.schema import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
 from agent.errors import ConfigError
-from agent.journal import Journal, JournalError
 from agent.logs import kv
-from agent.outbox import Outbox, OutboxError
-from agent.port import wire_remote
-from agent.psptap import crashpoint_opener
-from agent.publisher import Publisher
-from agent.runtime import DEFAULT_DRAIN_S, DISPATCH_STALL_S, Runtime, RuntimeOptions
-from agent.upstream import UpstreamClient, UpstreamError
+from agent.runtime import sdnotify
+from agent.runtime.psptap import crashpoint_opener
+from agent.runtime.shell import DEFAULT_DRAIN_S, DISPATCH_STALL_S, Runtime, RuntimeOptions
+from agent.store.journal import Journal, JournalError
+from agent.store.outbox import Outbox, OutboxError
+from agent.upstream.client import UpstreamClient, UpstreamError
+from agent.upstream.contract import Topics
+from agent.upstream.port import wire_remote
+from agent.upstream.publisher import Publisher
 from drivers.charger import load_driver
 from drivers.charger.mqtt_bridge import TlsOptions
 from drivers.psp.messages import Family
@@ -89,7 +90,7 @@ def build_runtime(
     )
     if apollo and config.receipts.qr_url_template:  # RCPT-2: amount + QR link on the final screen
         publisher.final_screen = runtime.show_final_screen
-    wire_remote(runtime, client, config, outbox=publisher.outbox)  # commands + RFID (agent/port.py)
+    wire_remote(runtime, client, config, outbox=publisher.outbox)  # commands + RFID (agent/upstream/port.py)
     return runtime
 
 

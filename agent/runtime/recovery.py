@@ -20,8 +20,8 @@ import asyncio
 import logging
 from datetime import datetime
 
-from agent.journal import Journal, PaymentRow
 from agent.logs import kv
+from agent.store.journal import Journal, PaymentRow
 from drivers.charger import base as charger
 from drivers.errors import DriverError
 from drivers.psp.errors import SessionNotFound

@@ -7,7 +7,7 @@ does not die with it). The tasks:
 ``dispatcher``
     Pops events from the one inbound queue, steps the ``Station`` (pure, synchronous) and executes
     the resulting effects **in list order**: a ``JournalRecord`` is written and fsynced inline
-    (:class:`agent.journal.Journal`, a few ms) before the next effect is even routed — the
+    (:class:`agent.store.journal.Journal`, a few ms) before the next effect is even routed — the
     write-ahead rule; timers, log lines and upstream events are handled inline; every I/O effect is
     put on the queue of the actor that owns it.
 ``connector-N`` (one actor per connector)
@@ -21,7 +21,7 @@ does not die with it). The tasks:
 ``terminal-link``, ``terminal-events``, ``charger-events``
     The PSP session, and the two driver event pumps that translate driver events into engine events.
 ``recovery`` (one-shot)
-    ERR-5 restart recovery, see :mod:`agent.recovery`.
+    ERR-5 restart recovery, see :mod:`agent.runtime.recovery`.
 
 Card data: events carry the card hash / UID as the engine's ``CardToken``; log lines only ever
 show the masked PAN and :func:`drivers.terminal.mask_token` of a token.
@@ -37,12 +37,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from agent import crashpoints, screens
-from agent.journal import Journal, JournalError
+from agent import crashpoints
 from agent.logs import kv
-from agent.publisher import ConnectorSnapshot, Publisher
-from agent.recovery import ChargerFacts, reconcile_terminal_sessions, restore_events, settle_unapproved
-from agent.timers import TimerKey, Timers
+from agent.runtime import screens
+from agent.runtime.recovery import (
+    ChargerFacts,
+    reconcile_terminal_sessions,
+    restore_events,
+    settle_unapproved,
+)
+from agent.runtime.timers import TimerKey, Timers
+from agent.store.journal import Journal, JournalError
+from agent.upstream.publisher import ConnectorSnapshot, Publisher
 from drivers.charger import base as charger
 from drivers.errors import DriverError
 from drivers.psp.errors import PspNotOk, SessionNotFound, UnexpectedState
@@ -124,7 +130,7 @@ ENERGY_RETRIES: Final = 3  # enable/disable attempts before an alarm
 DEFAULT_RECOVERY_WAIT_S: Final = 1.0  # wait this long for the charger's plug facts (ERR-5 budget 2 s)
 DEFAULT_DRAIN_S: Final = 10.0  # SIGTERM: wait this long for settlements in flight (OPS-1)
 
-MESSAGE_TEXT: Final = screens.MESSAGE_TEXT  # ShowMessage keys → text (agent/screens.py)
+MESSAGE_TEXT: Final = screens.MESSAGE_TEXT  # ShowMessage keys → text (agent/runtime/screens.py)
 
 
 def utcnow() -> datetime:
@@ -217,7 +223,7 @@ class Runtime:
         self.terminal = terminal
         self.charger = charger_driver
         self.clock = clock
-        self.publisher = publisher  # the upstream seam (agent/publisher.py); None = log lines only
+        self.publisher = publisher  # the upstream seam (agent/upstream/publisher.py); None = log lines only
         self._upstream_run = upstream_run  # the UpstreamClient's run(), a supervised task
         self.connector_ids = tuple(c.connector_id for c in station_config.connectors)
         self.timers = Timers(self._timer_fired, scale=self.options.timer_scale)
@@ -244,11 +250,11 @@ class Runtime:
         self._pending_since = 0.0  # the inbox last went from empty to non-empty
         self._crashes: dict[str, deque[float]] = {}
         self._read_outcomes = 0  # card reads that ended (card presented or read cancelled), see _start_read
-        # RFID/CUG: awaited by the connector actor (agent/port.py wire_remote sets the back office's)
+        # RFID/CUG: awaited by the connector actor (agent/upstream/port.py wire_remote sets the back office's)
         self.backend_authorizer: Callable[[int, CardToken], Awaitable[BackendAuthorizationResult]]
         self.backend_authorizer = self._backend_unavailable
         self.extra_tasks: dict[str, Callable[[], Awaitable[None]]] = {}  # more supervised tasks
-        # Apollo screens (agent/screens.py): the home screen is re-rendered, coalesced, on changes
+        # Apollo screens (agent/runtime/screens.py): the home screen is re-rendered, coalesced, on changes
         self.screens = screens.ScreenSettings.from_station(
             station_config, pricer, self.options.connector_labels
         )
@@ -308,7 +314,7 @@ class Runtime:
                         self._publish_connector_state(cid)
                 for actor in self.actors.values():
                     spawn(actor.name, actor.run)
-                for name, factory in self.extra_tasks.items():  # e.g. "commands" (agent/port.py)
+                for name, factory in self.extra_tasks.items():  # e.g. "commands" (agent/upstream/port.py)
                     spawn(name, factory)
                 self._tasks.append(tg.create_task(self._recovery(), name="recovery"))
                 self.ready.set()
@@ -449,7 +455,7 @@ class Runtime:
             case _:
                 self.actors[effect.connector_id].queue.put_nowait(effect)
 
-    # -- upstream (agent/publisher.py; ERR-6: never raises into the engine's path) ----------------
+    # -- upstream (agent/upstream/publisher.py; ERR-6: never raises into the engine's path) ----------------
 
     def _upstream(self, effect: UpstreamEvent | Alarm) -> None:
         publish_upstream(effect)  # the log line
@@ -544,7 +550,7 @@ class Runtime:
             case UpdateAuthorization(connector_id=cid, session_id=sid, new_total_minor=total):
                 self.post(await self._update(cid, sid, total))
             case RequestBackendAuthorization(connector_id=cid, card=card):
-                self.post(await self.backend_authorizer(cid, card))  # agent/port.py wire_remote
+                self.post(await self.backend_authorizer(cid, card))  # agent/upstream/port.py wire_remote
             case EnableEnergy(connector_id=cid):
                 await self._energy(cid, enable=True)
             case DisableEnergy(connector_id=cid):
@@ -553,7 +559,7 @@ class Runtime:
                 _LOGGER.warning("no executor for %s", type(effect).__name__)
 
     async def _backend_unavailable(self, cid: int, card: CardToken) -> BackendAuthorizationResult:
-        """``backend_authorizer`` until :func:`agent.port.wire_remote` replaces it."""
+        """``backend_authorizer`` until :func:`agent.upstream.port.wire_remote` replaces it."""
         _LOGGER.info("backend authorization unavailable %s", kv(connector=cid, token=mask_token(card.token)))
         status = BackendAuthorizationStatus.UNAVAILABLE
         return BackendAuthorizationResult(cid, self.clock(), card.token, status)
@@ -659,7 +665,7 @@ class Runtime:
             case _:
                 _LOGGER.warning("no terminal executor for %s", type(effect).__name__)
 
-    # -- Apollo screens (agent/screens.py) --------------------------------------------------------
+    # -- Apollo screens (agent/runtime/screens.py) --------------------------------------------------------
 
     def _refresh_home(self) -> None:
         """After a dispatched item: re-render the home screen when what it shows changed, or when
@@ -681,7 +687,7 @@ class Runtime:
 
     def show_final_screen(self, connector_id: int, screen_type: str, properties: Mapping[str, str]) -> None:
         """The publisher's ``final_screen`` callback (RCPT-2; wired on Apollo with a QR template,
-        agent/commands/run.py): queue the final receipt screen (amount, QR link) on the terminal
+        agent/cli/run.py): queue the final receipt screen (amount, QR link) on the terminal
         actor in place of the ``session_ended`` notification of the same engine step; held like
         any message (``MESSAGE_HOLD_S``), then the home screen returns. Never blocks."""
         if not self.options.ui_screens or self._stopping:
@@ -907,7 +913,7 @@ def map_charger_event(event: charger.ChargerEvent) -> Event | None:
 def parse_ui_button(button: str, at: datetime) -> UiSelection | None:
     """Apollo button ids the agent puts on its screens: ``start.<connector>[.<cap_minor>]`` or
     ``stop.<connector>`` (docs/runtime.md). On the wire the parts are joined with ``_``
-    (``start_2_5000``, :func:`agent.screens.button_id`): a ``.`` in an id would read as a nested
+    (``start_2_5000``, :func:`agent.runtime.screens.button_id`): a ``.`` in an id would read as a nested
     property in the flattened UI Request keys (``items.<id>.label``, psp-reference §5.21)."""
     parts = button.replace("_", ".").split(".")
     if len(parts) not in (2, 3) or parts[0] not in ("start", "stop") or not parts[1].isdigit():

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
+from agent.config.schema import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
 from agent.errors import ConfigError
 
 EXIT_INVALID = 2

@@ -1,9 +1,9 @@
 """RFID / closed-user-group token authorization by the back office (START-5, DESIGN.md §4.1, §5.3).
 
 A non-payment card (RFID/CUG) read by the terminal is authorized by the back office over MQTT:
-the agent publishes an :class:`~agent.contract.AuthRequest` on ``…/auth/request`` with a fresh
+the agent publishes an :class:`~agent.upstream.contract.AuthRequest` on ``…/auth/request`` with a fresh
 ``request_id`` and waits (``timeout_s``, default 5 s as the contract promises) for the
-:class:`~agent.contract.AuthResponse` with the same ``request_id`` on ``…/auth/response``.
+:class:`~agent.upstream.contract.AuthResponse` with the same ``request_id`` on ``…/auth/response``.
 
 Offline (broker unreachable, publish failed, or no answer in time) the :class:`OfflinePolicy`
 decides, in this order:
@@ -57,7 +57,9 @@ from typing import Final, Literal, Protocol
 
 import msgspec
 
-from agent.contract import (
+from agent.errors import AgentError
+from agent.logs import kv
+from agent.upstream.contract import (
     AuthRequest,
     AuthResponse,
     ContractError,
@@ -68,8 +70,6 @@ from agent.contract import (
     encode,
     utc_timestamp,
 )
-from agent.errors import AgentError
-from agent.logs import kv
 from drivers.terminal import mask_token
 from statemachines.events import BackendAuthorizationResult, BackendAuthorizationStatus, CardToken
 
@@ -102,7 +102,7 @@ _UID_RE: Final = re.compile(r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$")
 
 
 class Publish(Protocol):
-    """What :meth:`agent.upstream.UpstreamClient.publish_now` offers (and test fakes imitate)."""
+    """What :meth:`agent.upstream.client.UpstreamClient.publish_now` offers (and test fakes imitate)."""
 
     async def __call__(
         self,

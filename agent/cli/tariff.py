@@ -14,9 +14,9 @@ from pathlib import Path
 
 import msgspec
 
+from agent.config.yamlload import read_yaml_file
 from agent.errors import ConfigError, KeyPath
-from agent.tariff import Tariff, TariffConfigError, tariff_config_from_builtins
-from agent.yamlload import read_yaml_file
+from agent.money.tariff import Tariff, TariffConfigError, tariff_config_from_builtins
 from statemachines.pricing import Usage, UsageKind
 
 

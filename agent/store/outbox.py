@@ -5,7 +5,7 @@ is committed (WAL + ``synchronous=FULL``: fsync'd) before :meth:`Outbox.append` 
 the agent has produced survives a crash, a power cut and a broker outage. Periodic meter values are
 the exception: committed without their own fsync, they survive a process crash and are fsync'd
 with the next durable row (a power cut may lose the latest few). The drainer in
-:mod:`agent.upstream` publishes the rows QoS 1 and deletes them only after the PUBACK.
+:mod:`agent.upstream.client` publishes the rows QoS 1 and deletes them only after the PUBACK.
 
 Ordering: rows get a strictly increasing ``id`` (``AUTOINCREMENT``: never reused) and
 :meth:`Outbox.pending` returns them in ``id`` order. One drainer publishes them strictly in that
@@ -60,7 +60,7 @@ Kind = Literal["meter", "event", "receipt", "report", "alarm"]
 KINDS: Final[frozenset[str]] = frozenset(get_args(Kind))
 DROPPABLE: Final = "meter"  # periodic meter values: the only kind ever dropped (DESIGN.md §5.3)
 
-DEFAULT_MAX_MESSAGES: Final = 10_000  # agent/config.py UpstreamConfig.outbox_max_messages default
+DEFAULT_MAX_MESSAGES: Final = 10_000  # agent/config/schema.py UpstreamConfig.outbox_max_messages default
 NEAR_FULL_RATIO: Final = 0.8
 BUSY_TIMEOUT_MS: Final = 5_000  # the journal writes to the same file from its own connection
 SCHEMA_VERSION: Final = 2

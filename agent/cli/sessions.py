@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.config.schema import DEFAULT_CONFIG_PATH, load_config
 from agent.errors import ConfigError
-from agent.journal import JournalError, PaymentRow, read_payments
+from agent.store.journal import JournalError, PaymentRow, read_payments
 
 
 def _money(value: int | None) -> str:

@@ -1,6 +1,6 @@
 """The agent's configuration: one YAML file, typed and validated (DESIGN.md §5.1, requirement CFG-1).
 
-:func:`load_config` reads the file with :mod:`agent.yamlload` (safe, duplicate keys rejected, line
+:func:`load_config` reads the file with :mod:`agent.config.yamlload` (safe, duplicate keys rejected, line
 of every key kept), converts it into the frozen msgspec Structs below, runs the range and
 cross-field rules, builds the tariff, checks every referenced secret / TLS file is readable and
 returns a :class:`LoadedConfig`. Any problem raises one :class:`~agent.errors.ConfigError` whose
@@ -36,10 +36,10 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 from msgspec import Meta
 
-from agent.authorization import OfflinePolicy as RfidOfflinePolicy
+from agent.config.yamlload import KeyPath, PathItem, YamlDocument, read_yaml_file
 from agent.errors import ConfigError
-from agent.tariff import Tariff, TariffConfig, TariffConfigError, tariff_config_from_builtins
-from agent.yamlload import KeyPath, PathItem, YamlDocument, read_yaml_file
+from agent.money.tariff import Tariff, TariffConfig, TariffConfigError, tariff_config_from_builtins
+from agent.upstream.rfid import OfflinePolicy as RfidOfflinePolicy
 from drivers.psp.messages import CommitOrder, Family
 from drivers.psp.profile import Profile, Quirks, profile_for
 from drivers.transport import DEFAULT_TCP_PORT, SUPPORTED_BAUDRATES
@@ -746,7 +746,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         )
 
     def to_tariff(self) -> Tariff:
-        """:class:`agent.tariff.Tariff` (raises ``TariffConfigError``; :func:`load_config` already
+        """:class:`agent.money.tariff.Tariff` (raises ``TariffConfigError``; :func:`load_config` already
         checked it)."""
         return Tariff(self.tariff)
 

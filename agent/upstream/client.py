@@ -11,7 +11,7 @@
   after every connect; the will (and a clean :meth:`close`) leave ``{"state":"offline"}`` retained.
 - **Retained state**: :meth:`set_retained` keeps the latest payload per topic and publishes it
   (QoS 1, retained) when connected and again after every reconnection.
-- **Outbox drainer**: publishes the :class:`~agent.outbox.Outbox` rows QoS 1 strictly in insertion
+- **Outbox drainer**: publishes the :class:`~agent.store.outbox.Outbox` rows QoS 1 strictly in insertion
   order, in pipelined batches on one connection, and deletes a row only once its publish call has
   returned (PUBACK). On a disconnection it stops; after the reconnection it starts again from the
   oldest unacknowledged row, so a message may arrive twice, always as the same bytes (same
@@ -50,7 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
 from drivers.charger.mqtt_bridge import cancel_and_wait, retrieve_disconnect_error
 from drivers.psp.session import Watch
 

@@ -1,7 +1,7 @@
 """Reconciliation report (REC-1, DESIGN.md §5.6; docs/reconciliation.md).
 
 :func:`build_report` reads the journal **read-only** (its own SQLite connection, one snapshot; works
-while the daemon writes, WAL) and builds a :class:`agent.contract.ReconciliationReport`: one line per
+while the daemon writes, WAL) and builds a :class:`agent.upstream.contract.ReconciliationReport`: one line per
 payment, the totals and every discrepancy. :func:`render_text` formats it for the CLI. Pure
 computation apart from that one read; every amount is an integer in minor units.
 
@@ -39,7 +39,9 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Final, Literal
 
-from agent.contract import (
+from agent.money.tariff import Tariff
+from agent.store.journal import EventRow, PaymentRow, read_window
+from agent.upstream.contract import (
     Discrepancy,
     DiscrepancyKind,
     ReconciledPayment,
@@ -49,8 +51,6 @@ from agent.contract import (
     new_msg_id,
     utc_timestamp,
 )
-from agent.journal import EventRow, PaymentRow, read_window
-from agent.tariff import Tariff
 
 __all__ = [
     "DEFAULT_UNDISPOSED_AFTER_S",
@@ -327,7 +327,7 @@ def build_report(
     ``source`` is the state directory or the journal file; read-only. Neither ``day`` nor
     ``since``/``until``: today (local). ``currency`` defaults to the tariff's (else ``EUR``).
     ``now`` (default: the clock) is the reference for the ages of open payments.
-    Raises :class:`agent.journal.JournalError` (no journal, unreadable) and ``ValueError`` (window).
+    Raises :class:`agent.store.journal.JournalError` (no journal, unreadable) and ``ValueError`` (window).
     """
     zone = _station_tz(tz, tariff)
     at = (now or datetime.now(UTC)).astimezone(UTC)

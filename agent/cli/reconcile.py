@@ -16,11 +16,11 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH, load_config
-from agent.contract import encode
+from agent.config.schema import DEFAULT_CONFIG_PATH, load_config
 from agent.errors import ConfigError
-from agent.journal import JOURNAL_FILE, JournalError
-from agent.reconcile import build_report, has_discrepancy, render_text
+from agent.money.reconcile import build_report, has_discrepancy, render_text
+from agent.store.journal import JOURNAL_FILE, JournalError
+from agent.upstream.contract import encode
 
 EXIT_DISCREPANCY = 3
 

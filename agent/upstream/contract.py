@@ -4,7 +4,7 @@ Every payload is a frozen msgspec Struct; the same Structs encode what the agent
 what it receives and give the JSON Schemas of ``docs/asyncapi.yaml`` (AsyncAPI 3.0.0), which is
 generated from this module::
 
-    python -m agent.contract --asyncapi > docs/asyncapi.yaml
+    python -m agent.upstream.contract --asyncapi > docs/asyncapi.yaml
 
 Conventions (every payload)
     * money: integers in minor units of the tariff currency, named ``*_minor`` (never floats);
@@ -44,7 +44,7 @@ import msgspec
 from msgspec import Meta
 
 from agent.errors import AgentError
-from agent.tariff import Tariff, TariffConfig, TariffConfigError
+from agent.money.tariff import Tariff, TariffConfig, TariffConfigError
 
 __all__ = [
     "COMMANDS",
@@ -1282,17 +1282,17 @@ class Topics:
 
 
 # --------------------------------------------------------------------------------------------------
-# AsyncAPI (generated; see agent/asyncapi.py for the document builder)
+# AsyncAPI (generated; see agent/upstream/asyncapi.py for the document builder)
 # --------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agent.contract --asyncapi``: print the AsyncAPI document (YAML)."""
+    """``python -m agent.upstream.contract --asyncapi``: print the AsyncAPI document (YAML)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args != ["--asyncapi"]:
-        print("usage: python -m agent.contract --asyncapi > docs/asyncapi.yaml", file=sys.stderr)
+        print("usage: python -m agent.upstream.contract --asyncapi > docs/asyncapi.yaml", file=sys.stderr)
         return 2
-    from agent.asyncapi import render_asyncapi
+    from agent.upstream.asyncapi import render_asyncapi
 
     sys.stdout.write(render_asyncapi())
     return 0

@@ -7,7 +7,7 @@ Two presentations:
   item ``start.<id>`` (with the ``driver_cap`` strategy one item ``start.<id>.<cap_minor>`` per cap
   choice), a connector whose session can be stopped from the UI is ``stop.<id>``; any other
   connector (unavailable, faulted, busy) is a ``disabled`` item saying why. The button ids are the
-  ones :func:`agent.runtime.parse_ui_button` maps to ``UiSelection`` (docs/state-machines.md),
+  ones :func:`agent.runtime.shell.parse_ui_button` maps to ``UiSelection`` (docs/state-machines.md),
   written with ``_`` on the wire (``items.start_2``, see :func:`button_id`).
   Engine messages are short notifications / dialogs shown for :data:`MESSAGE_HOLD_S`, then the home
   screen comes back; messages the home screen already says (tariff, charging) just refresh it.
@@ -157,7 +157,7 @@ def button_id(action: str, connector_id: int, cap_minor: int | None = None) -> s
     The engine's ids are ``start.<connector>[.<cap_minor>]`` / ``stop.<connector>``
     (docs/state-machines.md); on the terminal the parts are joined with ``_`` because the UI Request
     keys are flattened JSON paths (``items.<id>.label``, psp-reference §5.21) where a ``.`` inside
-    the id would read as nesting. :func:`agent.runtime.parse_ui_button` accepts both forms.
+    the id would read as nesting. :func:`agent.runtime.shell.parse_ui_button` accepts both forms.
     """
     parts = [action, str(connector_id)] + ([str(cap_minor)] if cap_minor is not None else [])
     return "_".join(parts)
@@ -247,7 +247,7 @@ def message_screen(settings: ScreenSettings, message: ShowMessage) -> Screen | N
 
 def prebuilt(message: ShowMessage) -> Screen:
     """A :data:`FINAL_KEY` message's screen as built elsewhere (the Apollo final receipt screen,
-    :func:`agent.receipts.apollo_final_screen`): ``data`` holds ``type`` and ``properties``."""
+    :func:`agent.money.receipts.apollo_final_screen`): ``data`` holds ``type`` and ``properties``."""
     props = message.data.get("properties")
     items = props.items() if isinstance(props, Mapping) else ()
     return str(message.data.get("type") or "notification"), {str(k): str(v) for k, v in items}

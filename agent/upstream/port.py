@@ -1,9 +1,10 @@
 """The runtime side of the back-office commands and of RFID authorization (DESIGN.md §5.3).
 
-:class:`RuntimeAdapter` implements :class:`agent.remote.RuntimePort` over a running
-:class:`agent.runtime.Runtime`; :func:`wire_remote` builds the :class:`~agent.authorization.LocalAuthList`,
-the :class:`~agent.authorization.AuthCache`, the :class:`~agent.authorization.BackendAuthorizer` and
-the :class:`~agent.remote.CommandHandler` from the config, hooks the authorizer into the runtime
+:class:`RuntimeAdapter` implements :class:`agent.upstream.commands.RuntimePort` over a running
+:class:`agent.runtime.shell.Runtime`; :func:`wire_remote` builds the
+:class:`~agent.upstream.rfid.LocalAuthList`,
+the :class:`~agent.upstream.rfid.AuthCache`, the :class:`~agent.upstream.rfid.BackendAuthorizer` and
+the :class:`~agent.upstream.commands.CommandHandler` from the config, hooks the authorizer into the runtime
 (``Runtime.backend_authorizer``) and returns a :class:`Remote` whose :meth:`Remote.run` is the one
 task to run (``commands``: subscribes ``…/cmd/+`` and ``…/auth/response``, then handles commands).
 
@@ -30,14 +31,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Final, Literal
 
-from agent.authorization import AuthCache, BackendAuthorizer, LocalAuthList, local_list_path
-from agent.contract import ReconciliationReport, Topics, encode
 from agent.errors import AgentError
 from agent.logs import kv
-from agent.reconcile import build_report
-from agent.remote import ActiveSession, CommandHandler, ScreenMessage
-from agent.screens import ScreenSettings
-from agent.tariff import Tariff, TariffConfig
+from agent.money.reconcile import build_report
+from agent.money.tariff import Tariff, TariffConfig
+from agent.runtime.screens import ScreenSettings
+from agent.upstream.commands import ActiveSession, CommandHandler, ScreenMessage
+from agent.upstream.contract import ReconciliationReport, Topics, encode
+from agent.upstream.rfid import AuthCache, BackendAuthorizer, LocalAuthList, local_list_path
 from statemachines.effects import ShowMessage
 from statemachines.events import (
     BackendAuthorizationResult,
@@ -49,10 +50,10 @@ from statemachines.events import (
 from statemachines.pricing import Pricer, Usage, UsageKind
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
-    from agent.outbox import Outbox
-    from agent.runtime import Runtime
-    from agent.upstream import UpstreamClient
+    from agent.config.schema import AgentConfig
+    from agent.runtime.shell import Runtime
+    from agent.store.outbox import Outbox
+    from agent.upstream.client import UpstreamClient
 
 __all__ = ["DailyReconciliation", "Remote", "RuntimeAdapter", "next_daily_run", "wire_remote"]
 
@@ -108,7 +109,7 @@ class _ConnectorPricer:
 
 
 class RuntimeAdapter:
-    """:class:`agent.remote.RuntimePort` over a :class:`agent.runtime.Runtime`."""
+    """:class:`agent.upstream.commands.RuntimePort` over a :class:`agent.runtime.shell.Runtime`."""
 
     def __init__(
         self,
@@ -211,7 +212,7 @@ class RuntimeAdapter:
 
     def station_tz(self) -> tzinfo:
         """The station's timezone: the tariff's (UTC when none is configured), as
-        :func:`agent.reconcile.build_report` uses it for a day's window."""
+        :func:`agent.money.reconcile.build_report` uses it for a day's window."""
         tariff = self._tariff()
         return tariff.timezone if tariff is not None else UTC
 
@@ -232,7 +233,7 @@ class RuntimeAdapter:
         """Build ``day``'s report (journal read in a worker thread; ``tz`` ``None``: the tariff's
         timezone), append it to the outbox on ``reports/reconciliation`` (or, with no outbox
         wired, publish it directly, best effort) and return it. Raises what
-        :func:`agent.reconcile.build_report` raises (``JournalError``)."""
+        :func:`agent.money.reconcile.build_report` raises (``JournalError``)."""
         source = self.state_dir or str(self.runtime.journal.path)
         report = await asyncio.to_thread(
             build_report,

@@ -1,1 +1,0 @@
-"""Numbered SQL migrations of the journal (``NNNN_name.sql``), applied in order by agent.journal."""
