@@ -2,8 +2,9 @@
 
 :class:`Terminal` is the contract, in domain words, so further terminal families (Payter cloud
 API, ZVT) can be added as drivers: ``start_card_read``, ``authorize``, ``cancel_read``,
-``commit``, ``void``, ``update_authorization``, ``show_screen``, ``list_sessions`` (where
-supported), ``capabilities``, ``state`` and an async stream of typed :data:`TerminalEvent` s.
+``commit``, ``void``, ``update_authorization``, ``show_screen`` (with ``screen_fits`` and
+``screen_limit_bytes`` to fit a screen before sending it), ``list_sessions`` (where supported),
+``capabilities``, ``state`` and an async stream of typed :data:`TerminalEvent` s.
 :class:`PspTerminal` implements it for Payter P6X / Apollo on :class:`TerminalSession`.
 
 Drivers are found by name in :data:`TERMINAL_DRIVERS` and imported lazily (python-can style).
@@ -238,7 +239,21 @@ class Terminal(abc.ABC):
     async def update_authorization(self, session_id: int, new_total_minor: int) -> AuthorizationUpdate: ...
 
     @abc.abstractmethod
-    async def show_screen(self, screen_type: str, properties: Mapping[str, str] | None = None) -> None: ...
+    async def show_screen(self, screen_type: str, properties: Mapping[str, str] | None = None) -> None:
+        """Show a screen; one that does not fit the terminal's current message size limit raises
+        :class:`drivers.psp.errors.MessageTooLong` (a ``DriverError``) and nothing is sent."""
+
+    def screen_fits(self, screen_type: str, properties: Mapping[str, str]) -> bool:
+        """Whether :meth:`show_screen` of this screen fits what the terminal accepts right now.
+
+        The caller can drop optional lines or the QR code, shorten texts, or skip the screen. A
+        terminal without a size limit says ``True`` (the default)."""
+        return True
+
+    @property
+    def screen_limit_bytes(self) -> int | None:
+        """The largest encoded screen, in bytes, the terminal accepts right now; ``None`` = no limit."""
+        return None
 
     @abc.abstractmethod
     async def add_transaction_context(self, session_id: int, data: str) -> None: ...
@@ -365,6 +380,21 @@ class PspTerminal(Terminal):
 
     async def show_screen(self, screen_type: str, properties: Mapping[str, str] | None = None) -> None:
         await self.session.show_screen(screen_type, properties)
+
+    def screen_fits(self, screen_type: str, properties: Mapping[str, str]) -> bool:
+        """Measured against the PSP block format in force (psp-reference §2.2, §2.3): extended when the
+        terminal's Protocol echo granted option 0x04, else — also while no link is up — normal
+        (a UI Request payload of at most 252 bytes)."""
+        return self.session.screen_fits(screen_type, properties)
+
+    @property
+    def screen_limit_bytes(self) -> int:
+        """The UI Request payload limit of the block format in force; compare :meth:`screen_bytes`."""
+        return self.session.payload_limit
+
+    def screen_bytes(self, screen_type: str, properties: Mapping[str, str]) -> int:
+        """The encoded UI Request payload (§5.21: ``type\\0<type>\\0`` then the key/value strings)."""
+        return self.session.screen_bytes(screen_type, properties)
 
     async def add_transaction_context(self, session_id: int, data: str) -> None:
         await self.session.add_transaction_context(session_id, data)

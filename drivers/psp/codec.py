@@ -37,8 +37,31 @@ def checksum(data: bytes | bytearray) -> int:
     return sum(data) & 0xFF
 
 
+def max_payload(*, extended: bool, preamble: int = PREAMBLE_HOST) -> int:
+    """The largest payload (magic and header excluded) one block can carry (§2.3, §2.2).
+
+    Normal format: a host keeps Length ≤ 0xFE, i.e. 252 payload bytes; a terminal fills frames up
+    to Length 0xFF (253 bytes, §5.8 List Sessions). Extended format: ``MAX_EXTENDED_LENGTH`` - 2.
+    """
+    if extended:
+        body = MAX_EXTENDED_LENGTH
+    else:
+        body = MAX_SEND_LENGTH if preamble == PREAMBLE_HOST else MAX_NORMAL_LENGTH
+    return body - 2  # Length counts magic + header + payload (§2.1)
+
+
 class FrameTooLong(ValueError):
-    """A frame body exceeds what the chosen block format can carry."""
+    """A payload of ``size`` bytes exceeds ``limit``, the most the chosen block format carries."""
+
+    def __init__(self, size: int, limit: int, *, extended: bool) -> None:
+        super().__init__(size, limit, extended)
+        self.size = size
+        self.limit = limit
+        self.extended = extended
+
+    def __str__(self) -> str:
+        fmt = "extended" if self.extended else "normal"
+        return f"payload of {self.size} bytes > {self.limit}, the {fmt} block format's limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +79,12 @@ class Frame:
         return len(self.payload) + 2
 
     def to_bytes(self) -> bytes:
+        # §2.3: hosts keep Length ≤ 0xFE; a terminal fills frames up to 0xFF (§5.8 List Sessions)
+        limit = max_payload(extended=self.extended, preamble=self.preamble)
+        if len(self.payload) > limit:
+            raise FrameTooLong(len(self.payload), limit, extended=self.extended)
         body = bytes((self.magic, self.header)) + self.payload
-        if self.extended:
-            if len(body) > MAX_EXTENDED_LENGTH:
-                raise FrameTooLong(f"extended frame body of {len(body)} bytes > {MAX_EXTENDED_LENGTH}")
-            length = len(body).to_bytes(4, "big")
-        else:
-            # §2.3: hosts keep Length ≤ 0xFE; a terminal fills frames up to 0xFF (§5.8 List Sessions)
-            limit = MAX_SEND_LENGTH if self.preamble == PREAMBLE_HOST else MAX_NORMAL_LENGTH
-            if len(body) > limit:
-                raise FrameTooLong(f"frame body of {len(body)} bytes > {limit}; use extended")
-            length = bytes((len(body),))
+        length = len(body).to_bytes(4, "big") if self.extended else bytes((len(body),))
         raw = bytes((self.preamble,)) + length + body
         return raw + bytes((checksum(raw),))
 

@@ -89,3 +89,43 @@ class TerminalNotReady(PspError):
     def __str__(self) -> str:
         tail = f" (last error: {self.last_error})" if self.last_error else ""
         return f"terminal not ready within {self.timeout_s:g} s{tail}"
+
+
+class MessageTooLong(PspError):
+    """``request`` does not fit the block format in force (psp-reference §2.2, §2.3); nothing was sent.
+
+    ``size`` is the encoded payload in bytes, ``limit`` the most the current format carries (252 in
+    the normal format; the extended format, Apollo with Protocol option 0x04, carries far more).
+    The link stays usable.
+    """
+
+    def __init__(self, request: Request, size: int, limit: int, *, extended: bool) -> None:
+        super().__init__(request, size, limit, extended)
+        self.request = request
+        self.size = size
+        self.limit = limit
+        self.extended = extended
+
+    def __str__(self) -> str:
+        fmt = "extended" if self.extended else "normal"
+        return (
+            f"{self.request.name}: {self.size}-byte payload exceeds the {self.limit}-byte limit "
+            f"of the {fmt} block format; not sent"
+        )
+
+
+class UndecodableReply(PspError):
+    """A frame that could answer ``request`` (by its header) did not decode (psp-reference §4.4).
+
+    The request fails at once instead of running into its §9.1 timeout. ``header`` is the frame's
+    header byte, ``reason`` the decoder's explanation (never the payload: it may hold card data).
+    """
+
+    def __init__(self, request: Request, header: int, reason: str) -> None:
+        super().__init__(request, header, reason)
+        self.request = request
+        self.header = header
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.request.name}: undecodable reply 0x{self.header:02X}: {self.reason}"

@@ -8,7 +8,14 @@ PSP has no sequence numbers (psp-reference §4.4), so the link allows **one outs
 Unsolicited frames — Card Read, Prop Card Read, UI Event, Transaction Event, Session Cancelled or
 Declined when no Cancel/Auth is outstanding, and anything that is not a valid reply — go to the
 event stream (:meth:`PspLink.events`). Frames that do not decode are counted and logged, never
-raised out of the reader (style.md §2).
+raised out of the reader (style.md §2); when such a frame's header is one a reply to the outstanding
+request can carry (:func:`reply_headers`), that request fails at once with :class:`UndecodableReply`
+instead of waiting for its §9.1 timeout.
+
+Block format (§2.2): the link speaks the normal format until a Protocol echo **grants** option 0x04
+(the echo itself is still in the normal format); an echo that masks 0x04, or a refused Protocol,
+leaves it in the normal format; Reset and Synchronize return it to the normal format. A request
+too long for the format in force raises :class:`MessageTooLong` before anything is written.
 
 Start Session and Read Card have no documented immediate reply (§5.9): only a Result Not OK
 rejects them. The link writes the start **and a Get Status right behind it** (one write, under the
@@ -31,8 +38,15 @@ from types import TracebackType
 from typing import Self
 
 from drivers.errors import TransportError
-from drivers.psp.codec import Frame, FrameDecoder
-from drivers.psp.errors import LinkLost, PspNotOk, PspTimeout, UnexpectedState
+from drivers.psp.codec import PREAMBLE_HOST, Frame, FrameDecoder, FrameTooLong, max_payload
+from drivers.psp.errors import (
+    LinkLost,
+    MessageTooLong,
+    PspNotOk,
+    PspTimeout,
+    UndecodableReply,
+    UnexpectedState,
+)
 from drivers.psp.messages import (
     AddTransactionContext,
     ApolloIds,
@@ -59,6 +73,7 @@ from drivers.psp.messages import (
     RequestIds,
     Reset,
     Response,
+    ResponseHeader,
     Result,
     SessionApproved,
     SessionCancelled,
@@ -168,6 +183,30 @@ def is_reply(request: Request, message: PspMessage) -> bool:
     return type(message) in expected
 
 
+def reply_headers(request: Request) -> frozenset[int]:
+    """Headers a reply to ``request`` can carry (psp-reference §4.1, §4.4): the Result header 0x00
+    (Result Not OK answers every request), and the headers of its reply types in :data:`_REPLIES`;
+    a status reply may come under 0x00 or 0x26 (§4.3). A start pair (Start Session / Read Card with
+    its Get Status, §5.9) takes the Result and status headers."""
+    headers = {int(ResponseHeader.RESULT)}
+    replies = _REPLIES[GetStatus] if isinstance(request, _START_REQUESTS) else _REPLIES.get(type(request), ())
+    for cls in replies:
+        headers.add(cls.HEADER)
+        if cls is GetStatusResponse:
+            headers.add(ResponseHeader.GET_STATUS_ALT)  # §4.3: the T1 variant
+    return frozenset(headers)
+
+
+def payload_limit(wire: WireFormat) -> int:
+    """The largest request payload the block format of ``wire`` carries (§2.3; §2.2 extended)."""
+    return max_payload(extended=wire.extended, preamble=PREAMBLE_HOST)
+
+
+def fits(request: Request, wire: WireFormat) -> bool:
+    """Whether ``request`` fits one block in the format of ``wire`` (sizes per §2.3)."""
+    return len(request.payload(wire)) <= payload_limit(wire)
+
+
 def _is_start_pair_reply(message: PspMessage) -> bool:
     """First reply to Start Session / Read Card + Get Status: the start's Result Not OK (§5.9) or
     the status reply (§5.6); a Result OK is no documented reply to a start and stays an event."""
@@ -242,6 +281,15 @@ class PspLink:
         return max(self.last_tx, self.last_reply)
 
     @property
+    def payload_limit(self) -> int:
+        """The largest request payload the block format in force carries (252 bytes normal, §2.3)."""
+        return payload_limit(self.wire)
+
+    def fits(self, request: Request) -> bool:
+        """Whether ``request`` can be sent in the block format in force (else :class:`MessageTooLong`)."""
+        return fits(request, self.wire)
+
+    @property
     def busy(self) -> bool:
         """A request is outstanding (the terminal does not count this time as idle, §1.3)."""
         return self._pending is not None
@@ -280,9 +328,11 @@ class PspLink:
     async def request(self, request: Request, *, timeout_s: float | None = None) -> PspMessage:
         """Send ``request`` and return its reply.
 
-        Raises :class:`PspTimeout` (no valid reply in time), :class:`PspNotOk` (Result Not OK) or
-        :class:`LinkLost`. Start Session / Read Card return the confirming Get Status Response
-        (see the module docstring); a Card Read later arrives as an event.
+        Raises :class:`PspTimeout` (no valid reply in time), :class:`PspNotOk` (Result Not OK),
+        :class:`UndecodableReply` (a frame with a reply's header did not decode),
+        :class:`MessageTooLong` (nothing sent; the link stays usable) or :class:`LinkLost`.
+        Start Session / Read Card return the confirming Get Status Response (see the module
+        docstring); a Card Read later arrives as an event.
         """
         if isinstance(request, _START_REQUESTS):
             return await self._start(request, timeout_s)
@@ -314,21 +364,17 @@ class PspLink:
         async with self._lock:
             if self.closed:
                 raise LinkLost(self.description, self._close_reason)
+            # encoded under the lock (a Protocol echo may change the format) and before anything
+            # is registered or written: a request too long for the format leaves no trace
+            data = self._encode(request)
+            if confirm:
+                data += self._encode(GetStatus())  # one write: both frames leave in one segment
             future: asyncio.Future[PspMessage] = loop.create_future()
             trailing: asyncio.Future[PspMessage] | None = loop.create_future() if confirm else None
             # registered before the write
             self._pending = _Pending(request, future, start_pair=confirm, trailing=trailing)
-            self.stats.requests += 1
+            self.stats.requests += 2 if confirm else 1
             try:
-                data = request.to_frame(self.wire).to_bytes()
-                if _LOGGER.isEnabledFor(logging.DEBUG):
-                    _LOGGER.debug("%s → %s %s", self.description, request.name, data.hex(" "))
-                if confirm:
-                    self.stats.requests += 1
-                    status_data = GetStatus().to_frame(self.wire).to_bytes()
-                    if _LOGGER.isEnabledFor(logging.DEBUG):
-                        _LOGGER.debug("%s → GetStatus %s", self.description, status_data.hex(" "))
-                    data += status_data  # one write: both frames leave in one segment
                 try:
                     await self._transport.write(data)
                 except TransportError as exc:
@@ -352,6 +398,16 @@ class PspLink:
             self._after_reply(request, reply)
             return reply
 
+    def _encode(self, request: Request) -> bytes:
+        """``request`` as one block in the format in force; :class:`MessageTooLong` if it does not fit."""
+        try:
+            data = request.to_frame(self.wire).to_bytes()
+        except FrameTooLong as exc:
+            raise MessageTooLong(request, exc.size, exc.limit, extended=exc.extended) from None
+        if _LOGGER.isEnabledFor(logging.DEBUG):
+            _LOGGER.debug("%s → %s %s", self.description, request.name, data.hex(" "))
+        return data
+
     async def _consume_status(
         self, request: Request, trailing: asyncio.Future[PspMessage], timeout_s: float
     ) -> None:
@@ -363,17 +419,24 @@ class PspLink:
         except TimeoutError:
             self.stats.timeouts += 1
             _LOGGER.info("%s: no status reply after %s was rejected", self.description, request.name)
+        except UndecodableReply as exc:  # the rejection is what the caller needs to hear about
+            _LOGGER.info("%s: status reply after %s was rejected: %s", self.description, request.name, exc)
 
     def _after_reply(self, request: Request, reply: PspMessage) -> None:
         if isinstance(reply, ProtocolEcho):
             self.accepted_options = reply.options
-            if ProtocolOption.EXTENDED_BLOCK in reply.options:
-                # §2.2: the echo itself is in the default format; the next frames are extended
-                self.wire = replace(self.wire, extended=True)
+            # §2.2 / §5.3: the echo decides, whatever was asked: extended only when it grants 0x04
+            # (the echo itself is in the default format; the next frames use the granted one).
+            # A refused Protocol (Not OK) changes nothing: after Synchronize that is the default.
+            extended = ProtocolOption.EXTENDED_BLOCK in reply.options
+            self.wire = replace(self.wire, extended=extended)
+            if extended:
                 self._decoder.allow_extended = True
         elif isinstance(request, Reset | Synchronize) and not (isinstance(reply, Result) and not reply.ok):
-            # §2.2 [I]: Reset and Synchronize return to the default block format
+            # §2.2 [I]: Reset and Synchronize are a "protocol reset": the default block format and
+            # no options until the next Protocol echo
             self.wire = replace(self.wire, extended=False)
+            self.accepted_options = None
 
     # -- events --------------------------------------------------------------------------------
 
@@ -455,9 +518,24 @@ class PspLink:
                 message = decode_response(frame, wire, expecting=expecting)
             except MessageError as exc:
                 self.stats.decode_errors += 1
-                _LOGGER.warning("%s: undecodable frame 0x%02X: %s", self.description, frame.header, exc)
                 if _LOGGER.isEnabledFor(logging.DEBUG):
                     _LOGGER.debug("%s: frame %s", self.description, frame.to_bytes().hex(" "))
+                if (
+                    pending is not None
+                    and not pending.future.done()
+                    and frame.header in reply_headers(pending.request)
+                ):
+                    # a possible reply that does not decode: fail the request now, not after §9.1
+                    _LOGGER.warning(
+                        "%s: undecodable reply 0x%02X to %s: %s",
+                        self.description,
+                        frame.header,
+                        pending.request.name,
+                        exc,
+                    )
+                    pending.future.set_exception(UndecodableReply(pending.request, frame.header, str(exc)))
+                else:
+                    _LOGGER.warning("%s: undecodable frame 0x%02X: %s", self.description, frame.header, exc)
                 continue
             if _LOGGER.isEnabledFor(logging.DEBUG):
                 _LOGGER.debug("%s ← %s %s", self.description, _name(message), frame.to_bytes().hex(" "))

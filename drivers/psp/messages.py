@@ -15,7 +15,7 @@ NUL-terminated UTF-8.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import IntEnum, IntFlag, StrEnum
 from typing import ClassVar, Self
@@ -172,6 +172,7 @@ class ProtocolOption(IntFlag):
 APOLLO_ONLY_OPTIONS = (
     ProtocolOption.EXTENDED_BLOCK | ProtocolOption.DETAILED_RESULTS | ProtocolOption.DECLINED_DOL
 )
+KNOWN_OPTIONS = ProtocolOption(0x1F)  # §5.3: bits 0x01…0x10; other bits are reserved
 
 
 class TimeoutAction(IntEnum):
@@ -949,6 +950,10 @@ class ApolloIds(Response):
 
 # §5.7 P6X fixed layout: 15 serial, (1+8)x3 SAM, 6 MAC, 1 SIM status, 33 ICCID = 82 bytes
 P6X_IDS_FIXED_LEN = 82
+P6X_SERIAL_LEN = 15
+# §5.7: offsets of the SAM0, SAM1, SAM2 and SIM status bytes (0x00 not installed, 0x01 installed)
+_P6X_STATUS_OFFSETS = (15, 24, 33, 48)
+_P6X_ICCID = slice(49, 82)  # §5.7: 33 bytes SIM serial (ICCID) closing the fixed part
 
 
 def _fixed_str(raw: bytes) -> str:
@@ -1265,6 +1270,73 @@ _RESPONSES: dict[int, type[Response]] = {
 }
 
 
+def _printable_utf8(raw: bytes) -> bool:
+    try:
+        return raw.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        return False
+
+
+def _plausible_apollo_ids(payload: bytes, wire: WireFormat) -> ApolloIds:
+    """§5.7 Apollo layout, plausible: at least three NUL-terminated strings, every one printable
+    UTF-8, the first three (serial number, model id, platform) non-empty.
+
+    A well-formed P6X payload never passes: the NUL padding of its 15-byte serial field, or its
+    SAM0 status byte (0x00/0x01) at offset 15, makes the second or third string empty or
+    unprintable.
+    """
+    ids = ApolloIds.from_payload(payload, wire)  # MessageError: no NUL terminator, not UTF-8
+    head = (ids.serial_number, ids.model_id, ids.platform)
+    if not all(head):
+        raise MessageError("ApolloIds: serial number, model id and platform must not be empty")
+    if not all(s.isprintable() for s in (*head, *ids.applications)):
+        raise MessageError("ApolloIds: a string is not printable")
+    return ids
+
+
+def _plausible_p6x_ids(payload: bytes, wire: WireFormat) -> P6xIds:
+    """§5.7 P6X fixed layout, plausible: at least the 82-byte fixed part; SAM and SIM status bytes
+    0x00/0x01; the serial number NUL-terminated inside its 15-byte field; serial number and ICCID
+    (up to their first NUL) printable UTF-8. The firmware name after the fixed part is not checked."""
+    if len(payload) < P6X_IDS_FIXED_LEN:
+        raise MessageError(f"P6xIds: {len(payload)} byte(s), the fixed layout has {P6X_IDS_FIXED_LEN}")
+    for offset in _P6X_STATUS_OFFSETS:
+        if payload[offset] not in (0x00, 0x01):
+            raise MessageError(f"P6xIds: status byte {offset} is 0x{payload[offset]:02X}, not 0x00/0x01")
+    serial_field = payload[:P6X_SERIAL_LEN]
+    if 0x00 not in serial_field:
+        raise MessageError("P6xIds: serial number not NUL-terminated within its 15 bytes")
+    iccid = payload[_P6X_ICCID]
+    if not (
+        _printable_utf8(serial_field.split(b"\x00", 1)[0]) and _printable_utf8(iccid.split(b"\x00", 1)[0])
+    ):
+        raise MessageError("P6xIds: serial number or ICCID is not printable")
+    return P6xIds.from_payload(payload, wire)
+
+
+def decode_request_ids(payload: bytes, wire: WireFormat = DEFAULT_WIRE) -> ApolloIds | P6xIds:
+    """§5.7 Request IDs Response in either documented layout, the family's own first.
+
+    A layout that does not decode, or decodes to something implausible (see
+    :func:`_plausible_apollo_ids` and :func:`_plausible_p6x_ids`), gives way to the other one, so a
+    terminal configured as the wrong family still identifies itself. Raises :class:`MessageError`
+    with both reasons when neither layout fits.
+    """
+    layouts: tuple[Callable[[bytes, WireFormat], ApolloIds | P6xIds], ...] = (
+        _plausible_apollo_ids,
+        _plausible_p6x_ids,
+    )
+    if wire.family is Family.P6X:
+        layouts = layouts[::-1]
+    reasons: list[str] = []
+    for parse in layouts:
+        try:
+            return parse(payload, wire)
+        except MessageError as exc:
+            reasons.append(str(exc))
+    raise MessageError(f"Request IDs Response fits neither layout ({'; '.join(reasons)})")
+
+
 def decode_request(frame: Frame, wire: WireFormat = DEFAULT_WIRE) -> Request | UnknownMessage:
     """Decode a host → terminal frame (the terminal's, or a capture's, point of view)."""
     if frame.header == wire.read_card_header:
@@ -1282,7 +1354,8 @@ def decode_response(
 
     Header 0x00 is Result or Get Status Response (§4.4): with Get Status outstanding (or no
     context, as in a capture) a 2-byte payload whose first byte is a one-hot state is a status.
-    Header 0x26 is always a status (the T1 variant, §4.3). Header 0x27 follows the family layout.
+    Header 0x26 is always a status (the T1 variant, §4.3). Header 0x27 is read in either layout, the
+    family's first (:func:`decode_request_ids`).
     """
     header, payload = frame.header, frame.payload
     if header == ResponseHeader.GET_STATUS_ALT:
@@ -1294,8 +1367,7 @@ def decode_response(
             return GetStatusResponse.from_payload(payload, wire)
         return Result.from_payload(payload, wire)
     if header == ResponseHeader.REQUEST_IDS:
-        ids_cls: type[Response] = P6xIds if wire.family is Family.P6X else ApolloIds
-        return ids_cls.from_payload(payload, wire)
+        return decode_request_ids(payload, wire)
     cls = _RESPONSES.get(header)
     if cls is None:
         return UnknownMessage(raw_header=header, raw_payload=payload)

@@ -65,6 +65,8 @@ class Profile:
     timeouts: Timeouts
     protocol_version: int = 3  # §5.3: 0x03 default, recommended
     protocol_options: ProtocolOption = ProtocolOption.TRANSACTION_EVENTS | ProtocolOption.AUTH_DOL
+    # §2.2 / §5.3: ask for the extended block format (option 0x04, Apollo only); the link uses it
+    # only when the terminal's Protocol echo grants it
     extended_block: bool = False
     detailed_results: bool = False
     partial_approval: bool = False
@@ -80,10 +82,12 @@ class Profile:
     quirks: Quirks = field(default_factory=Quirks)
 
     def requested_options(self) -> ProtocolOption:
-        """Protocol options the driver asks for in setup (§5.3, §7.1)."""
+        """Protocol options the driver asks for in setup (§5.3, §7.1); the echo says what is granted."""
         options = self.protocol_options
         if self.detailed_results:
             options |= ProtocolOption.DETAILED_RESULTS
+        if self.extended_block:
+            options |= ProtocolOption.EXTENDED_BLOCK  # §2.2 (Apollo)
         return options
 
     def wire(self, *, extended: bool = False) -> WireFormat:
@@ -119,6 +123,7 @@ P6X = Profile(
 APOLLO = Profile(
     family=Family.APOLLO,
     timeouts=Timeouts(auth_s=210.0, other_s=5.0),  # §9.1: Auth 3 min 30 s, others 5 s on Apollo
+    extended_block=True,  # §2.2: long UI texts, QR URLs and transaction context need it
     detailed_results=True,
     partial_approval=True,
     update_session=True,

@@ -10,7 +10,13 @@ the link alive with Get Status (≤ 15 s, on every transport: TERM-4), and recov
 - a command timeout → Reset + full setup (§10.1); if the Reset is not answered either, reconnect;
 - Result Not OK that may be a wrong state (0x05, or no detailed code) → Get Status and the
   missing transitions (§10.7, ERR-8), then the command is retried once when that is safe;
-- Not Ready (0x11) during boot → keep polling Synchronize (§10.8).
+- Not Ready (0x11) during boot → keep polling Synchronize (§10.8);
+- an undecodable reply (:class:`UndecodableReply`) fails its command at once; during setup an
+  undecodable Request IDs reply is logged and setup goes on without ids (as for a refused one),
+  an undecodable Synchronize echo counts as an unanswered poll.
+
+The block format (§2.2) is the link's: setup asks for the extended format when the profile says so,
+and :meth:`TerminalSession.screen_fits` measures a UI Request against the format in force.
 
 Commands wait (bounded) until the link is ready, then go through the :class:`PspLink`. Family
 differences come only from the :class:`Profile`.
@@ -30,8 +36,16 @@ from typing import Any, Generic, Self, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from drivers.errors import DriverError, NotSupported, TransportError
-from drivers.psp.errors import LinkLost, PspError, PspNotOk, PspTimeout, SessionNotFound, TerminalNotReady
-from drivers.psp.link import PspLink, PspMessage
+from drivers.psp.errors import (
+    LinkLost,
+    PspError,
+    PspNotOk,
+    PspTimeout,
+    SessionNotFound,
+    TerminalNotReady,
+    UndecodableReply,
+)
+from drivers.psp.link import PspLink, PspMessage, payload_limit
 from drivers.psp.messages import (
     AddTransactionContext,
     ApolloIds,
@@ -39,6 +53,7 @@ from drivers.psp.messages import (
     CancelSession,
     CommitSession,
     Enable,
+    Family,
     GetStatus,
     GetStatusResponse,
     ListSessions,
@@ -66,6 +81,7 @@ from drivers.psp.messages import (
     UpdateSession,
     UpdateSessionResult,
     VoidSession,
+    WireFormat,
     describe,
 )
 from drivers.psp.profile import Profile
@@ -186,6 +202,11 @@ def _ids_json(ids: Response) -> dict[str, object]:
     return describe(ids)
 
 
+def _ui_request(screen_type: str, properties: Mapping[str, str] | None) -> UiRequest:
+    """The UI Request (§5.21) that :meth:`TerminalSession.show_screen` sends for a screen."""
+    return UiRequest(screen_type, tuple((properties or {}).items()))
+
+
 class TerminalSession:
     """One PSP terminal, kept connected, set up and enabled. See the module docstring."""
 
@@ -255,6 +276,30 @@ class TerminalSession:
     def link(self) -> PspLink | None:
         """The current link (``None`` while disconnected); for diagnostics."""
         return self._link
+
+    @property
+    def wire(self) -> WireFormat:
+        """The wire format in force: the current link's (extended only when its Protocol echo granted
+        option 0x04, §2.2), or the profile's default (normal) format while no link is up."""
+        link = self._link
+        return link.wire if link is not None and not link.closed else self.profile.wire()
+
+    @property
+    def payload_limit(self) -> int:
+        """The largest request payload, in bytes, of the block format in force (§2.3, §2.2)."""
+        return payload_limit(self.wire)
+
+    def screen_bytes(self, screen_type: str, properties: Mapping[str, str] | None = None) -> int:
+        """The encoded payload size of :meth:`show_screen`'s UI Request for this screen (§5.21).
+
+        Raises :class:`ValueError` for a string with a NUL byte (which :meth:`show_screen` refuses too).
+        """
+        return len(_ui_request(screen_type, properties).payload(self.wire))
+
+    def screen_fits(self, screen_type: str, properties: Mapping[str, str] | None = None) -> bool:
+        """Whether :meth:`show_screen` of this screen fits the block format in force right now;
+        when it does not, :meth:`show_screen` raises :class:`MessageTooLong`."""
+        return self.screen_bytes(screen_type, properties) <= self.payload_limit
 
     # -- events --------------------------------------------------------------------------------
 
@@ -423,9 +468,11 @@ class TerminalSession:
             self.setup_step = "Request IDs"
             try:
                 ids = await link.request(RequestIds())
-                self._update(ids=_ids_json(ids) if isinstance(ids, Response) else None)
+                self._update(ids=self._ids(ids) if isinstance(ids, Response) else None)
             except PspNotOk as exc:
                 _LOGGER.info("%s: Request IDs refused: %s", self.url, exc)
+            except UndecodableReply as exc:  # identification is diagnostics: never worth a failed setup
+                _LOGGER.warning("%s: %s; continuing without terminal ids", self.url, exc)
         self.setup_step = "Get Status"
         status = await link.request(GetStatus())
         if isinstance(status, GetStatusResponse):
@@ -434,16 +481,18 @@ class TerminalSession:
         self._update(link=LinkStatus.READY, setups=self.state.value.setups + 1, last_error=None)
 
     async def _synchronize(self, link: PspLink) -> None:
-        """§5.2: poll Synchronize until echoed; Not OK/0x11 Not Ready during boot (§10.8)."""
+        """§5.2: poll Synchronize until echoed; Not OK/0x11 Not Ready during boot (§10.8).
+
+        An undecodable echo counts as no echo (it may be noise at the wrong baud rate, §1.2)."""
         retry_s = self.profile.timeouts.sync_retry_s
         unanswered = 0
         while True:
             try:
                 await link.request(Synchronize())
                 return
-            except PspTimeout:
+            except (PspTimeout, UndecodableReply) as exc:
                 unanswered += 1
-                _LOGGER.debug("%s: Synchronize not answered; again", self.url)
+                _LOGGER.debug("%s: %s; Synchronize again", self.url, exc)
                 if len(self._candidates) > 1 and unanswered >= SYNC_POLLS_PER_BAUD_RATE:
                     raise NoSyncAtBaudRate(
                         link.description, f"no Synchronize echo after {unanswered} polls"
@@ -462,9 +511,7 @@ class TerminalSession:
     async def _configure(self, link: PspLink) -> None:
         """ONLINE → Protocol → Setup (void, TERM-2) → Enable (§7.1)."""
         p = self.profile
-        options = p.requested_options()
-        if p.extended_block:
-            options |= ProtocolOption.EXTENDED_BLOCK  # §2.2 / §5.3 (Apollo)
+        options = p.requested_options()  # with the extended block format 0x04 on Apollo (§2.2)
         self.setup_step = "Protocol"
         try:
             echo = await link.request(Protocol(p.protocol_version, options))
@@ -472,6 +519,14 @@ class TerminalSession:
             _LOGGER.warning("%s: %s; continuing with the defaults (v3, no options)", self.url, exc)
             echo = None
         accepted = echo.options if isinstance(echo, ProtocolEcho) else ProtocolOption.NONE
+        if ProtocolOption.EXTENDED_BLOCK in options and not link.wire.extended:
+            # §5.3 [GAP]: a terminal may mask an option it does not support; the link follows the echo
+            _LOGGER.info(
+                "%s: extended block format not granted (echo 0x%02X); normal format, %d-byte payloads",
+                self.url,
+                int(accepted),
+                link.payload_limit,
+            )
         self._update(
             protocol={
                 "version": echo.version if isinstance(echo, ProtocolEcho) else 3,
@@ -559,10 +614,22 @@ class TerminalSession:
         return reply
 
     async def request_ids(self) -> ApolloIds | P6xIds:
+        """Request IDs (§5.7), in either layout; :class:`UndecodableReply` when neither fits."""
         reply = await self._command(RequestIds())
         assert isinstance(reply, ApolloIds | P6xIds)
-        self._update(ids=_ids_json(reply))
+        self._update(ids=self._ids(reply))
         return reply
+
+    def _ids(self, ids: Response) -> dict[str, object]:
+        layout = Family.P6X if isinstance(ids, P6xIds) else Family.APOLLO
+        if layout is not self.profile.family:
+            _LOGGER.info(
+                "%s: Request IDs answered in the %s layout, the profile is %s (§5.7)",
+                self.url,
+                layout.value,
+                self.profile.family.value,
+            )
+        return _ids_json(ids)
 
     async def start_card_read(self, amount_minor: int, reference: int, **fields: Any) -> GetStatusResponse:
         """Start Session (§5.9): returns the confirming status (WAIT_CARD); the card comes as an event."""
@@ -624,10 +691,12 @@ class TerminalSession:
         return reply
 
     async def show_screen(self, screen_type: str, properties: Mapping[str, str] | None = None) -> None:
-        """UI Request (§5.21, Apollo); button presses come as UI Event events."""
+        """UI Request (§5.21, Apollo); button presses come as UI Event events.
+
+        :class:`MessageTooLong` when the screen does not fit the block format in force (check with
+        :meth:`screen_fits` first); nothing is sent then and the link stays up."""
         self._require(self.profile.ui, "UI Request")
-        props = tuple((properties or {}).items())
-        await self._command(UiRequest(screen_type, props), retry_on_wrong_state=True)
+        await self._command(_ui_request(screen_type, properties), retry_on_wrong_state=True)
 
     async def add_transaction_context(self, session_id: int, data: str) -> None:
         """Add Transaction Context (§5.25, Apollo), e.g. CDR data."""

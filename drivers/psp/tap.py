@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Literal
 
 from drivers.psp import messages as m
-from drivers.psp.codec import PREAMBLE_HOST, FrameDecoder
+from drivers.psp.codec import PREAMBLE_HOST, Frame, FrameDecoder
 from drivers.transport import Transport
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class TappedTransport:
         data = await self._inner.read()
         for frame in self._rx.feed(data):
             try:
-                message = m.decode_response(frame, self._wire, expecting=self._last_request)
+                message = m.decode_response(frame, self._frame_wire(frame), expecting=self._last_request)
             except m.MessageError:
                 continue
             self._notify("received", message, frame.to_bytes())
@@ -51,7 +52,7 @@ class TappedTransport:
         sent: list[tuple[m.Message, bytes]] = []
         for frame in self._tx.feed(data):
             try:
-                request = m.decode_request(frame, self._wire)
+                request = m.decode_request(frame, self._frame_wire(frame))
             except m.MessageError:
                 continue
             self._last_request = request if isinstance(request, m.Request) else None
@@ -59,6 +60,14 @@ class TappedTransport:
         await self._inner.write(data)
         for message, raw in sent:
             self._notify("sent", message, raw)
+
+    def _frame_wire(self, frame: Frame) -> m.WireFormat:
+        """The wire format of this frame: inner lengths widen in the extended block format (§2.2)."""
+        return (
+            self._wire
+            if frame.extended == self._wire.extended
+            else replace(self._wire, extended=frame.extended)
+        )
 
     def _notify(self, direction: Direction, message: m.Message, raw: bytes) -> None:
         """An observer's failure never breaks the link it watches."""

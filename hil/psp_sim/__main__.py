@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from drivers.psp.messages import CommitOrder
+from drivers.psp.messages import KNOWN_OPTIONS, CommitOrder, ProtocolOption
 from hil.psp_sim.config import SimConfig
 from hil.psp_sim.control import serve_lines
 from hil.psp_sim.simulator import Simulator
@@ -34,6 +34,16 @@ def _host_port(value: str) -> tuple[str, int]:
 
 def _byte(value: str) -> int:
     return int(value, 0)
+
+
+def _options(value: str) -> ProtocolOption:
+    try:
+        number = int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an option bitfield such as 0x1B, got {value!r}") from None
+    if not 0 <= number <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"option bitfield {value!r} is not 32 bits (§5.3)")
+    return ProtocolOption(number)
 
 
 def _optional_seconds(value: str) -> float | None:
@@ -104,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-decision-message", choices=("none", "session_cancelled"), default="none")
     p.add_argument("--lose-sessions-on-reboot", action="store_true")
     p.add_argument("--any-preamble", action="store_true", help="accept any preamble byte (§12.2)")
+    p.add_argument(
+        "--grant-options",
+        type=_options,
+        default=KNOWN_OPTIONS,
+        metavar="MASK",
+        help=(
+            "Protocol options the terminal grants; the echo masks the others (§5.3): 0x01 transaction"
+            " events, 0x02 auth DOL, 0x04 extended block format, 0x08 detailed result codes, 0x10"
+            f" declined DOL. Default 0x{int(KNOWN_OPTIONS):02X} (all); e.g. 0x1B masks the extended"
+            " block format, so the link stays in the normal one (252-byte payloads). A P6X never grants"
+            " 0x04/0x08/0x10"
+        ),
+    )
     p.add_argument("--serial-number", default="SIM0000001")
     p.add_argument("--seed", type=int, default=None, help="RNG seed for session ids")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: decoded frames; -vv: debug")
@@ -128,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         card_decision_message=args.card_decision_message,
         keep_sessions_on_reboot=not args.lose_sessions_on_reboot,
         accept_any_preamble=args.any_preamble,
+        grant_options=args.grant_options,
         serial_number=args.serial_number,
         seed=args.seed,
     )

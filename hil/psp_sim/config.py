@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.psp.messages import CommitOrder, Family, WireFormat
+from drivers.psp.messages import (
+    APOLLO_ONLY_OPTIONS,
+    KNOWN_OPTIONS,
+    CommitOrder,
+    Family,
+    ProtocolOption,
+    WireFormat,
+)
 from drivers.psp.profile import Profile, Quirks, profile_for
 
 WAIT_CARD_IDLE_THRESHOLD_S = 300.0  # §1.3 / §9.2: card-detect timeout > 5 min → WAIT_CARD counts as idle
@@ -32,6 +39,10 @@ class SimConfig:
     card_decision_message: str = "none"
     keep_sessions_on_reboot: bool = True  # §10.9 [GAP]: approved sessions survive a reboot
     accept_any_preamble: bool = False  # §12.2: accept any preamble byte, not only 0xCC
+    # §5.3 [GAP] / §12.5: the Protocol options this terminal grants (the echo masks the rest);
+    # e.g. 0x1B = everything but the extended block format 0x04, which keeps the link in the normal
+    # format. A P6X masks the Apollo-only bits 0x04/0x08/0x10 in any case.
+    grant_options: ProtocolOption = KNOWN_OPTIONS
     split_pause_s: float = 0.005  # pause between chunks of a split reply (separate TCP segments)
     serial_number: str = "SIM0000001"
     model: str | None = None  # default: "APOLLO" / "P6X"
@@ -44,6 +55,8 @@ class SimConfig:
         Family(self.family)  # raises ValueError for an unknown family
         if self.card_decision_message not in ("none", "session_cancelled"):
             raise ValueError("card_decision_message must be none or session_cancelled")
+        if not 0 <= int(self.grant_options) <= 0xFFFFFFFF:
+            raise ValueError("grant_options is a 32-bit option bitfield (psp-reference §5.3)")
         self.quirks()  # validates the quirk switches (status header, read card header, …)
 
     @property
@@ -59,6 +72,13 @@ class SimConfig:
             rfid_uid_tag=self.rfid_uid_tag,
             card_timeout_message=self.card_timeout_message,
         )
+
+    def granted(self, requested: ProtocolOption) -> ProtocolOption:
+        """The options the Protocol echo confirms for ``requested`` (§5.3, §12.5)."""
+        options = requested & KNOWN_OPTIONS & self.grant_options
+        if self.family_enum is Family.P6X:
+            options &= ~APOLLO_ONLY_OPTIONS  # §5.3 / §8: Apollo-only bits are masked on a P6X
+        return ProtocolOption(options)
 
     def profile(self) -> Profile:
         return profile_for(self.family_enum, self.quirks())

@@ -15,6 +15,10 @@ Choices for the [GAP]s of the reference, all documented here and in ``SimConfig`
   drops PSP to OFFLINE and discards partial input;
 * Synchronize, Reset and reboot reset the protocol options to "none" and the block format to the
   default (§2.2 "protocol reset"); the host re-sends Protocol after each Synchronize;
+* Protocol options the terminal does not support are masked in the echo, never refused (§5.3
+  [GAP]): ``SimConfig.grant_options`` says which are supported (default: all five on Apollo; a
+  P6X never grants the Apollo-only ones). Without 0x04 granted the simulator keeps speaking the
+  normal block format (an extended frame from the host is still read);
 * Result OK is always one byte; Not OK carries a reason byte only with detailed codes (§5.1),
   except Not Ready (0x11) during boot, which always carries it (§10.8);
 * Cancel with nothing to cancel → Not OK / 0x0A "No Transaction Running"; Commit above the
@@ -45,7 +49,6 @@ from typing import Literal, Self
 from drivers.errors import TransportError
 from drivers.psp.codec import PREAMBLE_HOST, Frame, FrameDecoder
 from drivers.psp.messages import (
-    APOLLO_ONLY_OPTIONS,
     DEFAULT_DOL_TAGS,
     AddTransactionContext,
     ApolloIds,
@@ -110,7 +113,6 @@ from hil.psp_sim.sessions import SimSession
 _LOGGER = logging.getLogger(__name__)
 
 INTER_BYTE_TIMEOUT_S = 0.5  # §2.5 step 4: abandon a partial frame after 500 ms without bytes
-KNOWN_OPTIONS = ProtocolOption(0x1F)  # §5.3: bits 0x01…0x10; other bits are reserved
 LIST_SESSIONS_PAGE = (0xFF - 3) // 4  # §5.8 / §2.3: ids until Length 0xFF is reached → 63 per frame
 MAX_LIST_TOTAL = 0xFF  # §5.8: the total is one byte
 PROTOCOL_VERSIONS = {Family.P6X: (1, 2, 3), Family.APOLLO: (3,)}  # §5.3 / §8
@@ -321,6 +323,7 @@ class Simulator:
             "protocol_version": self._version,
             "protocol_options": int(self._options),
             "extended": self._extended,
+            "grant_options": int(self.config.grant_options),
             "detailed": self.detailed,
             "session_timeout_s": self._session_timeout_s,
             "timeout_action": self._timeout_action.name,
@@ -780,11 +783,10 @@ class Simulator:
         if msg.version not in PROTOCOL_VERSIONS[self.family]:
             self._result(link, False, ResultCode.SERVICE_NOT_SUPPORTED)
             return
-        options = msg.options & KNOWN_OPTIONS
-        if self.family is Family.P6X:
-            options &= ~APOLLO_ONLY_OPTIONS  # §5.3 / §12.5: mask Apollo-only bits on P6X
         self._version = msg.version
-        self._options = ProtocolOption(options)
+        # §5.3 / §12.5: unknown bits, the ones not in SimConfig.grant_options and, on a P6X, the
+        # Apollo-only bits are masked in the echo
+        self._options = self.config.granted(msg.options)
         self._reply(link, ProtocolEcho(msg.version, self._options))  # always in the default format
         self._extended = ProtocolOption.EXTENDED_BLOCK in self._options  # takes effect on the next frame
 

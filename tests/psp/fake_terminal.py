@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 from drivers.psp import messages as m
@@ -33,7 +34,12 @@ class FakeTerminal:
         self.not_ready = 0  # answer the next n Synchronize with Not OK / 0x11
         self.silent = False  # answer nothing at all
         self.detailed = family is m.Family.APOLLO
-        self.handler: Callable[[m.Request | m.UnknownMessage], m.Response | None] | None = None
+        # §5.3: options the Protocol echo grants (a P6X masks the Apollo-only ones in any case)
+        self.grant = m.KNOWN_OPTIONS
+        # a raw UnknownMessage reply stands for a frame the host cannot decode
+        self.handler: (
+            Callable[[m.Request | m.UnknownMessage], m.Response | m.UnknownMessage | None] | None
+        ) = None
         self.connects = 0
         self._end: MemoryTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -62,6 +68,10 @@ class FakeTerminal:
         dol = m.Dol(((m.Tag.CARD_HASH, card_hash.encode()), (m.Tag.MASKED_PAN, masked_pan.encode())))
         self.state = PspState.WAIT_AUTH
         await self.send(m.CardRead(dol))
+
+    def _set_extended(self, extended: bool) -> None:
+        """§2.2: from the frame after the Protocol echo on; Synchronize / Reset end it."""
+        self.wire = dataclasses.replace(self.wire, extended=extended)
 
     def _result(self, ok: bool, reason: int) -> m.Result:
         return m.Result(ok, (0 if ok else reason) if self.detailed else None)
@@ -93,14 +103,20 @@ class FakeTerminal:
                     self.not_ready -= 1
                     return self._result(False, m.ResultCode.NOT_READY)
                 self.state = s.ONLINE
+                self._set_extended(False)
                 return m.SynchronizeEcho()
             case m.Reset():
                 self.state = s.OFFLINE
+                self._set_extended(False)
                 return ok
             case m.Protocol(version=v, options=o):
+                if self.state is not s.ONLINE:
+                    return wrong
+                o &= self.grant
                 if self.family is m.Family.P6X:
                     o &= ~m.APOLLO_ONLY_OPTIONS
-                return m.ProtocolEcho(v, o) if self.state is s.ONLINE else wrong
+                self._set_extended(m.ProtocolOption.EXTENDED_BLOCK in o)
+                return m.ProtocolEcho(v, o)  # always in the default format (§2.2)
             case m.Setup():
                 if self.state is not s.ONLINE:
                     return wrong

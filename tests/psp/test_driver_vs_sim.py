@@ -66,10 +66,15 @@ async def test_setup(both: Rig) -> None:
     ids = both.session.state.value.ids
     assert ids is not None
     assert ids["serial_number"] == "SIM0000001"
+    link = both.session.link
+    assert link is not None
     if both.family == "p6x":  # §5.3: Apollo-only options are not requested from a P6X
         assert not sim.protocol_options & m.APOLLO_ONLY_OPTIONS
+        assert not link.wire.extended
     else:
         assert sim.detailed
+        assert sim.extended  # §2.2: Apollo asks for the extended block format and gets it
+        assert link.wire.extended
 
 
 async def test_pre_auth_then_commit(both: Rig) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
@@ -17,7 +16,8 @@ LONG_QR = "https://receipts.example.com/r/" + "x" * 600  # needs the extended fo
 
 @pytest.mark.parametrize("transport", ["tcp", "pty"])
 async def test_extended_format_session_with_a_long_field(transport: str) -> None:
-    profile = dataclasses.replace(fast_profile("apollo"), extended_block=True)
+    profile = fast_profile("apollo")
+    assert profile.extended_block  # the Apollo profile asks for it (§2.2); the echo grants it
     async with Simulator(SimConfig(family="apollo", auth_delay_s=0.01, seed=3)) as sim:
         if transport == "tcp":
             url = f"tcp://127.0.0.1:{await sim.serve_tcp('127.0.0.1', 0)}"

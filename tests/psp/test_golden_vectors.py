@@ -7,6 +7,7 @@ import pytest
 from drivers.psp import messages as m
 from drivers.psp.codec import Frame, FrameDecoder
 from drivers.psp.messages import WireFormat
+from drivers.psp.profile import APOLLO, P6X
 
 HASH = b"0123456789ABCDEF0123456789ABCDEF01234567"  # 40 ASCII hex chars (§5.14)
 PAN = b"476173****"  # 10-char masked PAN as in the §5.14 capture
@@ -35,6 +36,12 @@ REQUESTS: list[tuple[str, m.Request, WireFormat, str]] = [
         ),
         WireFormat(),
         "CC 07 3C 13 03 00 00 00 0B 30",
+    ),
+    (
+        "protocol v3 0x0F, Apollo setup with extended block (§2.2)",
+        m.Protocol(3, APOLLO.requested_options()),
+        WireFormat(),
+        "CC 07 3C 13 03 00 00 00 0F 34",
     ),
     (
         "setup 48h commit",
@@ -152,6 +159,13 @@ RESPONSES: list[tuple[str, m.Response, WireFormat, str, m.Request | None]] = [
         "AA 07 3C 13 03 00 00 00 0B 0E",
         None,
     ),
+    (
+        "protocol echo v3 0x0F, extended granted (§2.2)",
+        m.ProtocolEcho(3, m.ProtocolOption(0x0F)),
+        EXTENDED,  # the echo is in the default format even when it grants 0x04
+        "AA 07 3C 13 03 00 00 00 0F 12",
+        None,
+    ),
     ("session declined", m.SessionDeclined(), WireFormat(), "AA 02 3C 32 1A", None),
     ("session declined 0x09", m.SessionDeclined(0x09), WireFormat(), "AA 03 3C 32 09 24", None),
     ("session cancelled", m.SessionCancelled(), WireFormat(), "AA 02 3C 33 1B", None),
@@ -257,3 +271,10 @@ def test_p6x_request_ids_fixed_layout() -> None:
     payload = ids.payload()
     assert len(payload) == m.P6X_IDS_FIXED_LEN + len("p6x-fw 5.2.1") + 1
     assert m.P6xIds.from_payload(payload) == ids
+
+
+def test_setup_asks_for_the_extended_block_format_on_apollo_only() -> None:
+    """§2.2 / §5.3: Apollo asks for 0x01|0x02|0x04|0x08; a P6X only for 0x01|0x02."""
+    assert APOLLO.requested_options() == m.ProtocolOption(0x0F)
+    assert P6X.requested_options() == m.ProtocolOption(0x03)
+    assert not P6X.requested_options() & m.APOLLO_ONLY_OPTIONS

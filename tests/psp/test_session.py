@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -55,6 +56,7 @@ async def test_setup_sequence(apollo: tuple[TerminalSession, FakeTerminal]) -> N
     assert setup == m.Setup(172_800, m.TimeoutAction.VOID)  # TERM-2: void on timeout
     protocol = next(r for r in fake.received if isinstance(r, m.Protocol))
     assert protocol.options == APOLLO.requested_options()
+    assert m.ProtocolOption.EXTENDED_BLOCK in protocol.options  # §2.2: Apollo asks for it
     state = session.state.value
     assert state.link is LinkStatus.READY
     assert state.psp_state is m.PspState.ENABLED
@@ -62,6 +64,52 @@ async def test_setup_sequence(apollo: tuple[TerminalSession, FakeTerminal]) -> N
     assert state.ids["serial_number"] == "APOLLO-FAKE"
     assert state.protocol is not None
     assert state.protocol["accepted_options"] == int(APOLLO.requested_options())
+    assert state.protocol["extended"] is True
+    assert session.link is not None
+    assert session.link.wire.extended
+    assert session.wire.extended
+
+
+@pytest.mark.req("TERM-1")
+async def test_echo_masking_extended_block_keeps_the_normal_format(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "drivers.psp.session")
+    fake = FakeTerminal()
+    fake.grant = m.KNOWN_OPTIONS & ~m.ProtocolOption.EXTENDED_BLOCK  # §5.3 [GAP]: masked, not refused
+    async with TerminalSession("memory://fake", fast(APOLLO), opener=fake.opener) as session:
+        state = await session.wait_ready(3)
+        assert state.protocol is not None
+        assert state.protocol["requested_options"] & m.ProtocolOption.EXTENDED_BLOCK
+        assert state.protocol["extended"] is False
+        assert not session.wire.extended
+        assert session.payload_limit == 252
+        assert (await session.get_status()).state is m.PspState.ENABLED  # both ends speak normal
+        assert not fake.wire.extended
+    await fake.close_connection()
+    assert "extended block format not granted (echo 0x0B); normal format, 252-byte payloads" in caplog.text
+
+
+@pytest.mark.req("TERM-1", "ERR-7")
+async def test_reset_returns_to_the_normal_format_and_setup_asks_again(
+    apollo: tuple[TerminalSession, FakeTerminal],
+) -> None:
+    session, fake = apollo
+    link = session.link
+    assert link is not None
+    assert link.wire.extended
+    fake.drop = 1
+    with pytest.raises(PspTimeout):
+        await session.get_status()  # §10.1: Reset + full setup
+    async with asyncio.timeout(5):
+        await session.state.wait_for(lambda s: s.ready and s.setups >= 2)
+    assert session.link is link  # the same link, no reconnect
+    sent = names(fake)
+    reset = sent.index("Reset")
+    assert sent[reset : reset + 3] == ["Reset", "Synchronize", "Protocol"]
+    protocols = [r for r in fake.received if isinstance(r, m.Protocol)]
+    assert len(protocols) == 2
+    assert all(m.ProtocolOption.EXTENDED_BLOCK in p.options for p in protocols)
+    assert link.wire.extended  # granted again
+    assert fake.wire.extended
 
 
 @pytest.mark.req("TERM-1")

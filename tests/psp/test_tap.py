@@ -31,3 +31,19 @@ async def test_a_failing_observer_does_not_break_the_link() -> None:
     await theirs.write(m.Result(True).to_bytes())
     assert await tap.read() == m.Result(True).to_bytes()
     await tap.close()
+
+
+async def test_tap_decodes_extended_frames_with_their_wide_inner_lengths() -> None:
+    """§2.2: in the extended format the DOL length of Session Approved is 2 bytes; the tap decodes
+    each frame in its own format (the agent's ``psp_received:SessionApproved`` crash point)."""
+    ours, theirs = memory_pair("tap-extended")
+    seen: list[m.Message] = []
+    tap = TappedTransport(ours, m.WireFormat(), lambda d, msg, raw: seen.append(msg))
+    extended = m.WireFormat(extended=True)
+    approved = m.SessionApproved(0x0B, m.Dol(((m.Tag.MASKED_PAN, b"476173******0010"),)))
+    await tap.write(m.AuthSession().to_bytes(extended))
+    await theirs.read()
+    await theirs.write(approved.to_bytes(extended))
+    await tap.read()
+    assert seen == [m.AuthSession(), approved]
+    await tap.close()
