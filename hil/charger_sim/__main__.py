@@ -1,8 +1,13 @@
 """``python -m hil.charger_sim``: run the charger simulator until SIGINT, SIGTERM or ``quit``.
 
-Prints one JSON line on stdout saying where the control channel is, e.g.
-``{"control": {"host": "127.0.0.1", "port": 40123}, "broker": "mqtt://127.0.0.1:1883", ...}``
-(``"control": "stdin"`` with ``--control-stdin``: commands on stdin, answers on stdout; EOF quits).
+Prints one JSON line on stdout saying where the control channel is and which habits are in effect,
+e.g. ``{"broker": "mqtt://127.0.0.1:1883", ..., "control": {"host": "127.0.0.1", "port": 40123},
+"habits": {"meter_mode": "always", ..., "seed": 1234}}`` (``"control": "stdin"`` with
+``--control-stdin``: commands on stdin, answers on stdout; EOF quits). The habit flags
+(``--meter-mode``, ``--meter-interval``, ``--[no-]meter-retain``, ``--[no-]power``, ``--plug-order``,
+``--[no-]status-on-plug``, ``--duplicate-rate``, ``--seed``) are described in
+:mod:`hil.charger_sim.habits`; the defaults are the simulator's historic behaviour. Without
+``--seed`` a seed is drawn and reported in ``habits`` so that a run can be repeated.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import logging
 import signal
 import sys
 
-from hil.charger_sim.simulator import DEFAULT_METER_INTERVAL_S, ChargerSimulator
+from hil.charger_sim.habits import ChargerHabits, MeterMode, PlugOrder
+from hil.charger_sim.simulator import ChargerSimulator
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,8 +34,53 @@ def _parser() -> argparse.ArgumentParser:
     control.add_argument("--control-port", type=int, default=0, help="TCP control port (0: any free port)")
     control.add_argument("--control-stdin", action="store_true", help="control channel on stdin/stdout")
     parser.add_argument("--control-host", default="127.0.0.1", help="TCP control address")
-    parser.add_argument("--meter-interval", type=float, default=DEFAULT_METER_INTERVAL_S, help="seconds")
     parser.add_argument("--log-level", default="WARNING", help="logging level on stderr")
+    habits = parser.add_argument_group(
+        "habits", "how this charger's firmware behaves (hil.charger_sim.habits)"
+    )
+    default = ChargerHabits()
+    habits.add_argument(
+        "--meter-mode",
+        choices=[m.value for m in MeterMode],
+        default=default.meter_mode.value,
+        help="always: on every change, periodically while plugged and after connect; flowing: only "
+        "while energy flows plus a final value when it stops; periodic: only on the timer while plugged",
+    )
+    habits.add_argument(
+        "--meter-interval", type=float, default=default.meter_interval_s, help="meter timer, seconds"
+    )
+    habits.add_argument(
+        "--meter-retain",
+        action=argparse.BooleanOptionalAction,
+        default=default.meter_retain,
+        help="publish meter retained",
+    )
+    habits.add_argument(
+        "--power",
+        dest="report_power",
+        action=argparse.BooleanOptionalAction,
+        default=default.report_power,
+        help="include power_w in meter payloads (--no-power: energy register only)",
+    )
+    habits.add_argument(
+        "--plug-order",
+        choices=[o.value for o in PlugOrder],
+        default=default.plug_order.value,
+        help="which of plug and status goes first on a plug change and in the published state",
+    )
+    habits.add_argument(
+        "--status-on-plug",
+        action=argparse.BooleanOptionalAction,
+        default=default.status_on_plug,
+        help="also publish an unchanged status on plug-in and unplug",
+    )
+    habits.add_argument(
+        "--duplicate-rate",
+        type=float,
+        default=default.duplicate_rate,
+        help="probability 0..1 that a message is published twice",
+    )
+    habits.add_argument("--seed", type=int, default=None, help="seed of the duplicate RNG (default: random)")
     return parser
 
 
@@ -59,7 +110,17 @@ async def _stdin_control(sim: ChargerSimulator) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     sim = ChargerSimulator(
-        args.broker, connectors=args.connectors, prefix=args.prefix, meter_interval_s=args.meter_interval
+        args.broker,
+        connectors=args.connectors,
+        prefix=args.prefix,
+        meter_interval_s=args.meter_interval,
+        meter_mode=args.meter_mode,
+        meter_retain=args.meter_retain,
+        report_power=args.report_power,
+        plug_order=args.plug_order,
+        status_on_plug=args.status_on_plug,
+        duplicate_rate=args.duplicate_rate,
+        seed=args.seed,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,6 +139,7 @@ async def _main(args: argparse.Namespace) -> int:
         else:
             host, port = await sim.start_control_server(args.control_host, args.control_port)
             info["control"] = {"host": host, "port": port}
+        info["habits"] = sim.habits.as_dict()
         _emit(json.dumps(info, separators=(",", ":")))
         quit_task = group.create_task(sim.wait_quit(), name="charger-sim-quit")
         quit_task.add_done_callback(lambda _: stop.set())
@@ -92,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.connectors < 1 or not args.meter_interval > 0:
-        _LOGGER.error("--connectors must be >= 1 and --meter-interval > 0")
+    if args.connectors < 1:
+        _LOGGER.error("--connectors must be >= 1")
         return 2
     try:
         return asyncio.run(_main(args))
-    except ValueError as exc:  # invalid broker URL, prefix or topics
+    except ValueError as exc:  # invalid broker URL, prefix, topics or habits (--meter-interval > 0 …)
         _LOGGER.error("%s", exc)
         return 2
     except KeyboardInterrupt:

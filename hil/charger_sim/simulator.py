@@ -15,7 +15,17 @@ State semantics (what AC chargers do, OCPP 1.6 status names in brackets):
 An ``enable`` before plug-in (authorize first) is kept until the EV plugs in; unplugging ends the
 session and clears the enable. Energy flows only while enabled AND plugged AND not EV-paused AND
 not faulted; the meter register then counts up at the EV's power, capped by ``max_current_a`` *
-230 V * phases when a limit was given.
+230 V * phases when a limit was given. ``session_energy_wh`` in :class:`ConnectorSnapshot` is the
+register now minus the register at the last plug-in (both as the integer the meter reports), i.e.
+what the charger delivered in the current (or, after unplug, the last) session.
+
+Habits (:mod:`hil.charger_sim.habits`, one :class:`ChargerHabits` profile): when ``meter`` is
+published (``meter_mode``: ``always``, ``flowing``, ``periodic``) and whether retained, whether it
+carries ``power_w``, the order of ``plug`` and ``status`` on a plug change and whether an unchanged
+``status`` goes with it, and duplicated deliveries (seeded). At run time: ``redeliver`` republishes
+the retained messages unchanged (a broker session resume, a firmware restart replaying its state),
+``reconnect`` disconnects cleanly (no will) and connects again with a fresh state, ``lose`` /
+``restore`` drop the link uncleanly (the broker publishes the will) and bring it back.
 """
 
 from __future__ import annotations
@@ -25,10 +35,11 @@ import contextlib
 import json
 import logging
 import math
+import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -42,16 +53,22 @@ from drivers.charger.mqtt_bridge import NO_DELAY, cancel_and_wait, retrieve_disc
 from drivers.charger.payloads import (
     AlivePayload,
     CommandPayload,
-    MeterPayload,
     PlugPayload,
     StatusPayload,
     format_ts,
 )
 from drivers.charger.topics import DEFAULT_PREFIX, TopicMap, parse_connector
+from hil.charger_sim.habits import (
+    DEFAULT_METER_INTERVAL_S,
+    ChargerHabits,
+    MeterMode,
+    PlugOrder,
+    as_meter_mode,
+    as_plug_order,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_METER_INTERVAL_S = 1.0
 DEFAULT_POWER_W = 7200.0  # EV demand after plug-in (about 32 A single phase)
 DEFAULT_RECONNECT_DELAY_S = 0.2
 NOMINAL_VOLTAGE_V = 230.0
@@ -62,7 +79,9 @@ CLOSE_TIMEOUT_S = 2.0
 
 HELP = """commands:
   help              this text
-  state [C]         JSON state of connector C (or of all)
+  state [C]         JSON state of connector C (or a list of all): plugged, enabled, status,
+                    energy_wh (the register), session_energy_wh (delivered since the last plug-in),
+                    session_start_wh (the register then), power_w, demand_w, commands, ...
   plug C            plug an EV into connector C
   unplug C          unplug connector C (ends the session, clears the enable)
   power C W         the EV on C draws W watts (meter ramp; 0 = draws nothing)
@@ -71,8 +90,39 @@ HELP = """commands:
   fault C CODE      fault connector C with CODE
   clear C           clear the fault of connector C
   lose              lose contact: drop the MQTT link uncleanly (the broker publishes the will)
-  restore           restore contact
+  restore           restore contact (reconnect, publish alive and the full state)
+  reconnect [S]     disconnect cleanly (no will, no alive offline), stay away S seconds (default
+                    0; commands sent meanwhile are lost) and connect again, publishing alive and
+                    the state as after any connect
+  redeliver         republish the last retained alive, plug and status (and meter when retained)
+                    of every connector, byte for byte, retained (a broker session resume)
+  habits            JSON of the habits in effect
+  habit NAME VALUE  change a habit at run time: meter_mode always|flowing|periodic,
+                    meter_interval_s S, meter_retain on|off, report_power on|off,
+                    plug_order plug_first|status_first, status_on_plug on|off,
+                    duplicate_rate P (0..1), seed N (reseeds the duplicate RNG)
   quit              stop the simulator"""
+
+
+class _MeterOut(msgspec.Struct, kw_only=True):
+    """The ``meter`` payload as the simulator sends it: like ``MeterPayload``, but ``power_w`` can be
+    left out entirely (``report_power=False``: a meter with only an energy register)."""
+
+    energy_wh: int
+    power_w: float | msgspec.UnsetType = msgspec.UNSET
+    ts: str | None = None
+    signed: str | None = None
+
+
+class _CleanReconnect(Exception):
+    """Raised inside the connection's task group to leave it with a clean DISCONNECT."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    retain: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +150,8 @@ class ConnectorSnapshot:
     demand_w: float
     max_current_a: int | None
     commands: tuple[CommandRecord, ...]
+    session_energy_wh: int  # register now - register at the last plug-in (0 before the first)
+    session_start_wh: int  # the register at the last plug-in
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -118,6 +170,7 @@ class _Connector:
     ev_paused: bool = False
     fault: str | None = None
     energy_wh: float = 0.0
+    session_start_wh: int = 0
     last_accrual: float = 0.0
     status: ChargingState = ChargingState.IDLE
     commands: list[CommandRecord] = field(default_factory=list)
@@ -127,8 +180,14 @@ class ChargerSimulator:
     """A charger with N connectors on an MQTT broker, speaking the §3.3 bridge contract.
 
     The Python API (``plug``, ``unplug``, ``set_power``, ``ev_pause``, ``fault``, ``clear_fault``,
-    ``lose_contact``, ``restore_contact``, ``state``, ``control``) is synchronous: it changes the state
-    at once and queues the resulting MQTT messages, which a background task publishes in order.
+    ``lose_contact``, ``restore_contact``, ``reconnect``, ``redeliver``, ``set_habits``, ``state``,
+    ``control``) is synchronous: it changes the state at once and queues the resulting MQTT
+    messages, which a background task publishes in order.
+
+    The habit arguments (``meter_mode`` … ``seed``) are those of :class:`ChargerHabits` (the defaults
+    are the simulator's historic behaviour); :attr:`habits` is the profile in effect, with the seed
+    resolved (``seed=None`` draws one), so ``ChargerSimulator(url, **sim.habits.as_dict())``
+    reproduces the world.
     """
 
     def __init__(
@@ -139,6 +198,13 @@ class ChargerSimulator:
         prefix: str = DEFAULT_PREFIX,
         topics: Mapping[str, str] | None = None,
         meter_interval_s: float = DEFAULT_METER_INTERVAL_S,
+        meter_mode: MeterMode | str = MeterMode.ALWAYS,
+        meter_retain: bool = True,
+        report_power: bool = True,
+        plug_order: PlugOrder | str = PlugOrder.PLUG_FIRST,
+        status_on_plug: bool = False,
+        duplicate_rate: float = 0.0,
+        seed: int | None = None,
         reconnect_delay_s: float = DEFAULT_RECONNECT_DELAY_S,
         phases: int = DEFAULT_PHASES,
         client_id: str | None = None,
@@ -154,8 +220,19 @@ class ChargerSimulator:
         ids = range(1, connectors + 1) if isinstance(connectors, int) else sorted(set(connectors))
         if not ids or any(i < 1 for i in ids):
             raise ValueError(f"connectors {connectors!r}: need positive ids")
-        if not meter_interval_s > 0:
-            raise ValueError("meter_interval_s must be > 0")
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**32)
+        self.habits = ChargerHabits(
+            meter_mode=as_meter_mode(meter_mode),
+            meter_interval_s=meter_interval_s,
+            meter_retain=meter_retain,
+            report_power=report_power,
+            plug_order=as_plug_order(plug_order),
+            status_on_plug=status_on_plug,
+            duplicate_rate=duplicate_rate,
+            seed=seed,
+        )
+        self._rng = random.Random(seed)
         self.broker_url = broker_url
         self.topics = TopicMap(prefix, topics)
         self._monotonic = monotonic
@@ -163,16 +240,19 @@ class ChargerSimulator:
         now = monotonic()
         self._connectors = {i: _Connector(i, last_accrual=now) for i in ids}
         self._known = frozenset(self._connectors)
-        self._meter_interval_s = meter_interval_s
         self._reconnect_delay_s = reconnect_delay_s
         self._phases = phases
         self._client_id = client_id or f"charger-sim-{id(self):x}"
         self._keepalive_s = keepalive_s
         self._encoder = msgspec.json.Encoder()
         self._cmd_decoder = msgspec.json.Decoder(CommandPayload)
-        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._last: dict[str, _Outgoing] = {}  # the last alive/plug/status/meter queued, by topic
         self._contact = asyncio.Event()
         self._contact.set()
+        self._reconnect = asyncio.Event()
+        self._reconnect_gap_s = 0.0
+        self._timer_changed = asyncio.Event()
         self._connected = asyncio.Event()
         self._quit = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -182,6 +262,9 @@ class ChargerSimulator:
         self._closed = False
         self.invalid_commands = 0
         self.connects = 0
+        self.published = 0  # messages published, duplicates included
+        self.duplicates = 0  # of which second copies (duplicate_rate)
+        self.meter_ticks = 0  # runs of the meter timer (whether or not a meter was due)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -206,7 +289,7 @@ class ChargerSimulator:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self._outbox.join()
-                    await client.publish(self.topics.topic("alive"), self._alive(False), qos=QOS, retain=True)
+                    await self._send(client, _Outgoing(self.topics.topic("alive"), self._alive(False), True))
         if self._control_server is not None:
             self._control_server.close()
         for task in self._tasks + list(self._control_clients):
@@ -292,6 +375,55 @@ class ChargerSimulator:
     def restore_contact(self) -> None:
         self._contact.set()
 
+    def reconnect(self, gap_s: float = 0.0) -> bool:
+        """Disconnect cleanly (DISCONNECT: no will, no ``alive`` offline) after publishing what is
+        queued, stay disconnected ``gap_s`` seconds (the session is clean: a ``cmd`` sent meanwhile
+        is lost, as with a firmware without a persistent session) and connect again, publishing
+        ``alive`` and the state as after any connect (``meter_mode`` decides which meters).
+        Returns ``False`` (nothing done) when not connected."""
+        if not (math.isfinite(gap_s) and gap_s >= 0):
+            raise ValueError(f"gap {gap_s!r}: expected seconds >= 0")
+        if self._client is None:
+            return False
+        self._reconnect_gap_s = gap_s
+        self._reconnect.set()
+        return True
+
+    def redeliver(self) -> bool:
+        """Republish the last ``alive``, then per connector the last ``plug`` and ``status`` (in
+        ``plug_order``) and, when ``meter_retain``, the last ``meter``, retained and byte for byte
+        (same ``ts``): what the agent sees on a broker session resume or a firmware restart that
+        replays its state. A connector without a meter published yet gets none. Returns ``False``
+        (nothing done) when not connected."""
+        if self._client is None:
+            return False
+        topics = [self.topics.topic("alive")]
+        for c in self._connectors.values():
+            topics += [self.topics.topic(name, c.connector_id) for name in self._plug_status_order()]
+            if self.habits.meter_retain:
+                topics.append(self.topics.topic("meter", c.connector_id))
+        for topic in topics:
+            last = self._last.get(topic)
+            if last is not None:
+                self._outbox.put_nowait(replace(last, retain=True))
+        return True
+
+    def set_habits(self, **changes: Any) -> ChargerHabits:
+        """Change habits at run time (keyword arguments as in the constructor); returns the new
+        profile. Giving ``seed`` reseeds the duplicate RNG (even with the same seed). Switching
+        ``meter_retain`` off leaves an earlier retained ``meter`` on the broker."""
+        return self._adopt(replace(self.habits, **changes), reseed="seed" in changes)
+
+    def _adopt(self, habits: ChargerHabits, *, reseed: bool) -> ChargerHabits:
+        if habits.seed is None:
+            raise ValueError("seed: expected an integer")
+        if reseed:
+            self._rng.seed(habits.seed)
+        if habits.meter_interval_s != self.habits.meter_interval_s:
+            self._timer_changed.set()
+        self.habits = habits
+        return habits
+
     def state(self, connector_id: int) -> ConnectorSnapshot:
         self._accrue_all()
         c = self._get(connector_id)
@@ -307,6 +439,8 @@ class ChargerSimulator:
             demand_w=c.demand_w,
             max_current_a=c.max_current_a,
             commands=tuple(c.commands),
+            session_energy_wh=int(c.energy_wh) - c.session_start_wh,
+            session_start_wh=c.session_start_wh,
         )
 
     # -- physics ---------------------------------------------------------------------------------
@@ -345,7 +479,7 @@ class ChargerSimulator:
     def _update(self, connector_id: int, **changes: Any) -> None:
         c = self._get(connector_id)
         self._accrue(c, self._monotonic())
-        was_plugged, was_status = c.plugged, c.status
+        was_plugged, was_status, was_flowing = c.plugged, c.status, self._flowing_w(c) > 0
         for name, value in changes.items():
             setattr(c, name, value)
         if "plugged" in changes and not c.plugged:  # unplug ends the session
@@ -354,11 +488,20 @@ class ChargerSimulator:
         if changes.get("fault") is not None:  # the contactor opens; a fresh enable is needed
             c.enabled = False
         c.status = self._status_of(c)
-        if c.plugged != was_plugged:
-            self._queue_plug(c)
-        if c.status != was_status:
-            self._queue_status(c)
-        self._queue_meter(c)
+        plug_changed = c.plugged != was_plugged
+        if plug_changed and c.plugged:
+            c.session_start_wh = int(c.energy_wh)
+        send_status = c.status != was_status or (plug_changed and self.habits.status_on_plug)
+        for name in self._plug_status_order():
+            if name == "plug" and plug_changed:
+                self._queue_plug(c)
+            elif name == "status" and send_status:
+                self._queue_status(c)
+        mode = self.habits.meter_mode
+        if mode is MeterMode.ALWAYS or (
+            mode is MeterMode.FLOWING and (was_flowing or self._flowing_w(c) > 0)  # incl. the final value
+        ):
+            self._queue_meter(c)
 
     # -- MQTT ------------------------------------------------------------------------------------
 
@@ -367,33 +510,63 @@ class ChargerSimulator:
             return self._encoder.encode(AlivePayload(online=True, ts=format_ts(self._clock())))
         return self._encoder.encode(AlivePayload(online=False))
 
+    def _plug_status_order(self) -> tuple[str, str]:
+        return ("plug", "status") if self.habits.plug_order is PlugOrder.PLUG_FIRST else ("status", "plug")
+
+    def _queue(self, message: _Outgoing) -> None:
+        self._last[message.topic] = message
+        self._outbox.put_nowait(message)
+
     def _queue_plug(self, c: _Connector) -> None:
         payload = PlugPayload(plugged=c.plugged, ts=format_ts(self._clock()))
-        self._outbox.put_nowait((self.topics.topic("plug", c.connector_id), self._encoder.encode(payload)))
+        self._queue(_Outgoing(self.topics.topic("plug", c.connector_id), self._encoder.encode(payload), True))
 
     def _queue_status(self, c: _Connector) -> None:
         payload = StatusPayload(state=c.status, fault=c.fault, ts=format_ts(self._clock()))
-        self._outbox.put_nowait((self.topics.topic("status", c.connector_id), self._encoder.encode(payload)))
+        self._queue(
+            _Outgoing(self.topics.topic("status", c.connector_id), self._encoder.encode(payload), True)
+        )
 
     def _queue_meter(self, c: _Connector) -> None:
-        payload = MeterPayload(
-            energy_wh=int(c.energy_wh), power_w=self._flowing_w(c), ts=format_ts(self._clock()), signed=None
+        payload = _MeterOut(
+            energy_wh=int(c.energy_wh),
+            power_w=self._flowing_w(c) if self.habits.report_power else msgspec.UNSET,
+            ts=format_ts(self._clock()),
+            signed=None,
         )
-        self._outbox.put_nowait((self.topics.topic("meter", c.connector_id), self._encoder.encode(payload)))
+        topic = self.topics.topic("meter", c.connector_id)
+        self._queue(_Outgoing(topic, self._encoder.encode(payload), self.habits.meter_retain))
+
+    def _meter_due(self, c: _Connector, *, timer: bool) -> bool:
+        """Whether ``c`` reports its meter on the timer (``timer``) or after a connect."""
+        mode = self.habits.meter_mode
+        if mode is MeterMode.FLOWING:
+            return self._flowing_w(c) > 0
+        if mode is MeterMode.PERIODIC:
+            return timer and c.plugged
+        return c.plugged or not timer  # always: every connector after a connect
 
     async def _run_meter(self) -> None:
         while True:
-            await asyncio.sleep(self._meter_interval_s)
+            self._timer_changed.clear()
+            try:
+                async with asyncio.timeout(self.habits.meter_interval_s):
+                    await self._timer_changed.wait()
+                continue  # a new meter_interval_s: start the wait again with it
+            except TimeoutError:
+                pass
+            self.meter_ticks += 1
             now = self._monotonic()
             for c in self._connectors.values():
                 self._accrue(c, now)
-                if c.plugged:
+                if self._meter_due(c, timer=True):
                     self._queue_meter(c)
 
     async def _run_mqtt(self) -> None:
         will = aiomqtt.Will(self.topics.topic("alive"), self._alive(False), qos=QOS, retain=True)
         while True:
             await self._contact.wait()
+            clean = False
             client = aiomqtt.Client(
                 self._host,
                 self._port,
@@ -407,40 +580,76 @@ class ChargerSimulator:
             try:
                 async with client:
                     await client.subscribe(self.topics.subscription("cmd"), qos=QOS)
-                    # a fresh state on every (re)connect, alive first; older queued messages are stale
+                    # a fresh state on every (re)connect, alive first; older queued messages are stale.
+                    # Queued in one synchronous step: no timer meter or control change gets in between.
                     while not self._outbox.empty():
                         self._outbox.get_nowait()
                         self._outbox.task_done()
+                    self._reconnect.clear()
                     self._accrue_all()
-                    await client.publish(self.topics.topic("alive"), self._alive(True), qos=QOS, retain=True)
+                    self._queue(_Outgoing(self.topics.topic("alive"), self._alive(True), True))
                     for c in self._connectors.values():
-                        self._queue_plug(c)
-                        self._queue_status(c)
-                        self._queue_meter(c)
+                        for name in self._plug_status_order():
+                            (self._queue_plug if name == "plug" else self._queue_status)(c)
+                        if self._meter_due(c, timer=False):
+                            self._queue_meter(c)
                     self._client = client
                     self.connects += 1
-                    self._connected.set()
                     _LOGGER.info("charger simulator connected to %s", self.broker_url)
                     async with asyncio.TaskGroup() as group:
                         group.create_task(
                             self._publish(client), name=f"charger-sim-publish[{self._client_id}]"
                         )
+                        group.create_task(
+                            self._announce_connected(), name=f"charger-sim-announce[{self._client_id}]"
+                        )
+                        group.create_task(
+                            self._await_reconnect(), name=f"charger-sim-reconnect[{self._client_id}]"
+                        )
                         async for message in client.messages:
                             self._on_command(message)
+            except* _CleanReconnect:
+                clean = True
+                _LOGGER.info("charger simulator reconnects to %s (clean disconnect)", self.broker_url)
             except* aiomqtt.MqttError as group_error:
                 _LOGGER.info("charger simulator link to %s down: %s", self.broker_url, group_error.exceptions)
             finally:
                 retrieve_disconnect_error(client)
                 self._client = None
                 self._connected.clear()
-            if self._contact.is_set():
+            if clean:
+                await asyncio.sleep(self._reconnect_gap_s)
+            elif self._contact.is_set():
                 await asyncio.sleep(self._reconnect_delay_s)
+
+    async def _announce_connected(self) -> None:
+        """Set :meth:`wait_connected` once alive and the fresh state are published (acknowledged)."""
+        await self._outbox.join()
+        self._connected.set()
+
+    async def _await_reconnect(self) -> None:
+        """On :meth:`reconnect`: let the queue drain (bounded), then end the connection cleanly."""
+        await self._reconnect.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._outbox.join()
+        raise _CleanReconnect
+
+    async def _send(self, client: aiomqtt.Client, message: _Outgoing) -> None:
+        """Publish (QoS 1); with probability ``duplicate_rate`` publish the same message again."""
+        await client.publish(message.topic, message.payload, qos=QOS, retain=message.retain)
+        self.published += 1
+        rate = self.habits.duplicate_rate
+        if rate > 0 and self._rng.random() < rate:
+            await client.publish(message.topic, message.payload, qos=QOS, retain=message.retain)
+            self.published += 1
+            self.duplicates += 1
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         while True:
-            topic, payload = await self._outbox.get()
+            message = await self._outbox.get()
             try:
-                await client.publish(topic, payload, qos=QOS, retain=True)
+                await self._send(client, message)
             finally:
                 self._outbox.task_done()
             task = asyncio.current_task()
@@ -531,13 +740,33 @@ class ChargerSimulator:
             connector_id = self._connector_arg(verb, args, "CODE")
             self.fault(connector_id, args[1])
             return "ok"
-        if verb in ("lose", "restore", "quit"):
+        if verb == "habits":
+            if args:
+                raise ValueError("usage: habits")
+            return json.dumps(self.habits.as_dict(), separators=(",", ":"))
+        if verb == "habit":
+            if len(args) != 2:
+                raise ValueError("usage: habit NAME VALUE (try habits)")
+            reseed = args[0].replace("-", "_").lower() == "seed"
+            self._adopt(self.habits.with_text(args[0], args[1]), reseed=reseed)
+            return "ok"
+        if verb == "reconnect":
+            if len(args) > 1:
+                raise ValueError("usage: reconnect [S]")
+            try:
+                gap_s = float(args[0]) if args else 0.0
+            except ValueError:
+                raise ValueError(f"gap {args[0]!r}: expected seconds") from None
+            return "ok" if self.reconnect(gap_s) else "ok: not connected, nothing done"
+        if verb in ("lose", "restore", "redeliver", "quit"):
             if args:
                 raise ValueError(f"usage: {verb}")
             if verb == "lose":
                 self.lose_contact()
             elif verb == "restore":
                 self.restore_contact()
+            elif verb == "redeliver":
+                return "ok" if self.redeliver() else "ok: not connected, nothing done"
             else:
                 self._quit.set()
                 return "ok: bye"

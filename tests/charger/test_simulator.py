@@ -31,6 +31,7 @@ def test_control_commands_in_process() -> None:
     assert state["ev_paused"] is True
     assert state["demand_w"] == 11000.0
     assert state["status"] == "idle"  # plugged, not enabled
+    assert (state["energy_wh"], state["session_energy_wh"], state["session_start_wh"]) == (0, 0, 0)
     assert sim.control("resume 1") == "ok"
     assert sim.control("fault 2 E42") == "ok"
     assert json.loads(sim.control("state 2"))["status"] == "fault"
