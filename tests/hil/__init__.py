@@ -1,0 +1,1 @@
+"""Tests of hil.stream: the upstream capture and the independent contract checker."""
