@@ -5,7 +5,8 @@ the charger simulator (the local MQTT bridge contract) and the real daemon
 (``evpay-agent run -c <generated config>``), then drives one complete paid session:
 plug-in → card tap → pre-authorization → charging → unplug → Commit of the final amount. It
 prints the agent's state changes and terminal/charger actions as they happen, then the commit in
-the terminal's sessions table, the journal's payment and the itemised price.
+the terminal's sessions table, the journal's payment, the itemised price and what the back office
+received upstream — checked with ``hil.check_stream`` (the demo fails on any finding).
 
 ``python -m hil.demo --driver-only`` is the lower-level demo: the PSP driver alone against the
 terminal simulator, with every frame on the wire decoded.
@@ -34,6 +35,8 @@ from drivers.transport import open_transport
 from hil.broker import BrokerError, LocalBroker
 from hil.charger_sim import ChargerSimulator
 from hil.psp_sim import Card, SimConfig, Simulator
+from hil.stream import StreamCapture, check
+from hil.stream.capture import parse_broker_url
 from statemachines.pricing import Usage, UsageKind
 
 PRE_AUTH_MINOR = 2500  # 25.00 reserved at the start (the strategy "fixed amount", AMT-1)
@@ -195,16 +198,19 @@ async def _run_with_broker(workdir: Path, broker_url: str, out: TextIO) -> int:
             )
         )
         charger = ChargerSimulator(broker_url, connectors=1, meter_interval_s=0.5)
-        async with charger:
+        host, port, _tls, _user, _password = parse_broker_url(broker_url)
+        capture = StreamCapture(host, port, UPSTREAM_PREFIX, workdir / "upstream.jsonl")
+        async with charger, capture:
             await charger.wait_connected()
             agent = AgentProcess(config, out)
             step(f"starting the agent: evpay-agent run -c {config.name}")
             await agent.start()
             try:
-                return await _drive(agent, charger, terminal, config, out)
+                paid = await _drive(agent, charger, terminal, config, out)
             finally:
                 code = await agent.stop()
                 step(f"agent stopped with SIGTERM, exit code {code}")
+            return paid or _show_stream(capture, out)
 
 
 async def _drive(
@@ -276,6 +282,37 @@ async def _drive(
         return 0
     step("FAILED: the commit, the journal and the tariff do not agree")
     return 1
+
+
+UPSTREAM_PREFIX = "evpay/v1/DEMO-1"  # the default prefix, station DEMO-1
+
+
+def _show_stream(capture: StreamCapture, out: TextIO) -> int:
+    """What the back office received, and the stream checker's verdict (0 = no finding)."""
+    step(f"what the back office received on {UPSTREAM_PREFIX}/# (python -m hil.check_stream)")
+    meters = states = 0
+    for message in capture.messages:
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        topic = message.topic.removeprefix(UPSTREAM_PREFIX + "/")
+        if topic.endswith("/meter"):
+            meters += 1
+            continue
+        if topic.endswith("/state"):
+            states += 1
+            continue
+        name = payload.get("event") or payload.get("alarm") or payload.get("link") or payload.get("state")
+        seq = f" seq {payload['seq']}" if "seq" in payload else ""
+        total = f" total {_money(payload['total_minor'])}" if "total_minor" in payload else ""
+        print(f"  {topic:<22} {name or ''}{seq}{total}", file=out)
+    print(f"  … and {meters} meter values, {states} retained connector states", file=out)
+    findings = check(capture.lines, complete=True, prefix=UPSTREAM_PREFIX)
+    for finding in findings:
+        print(f"  finding: {finding}", file=out)
+    if findings:
+        step(f"FAILED: {len(findings)} finding(s) in the upstream stream")
+        return 1
+    step(f"upstream stream checked: {len(capture.messages)} messages, no finding")
+    return 0
 
 
 def _span() -> tuple[datetime, datetime]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Generic
 
 from transitions import Machine
 
@@ -26,19 +27,44 @@ from statemachines.authorization import (
 )
 from statemachines.config import ConnectorConfig, OfflinePolicy, StartMode, StationConfig, StopMode
 from statemachines.effects import (
-    Alarm,
     Authorize,
     CancelTimer,
     Commit,
     DisableEnergy,
     Effect,
     EnableEnergy,
-    JournalRecord,
+    IssueReceipt,
+    LimitKind,
+    MessageKey,
+    PublishPaymentAuthorized,
+    PublishPaymentCaptured,
+    PublishPaymentDeclined,
+    PublishPaymentIncremented,
+    PublishPaymentPartiallyApproved,
+    PublishPaymentVoided,
+    PublishSessionEnded,
+    PublishSessionStarted,
+    PublishSessionUpdated,
+    RaiseUndisposedPayment,
+    RecordCardRead,
+    RecordCommitConfirmed,
+    RecordCommitDecided,
+    RecordEnergyOn,
+    RecordLimitReached,
+    RecordMeter,
+    RecordPaymentApproved,
+    RecordPaymentDeclined,
+    RecordPaymentIncremented,
+    RecordPaymentRestored,
+    RecordSessionEnded,
+    RecordStop,
+    RecordVoidConfirmed,
+    RecordVoidDecided,
     RequestBackendAuthorization,
     ShowMessage,
     StartTimer,
     UpdateAuthorization,
-    UpstreamEvent,
+    UpdateReason,
     Void,
 )
 from statemachines.events import (
@@ -54,16 +80,20 @@ from statemachines.events import (
     ChargerState,
     ChargerStatus,
     CommitResult,
+    DeclineOutcome,
     Disposal,
     MeterReading,
+    P,
     PaymentMethod,
     PaymentRestored,
     Plugged,
     RemoteStart,
+    RestoreResolution,
     SetAvailability,
     SettlementOutcome,
     StopRequest,
     StopSource,
+    TariffChanged,
     TerminalLinkDown,
     TerminalLinkUp,
     TimerFired,
@@ -73,25 +103,33 @@ from statemachines.events import (
     UpdateOutcome,
     VoidResult,
 )
-from statemachines.pricing import Pricer, Usage, UsageKind, seconds_until_cost_reaches
+from statemachines.pricing import Usage, UsageKind, seconds_until_cost_reaches
 
-STATES: tuple[str, ...] = (
-    "unavailable",  # disabled, faulted or charger lost
-    "available",  # free, no vehicle
-    "awaiting_card",  # plugged, no authorization; the terminal reads for this connector
-    "authorizing",  # card handed to the terminal (Auth Session) or the backend (RFID)
-    "awaiting_plug",  # authorized first; plug-in timeout → void
-    "charging",  # energy enabled
-    "suspended_ev",  # energy enabled, the EV paused
-    "suspended_evse",  # energy enabled, the charger paused
-    "stopping",  # energy off requested, waiting for the final meter value
-    "idle_fee",  # charging over, vehicle still plugged, idle fee running, commit deferred to unplug
-    "settling",  # Commit or Void in flight, retried until confirmed
-    "finishing",  # session over, vehicle still plugged; waits for unplug
+
+class ConnectorMachineState(StrEnum):
+    """The connector machine's states (DESIGN.md §4.1); the values are the upstream contract's."""
+
+    UNAVAILABLE = "unavailable"  # disabled, faulted or charger lost
+    AVAILABLE = "available"  # free, no vehicle
+    AWAITING_CARD = "awaiting_card"  # plugged, no authorization; the terminal reads for this connector
+    AUTHORIZING = "authorizing"  # card handed to the terminal (Auth Session) or the backend (RFID)
+    AWAITING_PLUG = "awaiting_plug"  # authorized first; plug-in timeout → void
+    CHARGING = "charging"  # energy enabled
+    SUSPENDED_EV = "suspended_ev"  # energy enabled, the EV paused
+    SUSPENDED_EVSE = "suspended_evse"  # energy enabled, the charger paused
+    STOPPING = "stopping"  # energy off requested, waiting for the final meter value
+    IDLE_FEE = "idle_fee"  # charging over, vehicle still plugged, idle fee running, commit deferred
+    SETTLING = "settling"  # Commit or Void in flight, retried until confirmed
+    FINISHING = "finishing"  # session over, vehicle still plugged; waits for unplug
+
+
+# the rulebook below names states by their values (the ``transitions`` library keeps strings)
+STATES: tuple[str, ...] = tuple(state.value for state in ConnectorMachineState)
+ENERGY_STATES: frozenset[ConnectorMachineState] = frozenset(
+    {ConnectorMachineState.CHARGING, ConnectorMachineState.SUSPENDED_EV, ConnectorMachineState.SUSPENDED_EVSE}
 )
-ENERGY_STATES: frozenset[str] = frozenset({"charging", "suspended_ev", "suspended_evse"})
 FREE_STATES = ["available", "awaiting_card"]
-_ENERGY = sorted(ENERGY_STATES)
+_ENERGY = sorted(state.value for state in ENERGY_STATES)
 
 # Each trigger's transitions are tried in order; the first whose conditions hold is taken.
 TRANSITIONS: list[dict[str, Any]] = [
@@ -239,6 +277,13 @@ TRANSITIONS: list[dict[str, Any]] = [
     {
         "trigger": "restore",
         "source": ["unavailable", *FREE_STATES],
+        "dest": "unavailable",
+        "unless": "_operative",
+        "after": "_end_unpaid",
+    },
+    {
+        "trigger": "restore",
+        "source": ["unavailable", *FREE_STATES],
         "dest": "available",
         "after": "_end_unpaid",
     },
@@ -267,22 +312,29 @@ class Session:
     usage: Usage = field(default_factory=Usage)
     last_at: datetime | None = None
     last_meter_wh: int | None = None
-    power_w: float = 0.0
+    power_w: float | None = None
     stop_reason: StopSource | None = None
     energy_on: bool = False
+    started: bool = False  # session.started published (energy was enabled once)
 
 
-class ConnectorMachine:
-    """One connector. Pre: events of one connector are handled one at a time, in arrival order."""
+class ConnectorMachine(Generic[P]):
+    """One connector. Pre: events of one connector are handled one at a time, in arrival order.
 
-    state: str  # maintained by ``transitions``
+    ``P`` is the pricer type (``agent.money.tariff.Tariff`` in the agent): :attr:`pricer` prices the
+    current session; a :class:`TariffChanged` while a session runs is kept pending and becomes
+    :attr:`pricer` when the connector's next session begins.
+    """
 
-    def __init__(self, connector: ConnectorConfig, station: StationConfig, pricer: Pricer) -> None:
+    _fsm_state: str  # maintained by ``transitions`` (see :attr:`state`)
+
+    def __init__(self, connector: ConnectorConfig, station: StationConfig, pricer: P) -> None:
         self.connector_id = connector.connector_id
         self._cfg = connector
         self._station = station
         self._policy = station.authorization
-        self._pricer = pricer
+        self._pricer: P = pricer
+        self._pending_pricer: P | None = None
         # facts
         self.plugged = False
         self.plugged_at: datetime | None = None
@@ -304,13 +356,28 @@ class ConnectorMachine:
             model=self,
             states=list(STATES),
             transitions=TRANSITIONS,
-            initial="available",
+            initial=ConnectorMachineState.AVAILABLE.value,
             auto_transitions=False,
             queued=True,
             ignore_invalid_triggers=True,
+            model_attribute="_fsm_state",
         )
 
     # --- public view ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectorMachineState:
+        return ConnectorMachineState(self._fsm_state)
+
+    @property
+    def pricer(self) -> P:
+        """The tariff pricing the current (or, between sessions, the last) session."""
+        return self._pricer
+
+    @property
+    def pending_pricer(self) -> P | None:
+        """A tariff set while a session runs; it prices the connector's next session."""
+        return self._pending_pricer
 
     @property
     def energy_on(self) -> bool:
@@ -327,9 +394,13 @@ class ConnectorMachine:
     @property
     def card(self) -> CardToken | None:
         """The card owning this connector's session (or being authorized for it)."""
-        if self.state == "authorizing":
+        if self.state is ConnectorMachineState.AUTHORIZING:
             return self._pending_card
-        if self.payment is not None and self.state not in ("finishing", "available", "unavailable"):
+        if self.payment is not None and self.state not in (
+            ConnectorMachineState.FINISHING,
+            ConnectorMachineState.AVAILABLE,
+            ConnectorMachineState.UNAVAILABLE,
+        ):
             return self.payment.card
         return None
 
@@ -339,7 +410,11 @@ class ConnectorMachine:
 
     @property
     def session_active(self) -> bool:
-        return self.state in ENERGY_STATES or self.state in ("awaiting_plug", "stopping", "idle_fee")
+        return self.state in ENERGY_STATES or self.state in (
+            ConnectorMachineState.AWAITING_PLUG,
+            ConnectorMachineState.STOPPING,
+            ConnectorMachineState.IDLE_FEE,
+        )
 
     # --- event entry -----------------------------------------------------------------------------
 
@@ -351,17 +426,19 @@ class ConnectorMachine:
         return out
 
     def _fire(self, trigger: str) -> bool:
-        return self._machine.events[trigger].trigger(self)
+        return bool(self._machine.events[trigger].trigger(self))
 
     def _dispatch(self, event: Any) -> None:
         match event:
             case Plugged(at=at):
-                self.plugged, self.plugged_at = True, at
+                if not self.plugged:  # a re-delivered plug-in keeps the first one's time (routing)
+                    self.plugged_at = at
+                self.plugged = True
                 self._fire("plug")
                 self._maybe_offline_start()
             case Unplugged():
                 self.plugged, self.plugged_at = False, None
-                if self.state == "idle_fee":
+                if self.state is ConnectorMachineState.IDLE_FEE:
                     self._accumulate(event.at, None, UsageKind.IDLE)
                 self._stop_reason(StopSource.UNPLUG)
                 self._fire("unplug")
@@ -401,8 +478,17 @@ class ConnectorMachine:
                 self._on_update_result(event)
             case PaymentRestored():
                 self._on_restored(event)
+            case TariffChanged(pricer=pricer):
+                self._on_tariff(pricer)
             case _:
                 pass
+
+    def _on_tariff(self, pricer: P) -> None:
+        """START-8 / STOP-8: a running session keeps the tariff it started with."""
+        if self.session is None:
+            self._pricer, self._pending_pricer = pricer, None
+        else:
+            self._pending_pricer = pricer
 
     # --- conditions (pure) -----------------------------------------------------------------------
 
@@ -419,7 +505,7 @@ class ConnectorMachine:
         return (
             self._cfg.idle_fee_enabled
             and self.plugged
-            and self.state == "stopping"
+            and self.state is ConnectorMachineState.STOPPING
             and self._has_terminal_payment()
             and (self.session is None or self.session.stop_reason is not StopSource.CHARGER_LOST)
         )
@@ -435,13 +521,12 @@ class ConnectorMachine:
     def _ref(self) -> str:
         return self.session.ref if self.session else ""
 
-    def _journal(self, kind: str, **data: object) -> None:
-        self._emit(JournalRecord(kind, self.connector_id, {"session_ref": self._ref(), **data}))
-
-    def _upstream(self, name: str, **data: object) -> None:
-        self._emit(UpstreamEvent(self.connector_id, name, {"session_ref": self._ref(), **data}))
+    def _usage(self) -> Usage:
+        return self.session.usage if self.session is not None else Usage()
 
     def _new_session(self, at: datetime) -> None:
+        if self._pending_pricer is not None:  # a tariff set during the previous session applies now
+            self._pricer, self._pending_pricer = self._pending_pricer, None
         ref = f"{self.connector_id}-{at.strftime('%Y%m%dT%H%M%S%f')}"
         self.session = Session(ref=ref, last_at=at, last_meter_wh=self.meter_wh)
 
@@ -473,31 +558,37 @@ class ConnectorMachine:
         assert card is not None
         assert self._at is not None
         self._new_session(self._at)
-        self._journal(
-            "card_read",
-            card_kind=card.kind.value,
-            token=card.token,
-            masked_pan=card.masked_pan,
-            brand=card.brand,
-            amount_minor=self._pending_amount_minor,
-        )
+        self._emit(RecordCardRead(self.connector_id, self._ref(), card, self._pending_amount_minor))
         if card.kind is CardKind.RFID:
             self._emit(RequestBackendAuthorization(self.connector_id, card))
         else:
             self._emit(Authorize(self.connector_id, self._pending_amount_minor))
 
+    def _decline(self, outcome: DeclineOutcome, reason: str | None, message: ShowMessage) -> None:
+        """The card got no payment: journal it, tell the back office and the driver; no session."""
+        ref = self._ref()
+        self._emit(
+            RecordPaymentDeclined(self.connector_id, ref, outcome, reason),
+            PublishPaymentDeclined(self.connector_id, ref, outcome, reason),
+            IssueReceipt(self.connector_id, ref, declined=outcome, decline_reason=reason),
+            message,
+        )
+        self._pending_card = None
+        self.session = None
+        self._fire("reject")
+
     def _on_authorization(self, event: AuthorizationResult) -> None:
         card = self._pending_card
-        if self.state != "authorizing" or card is None or card.kind is not CardKind.EMV:
+        if (
+            self.state is not ConnectorMachineState.AUTHORIZING
+            or card is None
+            or card.kind is not CardKind.EMV
+        ):
             return
         approved = event.outcome in (AuthorizationOutcome.APPROVED, AuthorizationOutcome.PARTIALLY_APPROVED)
         if not approved or event.session_id is None:
-            self._journal("payment_declined", outcome=event.outcome.value, reason=event.reason)
-            self._upstream("payment.declined", outcome=event.outcome.value, reason=event.reason)
-            self._emit(ShowMessage(self.connector_id, "declined"))
-            self._pending_card = None
-            self.session = None
-            self._fire("reject")
+            outcome = _DECLINE_OUTCOMES.get(event.outcome, DeclineOutcome.FAILED)
+            self._decline(outcome, event.reason, ShowMessage(self.connector_id, MessageKey.DECLINED))
             self._maybe_offline_start()
             return
         partial = event.outcome is AuthorizationOutcome.PARTIALLY_APPROVED
@@ -511,28 +602,44 @@ class ConnectorMachine:
             requested_minor=self._pending_amount_minor,
             authorized_minor=authorized,
         )
-        self._journal(
-            "payment_approved", session_id=event.session_id, authorized_minor=authorized, partial=partial
+        ref = self._ref()
+        self._emit(
+            RecordPaymentApproved(
+                self.connector_id,
+                ref,
+                PaymentMethod.EMV,
+                event.session_id,
+                authorized,
+                partial=partial,
+                host_reference=event.host_reference,
+            )
         )
-        name = "payment.partially_approved" if partial else "payment.authorized"
-        self._upstream(name, session_id=event.session_id, authorized_minor=authorized)
+        if partial:
+            self._emit(PublishPaymentPartiallyApproved(self.connector_id, ref, event.session_id, authorized))
+        else:
+            self._emit(
+                PublishPaymentAuthorized(
+                    self.connector_id, ref, PaymentMethod.EMV, event.session_id, authorized
+                )
+            )
         self._fire("approve")
 
     def _on_backend_authorization(self, event: BackendAuthorizationResult) -> None:
         card = self._pending_card
-        if self.state != "authorizing" or card is None or card.token != event.token:
+        if self.state is not ConnectorMachineState.AUTHORIZING or card is None or card.token != event.token:
             return
         if event.status is not BackendAuthorizationStatus.ACCEPTED:
-            self._upstream("payment.declined", outcome=event.status.value, reason=None)
-            self._emit(ShowMessage(self.connector_id, "rfid_rejected", {"status": event.status.value}))
-            self._pending_card = None
-            self.session = None
-            self._fire("reject")
+            outcome = DeclineOutcome(event.status.value)
+            message = ShowMessage(self.connector_id, MessageKey.RFID_REJECTED, status=event.status.value)
+            self._decline(outcome, None, message)
             return
         self.payment = Payment(method=PaymentMethod.RFID, card=card, authorized_minor=event.limit_minor)
-        self._journal("payment_approved", session_id=None, authorized_minor=event.limit_minor, partial=False)
-        self._upstream("payment.authorized", session_id=None, authorized_minor=event.limit_minor)
-        self._emit(ShowMessage(self.connector_id, "rfid_accepted"))
+        ref = self._ref()
+        self._emit(
+            RecordPaymentApproved(self.connector_id, ref, PaymentMethod.RFID, None, event.limit_minor),
+            PublishPaymentAuthorized(self.connector_id, ref, PaymentMethod.RFID, None, event.limit_minor),
+            ShowMessage(self.connector_id, MessageKey.RFID_ACCEPTED),
+        )
         self._fire("approve")
 
     def _on_remote_start(self, event: RemoteStart) -> None:
@@ -543,13 +650,17 @@ class ConnectorMachine:
 
     def _maybe_offline_start(self) -> None:
         """ERR-3: while the terminal is offline a plugged vehicle gets free vend or is refused."""
-        if self.state != "awaiting_card" or self.terminal_online or not self.operative:
+        if (
+            self.state is not ConnectorMachineState.AWAITING_CARD
+            or self.terminal_online
+            or not self.operative
+        ):
             return
         if self._station.offline_policy is OfflinePolicy.FREE_VEND:
             assert self._at is not None
             self._start_unpaid(self._at, PaymentMethod.FREE_VEND, None, None)
         else:
-            self._emit(ShowMessage(self.connector_id, "terminal_offline"))
+            self._emit(ShowMessage(self.connector_id, MessageKey.TERMINAL_OFFLINE))
 
     def _start_unpaid(
         self, at: datetime, method: PaymentMethod, card: CardToken | None, limit: int | None
@@ -558,32 +669,38 @@ class ConnectorMachine:
             return
         self._new_session(at)
         self.payment = Payment(method=method, card=card, authorized_minor=limit)
-        self._journal(
-            "payment_approved", session_id=None, authorized_minor=limit, partial=False, method=method.value
-        )
+        self._emit(RecordPaymentApproved(self.connector_id, self._ref(), method, None, limit, card=card))
         self._fire("start_unpaid")
 
     def _await_plug(self) -> None:
         self._plug_timer_running = True
         self._emit(
             StartTimer(TimerKind.PLUG_IN, self._station.plug_in_timeout_s, self.connector_id),
-            ShowMessage(self.connector_id, "plug_in"),
+            ShowMessage(self.connector_id, MessageKey.PLUG_IN),
         )
 
     def _energize(self) -> None:
-        """Write-ahead: energy_on is journaled before EnableEnergy (DESIGN.md §2)."""
-        assert self.session is not None
-        assert self.payment is not None
+        """Write-ahead: energy_on is journaled before EnableEnergy (DESIGN.md §2). The first time
+        in a session this is the session's start (``session.started``, exactly once)."""
+        session, payment = self.session, self.payment
+        assert session is not None
+        assert payment is not None
         assert self._at is not None
         if self._restored is None:
-            self.session.last_at = self._at
-            self.session.last_meter_wh = self.meter_wh
-        self.session.energy_on = True
+            session.last_at = self._at
+            session.last_meter_wh = self.meter_wh
+        session.energy_on = True
+        first = not session.started
+        session.started = True
         self._cancel_plug_timer()
-        self._journal("energy_on", method=self.payment.method.value, meter_wh=self.meter_wh)
-        self._emit(EnableEnergy(self.connector_id))
-        self._upstream("session.started", method=self.payment.method.value, meter_wh=self.meter_wh)
-        self._emit(ShowMessage(self.connector_id, "charging"))
+        ref = self._ref()
+        self._emit(
+            RecordEnergyOn(self.connector_id, ref, payment.method, self.meter_wh, first, session.usage),
+            EnableEnergy(self.connector_id),
+        )
+        if first:
+            self._emit(PublishSessionStarted(self.connector_id, ref, payment.method, self.meter_wh))
+        self._emit(ShowMessage(self.connector_id, MessageKey.CHARGING))
         self._pending_card = None
 
     def _cancel_plug_timer(self) -> None:
@@ -621,7 +738,7 @@ class ConnectorMachine:
                 self._fire("recover")
 
     def _stop_or_unavailable(self) -> None:
-        if self.state in ENERGY_STATES or self.state == "awaiting_plug":
+        if self.state in ENERGY_STATES or self.state is ConnectorMachineState.AWAITING_PLUG:
             self._fire("stop")
         else:
             self._fire("go_unavailable")
@@ -633,56 +750,69 @@ class ConnectorMachine:
         if self.state in ENERGY_STATES:
             self._fire("stop")
             self._fire("conclude")
-        elif self.state in ("stopping", "idle_fee"):
-            if self.state == "stopping":
+        elif self.state in (ConnectorMachineState.STOPPING, ConnectorMachineState.IDLE_FEE):
+            if self.state is ConnectorMachineState.STOPPING:
                 self._emit(CancelTimer(TimerKind.FINAL_METER, self.connector_id))
             self._fire("conclude")
         else:
             self._stop_or_unavailable()
 
     def _usage_kind(self) -> UsageKind:
-        if self.state == "charging" or self.state == "stopping":
+        if self.state in (ConnectorMachineState.CHARGING, ConnectorMachineState.STOPPING):
             return UsageKind.CHARGING
-        if self.state == "idle_fee":
+        if self.state is ConnectorMachineState.IDLE_FEE:
             return UsageKind.IDLE
         return UsageKind.SUSPENDED
 
     def _on_meter(self, event: MeterReading) -> None:
-        in_session = self.state in ENERGY_STATES or self.state in ("stopping", "idle_fee")
+        in_session = self.state in ENERGY_STATES or self.state in (
+            ConnectorMachineState.STOPPING,
+            ConnectorMachineState.IDLE_FEE,
+        )
         if in_session:
+            session = self.session
+            assert session is not None
             self._accumulate(event.at, event.energy_wh, self._usage_kind())
-            assert self.session is not None
-            self.session.power_w = event.power_w
-            self._journal(
-                "meter",
-                meter_wh=event.energy_wh,
-                energy_wh=self._session_energy_wh(),
-                cost_minor=self.running_cost_minor,
+            if event.power_w is not None:
+                session.power_w = event.power_w
+            self._emit(
+                RecordMeter(
+                    self.connector_id,
+                    session.ref,
+                    meter_wh=event.energy_wh,
+                    energy_wh=self._session_energy_wh(),
+                    cost_minor=self.running_cost_minor,
+                    power_w=event.power_w,
+                    periodic=self.state in ENERGY_STATES,
+                    usage=session.usage,
+                )
             )
         self.meter_wh = event.energy_wh
         if self.state in ENERGY_STATES:
-            self._check_limits(event.at, event.power_w)
-        elif self.state == "stopping":
+            self._check_limits(event.at)
+        elif self.state is ConnectorMachineState.STOPPING:
             self._emit(CancelTimer(TimerKind.FINAL_METER, self.connector_id))
             self._fire("conclude")
 
-    def _check_limits(self, at: datetime, power_w: float) -> None:
+    def _check_limits(self, at: datetime) -> None:
         """AMT-2, STOP-6: increment before the cap, or stop before the cost would exceed it."""
         session, payment = self.session, self.payment
         assert session is not None
         assert payment is not None
         if self._cfg.max_energy_wh is not None and session.usage.energy_wh >= self._cfg.max_energy_wh:
-            self._limit_stop("energy")
+            self._limit_stop(LimitKind.ENERGY)
             return
         if self._cfg.max_duration_s is not None:
             charged_ms = sum(
                 session.usage.duration_ms(kind) for kind in (UsageKind.CHARGING, UsageKind.SUSPENDED)
             )
             if charged_ms >= self._cfg.max_duration_s * 1000:
-                self._limit_stop("duration")
+                self._limit_stop(LimitKind.DURATION)
                 return
         if payment.authorized_minor is None:
             return
+        # the last reported power (a meter without power: the time components alone)
+        power_w = session.power_w if session.power_w is not None else 0.0
         seconds = seconds_until_cost_reaches(
             self._pricer, session.usage, at, power_w, payment.authorized_minor
         )
@@ -701,11 +831,11 @@ class ConnectorMachine:
                 payment.increment_pending = True
                 self._emit(UpdateAuthorization(self.connector_id, payment.session_id, new_total))
         if must_stop_for_cap(seconds, self._station.meter_interval_s):
-            self._limit_stop("cost_cap")
+            self._limit_stop(LimitKind.COST_CAP)
 
-    def _limit_stop(self, limit: str) -> None:
+    def _limit_stop(self, limit: LimitKind) -> None:
         self._stop_reason(StopSource.LIMIT)
-        self._journal("limit_reached", limit=limit)
+        self._emit(RecordLimitReached(self.connector_id, self._ref(), limit))
         self._fire("stop")
 
     def _on_update_result(self, event: UpdateAuthorizationResult) -> None:
@@ -719,11 +849,10 @@ class ConnectorMachine:
             payment.increments_exhausted = True  # stop at the cap instead (AMT-2)
             return
         payment.authorized_minor = event.authorized_minor
-        self._journal(
-            "payment_incremented", session_id=payment.session_id, authorized_minor=event.authorized_minor
-        )
-        self._upstream(
-            "payment.incremented", session_id=payment.session_id, authorized_minor=event.authorized_minor
+        ref = self._ref()
+        self._emit(
+            RecordPaymentIncremented(self.connector_id, ref, event.session_id, event.authorized_minor),
+            PublishPaymentIncremented(self.connector_id, ref, event.session_id, event.authorized_minor),
         )
 
     # --- stop and settle ---------------------------------------------------------------------------
@@ -741,24 +870,29 @@ class ConnectorMachine:
         self._fire("stop")
 
     def _begin_stop(self) -> None:
-        assert self.session is not None
-        self.session.energy_on = False
-        reason = self.session.stop_reason or StopSource.LOCAL
-        self.session.stop_reason = reason
-        self._journal(
-            "stop",
-            reason=reason.value,
-            energy_wh=self._session_energy_wh(),
-            cost_minor=self.running_cost_minor,
+        session = self.session
+        assert session is not None
+        session.energy_on = False
+        reason = session.stop_reason or StopSource.LOCAL
+        session.stop_reason = reason
+        self._emit(
+            RecordStop(
+                self.connector_id,
+                session.ref,
+                reason,
+                self._session_energy_wh(),
+                self.running_cost_minor,
+                session.usage,
+            ),
+            DisableEnergy(self.connector_id),
         )
-        self._emit(DisableEnergy(self.connector_id))
         if reason is not StopSource.CHARGER_LOST:
             self._emit(
                 StartTimer(TimerKind.FINAL_METER, self._station.final_meter_timeout_s, self.connector_id)
             )
 
     def _enter_idle_fee(self) -> None:
-        self._emit(ShowMessage(self.connector_id, "idle_fee"))
+        self._emit(ShowMessage(self.connector_id, MessageKey.IDLE_FEE))
 
     def _settle(self) -> None:
         """STOP-7, STOP-8, AMT-4: decide Commit (amount > 0) or Void; journal before sending."""
@@ -770,16 +904,21 @@ class ConnectorMachine:
         amount = capture_amount_minor(self._policy, cost, payment.authorized_minor)
         payment.final_minor = amount
         payment.disposal = Disposal.COMMIT if amount > 0 else Disposal.VOID
+        ref = self._ref()
         if payment.disposal is Disposal.COMMIT:
-            self._journal(
-                "commit",
-                session_id=payment.session_id,
-                amount_minor=amount,
-                energy_wh=self._session_energy_wh(),
-                cost_minor=cost,
+            self._emit(
+                RecordCommitDecided(
+                    self.connector_id,
+                    ref,
+                    payment.session_id,
+                    amount,
+                    self._session_energy_wh(),
+                    cost,
+                    self._usage(),
+                )
             )
         else:
-            self._journal("void", session_id=payment.session_id)
+            self._emit(RecordVoidDecided(self.connector_id, ref, payment.session_id, self._usage()))
         self._emit(
             StartTimer(TimerKind.UNDISPOSED_PAYMENT, self._station.undisposed_alarm_s, self.connector_id)
         )
@@ -802,7 +941,11 @@ class ConnectorMachine:
 
     def _on_settlement_result(self, event: CommitResult | VoidResult) -> None:
         payment = self.payment
-        if self.state != "settling" or payment is None or payment.session_id != event.session_id:
+        if (
+            self.state is not ConnectorMachineState.SETTLING
+            or payment is None
+            or payment.session_id != event.session_id
+        ):
             return
         expected = Disposal.COMMIT if isinstance(event, CommitResult) else Disposal.VOID
         if payment.disposal is not expected:
@@ -814,39 +957,54 @@ class ConnectorMachine:
             self._emit(StartTimer(TimerKind.SETTLEMENT_RETRY, delay, self.connector_id))
             return
         # OK, or NOT_FOUND after our send: disposed (psp-reference §10.3)
-        kind = "commit_confirmed" if expected is Disposal.COMMIT else "void_confirmed"
-        self._journal(kind, session_id=payment.session_id, outcome=event.outcome.value)
-        self._emit(CancelTimer(TimerKind.UNDISPOSED_PAYMENT, self.connector_id))
+        ref, sid = self._ref(), payment.session_id
         if expected is Disposal.COMMIT:
-            self._upstream(
-                "payment.captured", session_id=payment.session_id, amount_minor=payment.final_minor
+            self._emit(
+                RecordCommitConfirmed(self.connector_id, ref, sid, event.outcome),
+                CancelTimer(TimerKind.UNDISPOSED_PAYMENT, self.connector_id),
+                PublishPaymentCaptured(self.connector_id, ref, sid, payment.final_minor),
             )
         else:
-            self._upstream("payment.voided", session_id=payment.session_id)
+            self._emit(
+                RecordVoidConfirmed(self.connector_id, ref, sid, event.outcome),
+                CancelTimer(TimerKind.UNDISPOSED_PAYMENT, self.connector_id),
+                PublishPaymentVoided(self.connector_id, ref, sid),
+            )
         self._end_session(payment.final_minor)
         self._fire("settled")
 
     def _end_unpaid(self) -> None:
         """End a session that has nothing to settle on the terminal (RFID, remote, free vend)."""
-        if self.session is None:
+        session = self.session
+        if session is None:
             return
         cost = self.running_cost_minor
         self._cancel_plug_timer()
-        self._journal("session_ended", energy_wh=self._session_energy_wh(), cost_minor=cost)
+        self._emit(
+            RecordSessionEnded(self.connector_id, session.ref, self._session_energy_wh(), cost, session.usage)
+        )
         self._end_session(cost)
 
     def _end_session(self, amount_minor: int) -> None:
+        """The end of the session (``session.ended`` when it started) and of its payment (receipt)."""
         session = self.session
         assert session is not None
-        reason = (session.stop_reason or StopSource.LOCAL).value
-        self._upstream(
-            "session.ended",
-            reason=reason,
-            energy_wh=self._session_energy_wh(),
-            cost_minor=self.running_cost_minor,
-            amount_minor=amount_minor,
+        reason = session.stop_reason or StopSource.LOCAL
+        if session.started:
+            self._emit(
+                PublishSessionEnded(
+                    self.connector_id,
+                    session.ref,
+                    reason,
+                    self._session_energy_wh(),
+                    self.running_cost_minor,
+                    amount_minor,
+                )
+            )
+        self._emit(
+            IssueReceipt(self.connector_id, session.ref, amount_minor),
+            ShowMessage(self.connector_id, MessageKey.SESSION_ENDED, amount_minor=amount_minor),
         )
-        self._emit(ShowMessage(self.connector_id, "session_ended", {"amount_minor": amount_minor}))
         self.session = None
         self.payment = None
         self._restored = None
@@ -855,40 +1013,53 @@ class ConnectorMachine:
 
     def _on_timer(self, event: TimerFired) -> None:
         match event.kind:
-            case TimerKind.PLUG_IN if self.state == "awaiting_plug":
+            case TimerKind.PLUG_IN if self.state is ConnectorMachineState.AWAITING_PLUG:
                 self._plug_timer_running = False
                 self._stop_reason(StopSource.TIMEOUT)
                 self._fire("stop")
-            case TimerKind.FINAL_METER if self.state == "stopping":
+            case TimerKind.FINAL_METER if self.state is ConnectorMachineState.STOPPING:
                 self._fire("conclude")
-            case TimerKind.SETTLEMENT_RETRY if self.state == "settling":
+            case TimerKind.SETTLEMENT_RETRY if self.state is ConnectorMachineState.SETTLING:
                 self._send_disposal()
-            case TimerKind.UNDISPOSED_PAYMENT if self.state == "settling" and self.payment is not None:
-                self._emit(
-                    Alarm(
-                        "undisposed_payment",
-                        self.connector_id,
-                        {"session_id": self.payment.session_id, "attempts": self.payment.attempts},
+            case TimerKind.UNDISPOSED_PAYMENT if (
+                self.state is ConnectorMachineState.SETTLING and self.payment
+            ):
+                payment = self.payment
+                if payment.session_id is not None and payment.disposal is not None:
+                    self._emit(
+                        RaiseUndisposedPayment(
+                            self.connector_id,
+                            self._ref(),
+                            payment.session_id,
+                            payment.disposal,
+                            payment.attempts,
+                        )
                     )
-                )
             case _:
                 pass
 
     # --- restart recovery (ERR-5) ----------------------------------------------------------------------
 
     def _on_restored(self, event: PaymentRestored) -> None:
-        if self.state not in ("unavailable", *FREE_STATES) or self.session is not None:
+        if self.state not in (ConnectorMachineState.UNAVAILABLE, *FREE_STATES) or self.session is not None:
             return
         p = event.payment
         self.plugged = event.plugged
         self.charger_online = event.charger_online
         self.plugged_at = event.at if event.plugged else None
         self._restored = event
+        stop_reason = p.stop_reason
+        if stop_reason is None and not event.charger_online:
+            stop_reason = StopSource.CHARGER_LOST  # ERR-2: the charger is gone at the restart
+        elif stop_reason is None and not event.plugged:
+            stop_reason = StopSource.UNPLUG  # unplugged while the agent was down
         self.session = Session(
             ref=p.session_ref,
             usage=p.usage,
             last_at=p.last_meter_at or event.at,
             last_meter_wh=p.last_meter_wh,
+            stop_reason=stop_reason,
+            started=p.started,
         )
         self.meter_wh = p.last_meter_wh
         self.payment = Payment(
@@ -899,32 +1070,47 @@ class ConnectorMachine:
             disposal=p.disposal,
             final_minor=p.final_minor,
         )
-        self._journal(
-            "payment_restored", session_id=p.session_id, plugged=event.plugged, energy_on=p.energy_on
-        )
         ref = self._ref()
+        mark = len(self._out)
         self._fire("restore")
-        self._emit(  # DESIGN.md §5.2: "an upstream event says so"
-            UpstreamEvent(
+        resolution = self._restore_resolution(p.disposal)
+        # DESIGN.md §5.2 "an upstream event says so": the journal record and session.updated come
+        # before anything the restore did (a session.started of a session that never started, a
+        # Commit, session.ended), so the back office reads the stream in order
+        self._out[mark:mark] = [
+            RecordPaymentRestored(
+                self.connector_id, ref, p.session_id, event.plugged, p.energy_on, resolution
+            ),
+            PublishSessionUpdated(
                 self.connector_id,
-                "session.updated",
-                {
-                    "session_ref": ref,
-                    "reason": "restored",
-                    "resolution": self._restore_resolution(p.disposal),
-                    "session_id": p.session_id,
-                    "method": p.method.value,
-                    "plugged": event.plugged,
-                    "authorized_minor": p.authorized_minor,
-                },
-            )
-        )
+                ref,
+                UpdateReason.RESUMED,
+                resolution,
+                p.session_id,
+                p.method,
+                event.plugged,
+                p.authorized_minor,
+            ),
+        ]
 
-    def _restore_resolution(self, decided: Disposal | None) -> str:
+    def _restore_resolution(self, decided: Disposal | None) -> RestoreResolution:
         """What the restore did: ``resumed`` charging, ``resent`` a decided Commit/Void, decided a
         ``commit`` or ``void`` now, or ``ended`` a session with nothing to settle on the terminal."""
-        if self.state == "charging":
-            return "resumed"
-        if self.state == "settling" and self.payment is not None and self.payment.disposal is not None:
-            return "resent" if decided is not None else self.payment.disposal.value
-        return "ended"
+        if self.state is ConnectorMachineState.CHARGING:
+            return RestoreResolution.RESUMED
+        if (
+            self.state is ConnectorMachineState.SETTLING
+            and self.payment is not None
+            and self.payment.disposal
+        ):
+            if decided is not None:
+                return RestoreResolution.RESENT
+            return RestoreResolution(self.payment.disposal.value)
+        return RestoreResolution.ENDED
+
+
+_DECLINE_OUTCOMES: dict[AuthorizationOutcome, DeclineOutcome] = {
+    AuthorizationOutcome.DECLINED: DeclineOutcome.DECLINED,
+    AuthorizationOutcome.CANCELLED: DeclineOutcome.CANCELLED,
+    AuthorizationOutcome.FAILED: DeclineOutcome.FAILED,
+}

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Generic, TypeVar
 
-from statemachines.pricing import Usage
+from statemachines.pricing import Pricer, Usage
+
+P = TypeVar("P", bound=Pricer)
 
 
 class CardKind(StrEnum):
@@ -61,6 +64,29 @@ class BackendAuthorizationStatus(StrEnum):
     EXPIRED = "expired"
     NO_CREDIT = "no_credit"
     UNAVAILABLE = "unavailable"
+
+
+class DeclineOutcome(StrEnum):
+    """Why a card got no payment: the terminal's answer (EMV) or the back office's (RFID/CUG)."""
+
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # no answer / terminal offline
+    REJECTED = "rejected"
+    BLOCKED = "blocked"
+    EXPIRED = "expired"
+    NO_CREDIT = "no_credit"
+    UNAVAILABLE = "unavailable"  # the back office did not answer
+
+
+class RestoreResolution(StrEnum):
+    """What the restart recovery did with a journaled payment (ERR-5)."""
+
+    RESUMED = "resumed"  # charging continues
+    RESENT = "resent"  # a Commit/Void decided before the restart is sent again, unchanged
+    COMMIT = "commit"  # decided now: commit the last journaled total
+    VOID = "void"  # decided now: nothing was delivered
+    ENDED = "ended"  # a session with nothing to settle on the terminal was ended
 
 
 class SettlementOutcome(StrEnum):
@@ -135,7 +161,7 @@ class MeterReading:
     connector_id: int
     at: datetime
     energy_wh: int  # meter register
-    power_w: float
+    power_w: float | None = None  # None: the meter reports no power
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +231,7 @@ class AuthorizationResult:
     session_id: str | None = None  # terminal session id when (partially) approved
     authorized_minor: int | None = None  # the approved amount for a partial approval
     reason: str | None = None
+    host_reference: str | None = None  # the acquirer's reference (receipts), when the terminal gives one
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +313,8 @@ class RestoredPayment:
     energy_on: bool
     disposal: Disposal | None = None  # a Commit/Void was already decided (and maybe sent)
     final_minor: int = 0  # the amount of that Commit
+    started: bool = False  # energy was enabled before: session.started is already published
+    stop_reason: StopSource | None = None  # a stop already journaled
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +326,16 @@ class PaymentRestored:
     payment: RestoredPayment
     plugged: bool
     charger_online: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TariffChanged(Generic[P]):
+    """``set_tariff``: the station's tariff from now on. A connector without a session prices with
+    it at once; a running session keeps the tariff it started with (START-8, STOP-8) and the new
+    one applies from the connector's next session."""
+
+    at: datetime
+    pricer: P
 
 
 # --- internal: the arbiter tells a connector -------------------------------------------------------

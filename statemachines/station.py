@@ -9,7 +9,7 @@ now need. The returned effects are in execution order.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Generic
 
 from statemachines.config import StationConfig
 from statemachines.connector import ConnectorMachine
@@ -21,20 +21,23 @@ from statemachines.events import (
     ChargerBack,
     ChargerLost,
     Event,
+    P,
+    TariffChanged,
     TerminalLinkDown,
     TerminalLinkUp,
     TimerFired,
     TimerKind,
     UiSelection,
 )
-from statemachines.pricing import Pricer
 from statemachines.terminal import ConnectorView, TerminalArbiter
 
 
-class Station:
-    def __init__(self, config: StationConfig, pricer: Pricer, *, terminal_online: bool = True) -> None:
+class Station(Generic[P]):
+    """``P``: the pricer type (``agent.money.tariff.Tariff`` in the agent)."""
+
+    def __init__(self, config: StationConfig, pricer: P, *, terminal_online: bool = True) -> None:
         self.config = config
-        self.connectors: dict[int, ConnectorMachine] = {
+        self.connectors: dict[int, ConnectorMachine[P]] = {
             c.connector_id: ConnectorMachine(c, config, pricer) for c in config.connectors
         }
         self.arbiter = TerminalArbiter(config, online=terminal_online)
@@ -54,7 +57,7 @@ class Station:
             for m in self.connectors.values()
         ]
 
-    def handle(self, event: Event) -> list[Effect]:
+    def handle(self, event: Event | TariffChanged[P]) -> list[Effect]:
         """Pre: ``event.connector_id`` (where present) names a configured connector."""
         out: list[Effect] = []
         match event:
@@ -73,6 +76,9 @@ class Station:
                 out += self._route(routes)
             case ChargerLost() | ChargerBack():
                 out += self._to_connectors(self.connectors.values(), event)
+            case TariffChanged():
+                out += self._to_connectors(self.connectors.values(), event)
+                out += self.arbiter.restart_read()  # START-8: the new price is shown before payment
             case AuthorizationResult():
                 out += self.connectors[event.connector_id].handle(event)
                 self.arbiter.authorization_done(event.connector_id)
@@ -85,7 +91,7 @@ class Station:
         out += self.arbiter.sync(self.views())
         return out
 
-    def _to_connectors(self, machines: Iterable[ConnectorMachine], event: Any) -> list[Effect]:
+    def _to_connectors(self, machines: Iterable[ConnectorMachine[P]], event: Any) -> list[Effect]:
         out: list[Effect] = []
         for machine in machines:
             out += machine.handle(event)

@@ -17,11 +17,14 @@ from transitions import Machine
 
 from statemachines.authorization import start_amount_minor
 from statemachines.config import Routing, StartMode, StationConfig, StopMode
+from statemachines.connector import ConnectorMachineState
 from statemachines.effects import (
     CancelCardRead,
     CancelTimer,
     Commit,
     Effect,
+    MessageKey,
+    ReadPurpose,
     ShowMessage,
     StartCardRead,
     StartTimer,
@@ -63,8 +66,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "authorized", "source": "authorizing", "dest": "idle"},
 ]
 
-SCAN, UI_START, UI_STOP = "scan", "ui_start", "ui_stop"
-FREE = ("available", "awaiting_card")
+SCAN, UI_START, UI_STOP = ReadPurpose.SCAN, ReadPurpose.UI_START, ReadPurpose.UI_STOP
+FREE = (ConnectorMachineState.AVAILABLE, ConnectorMachineState.AWAITING_CARD)
 CardRoute = CardAssigned | StopRequest | AuthorizationResult
 
 
@@ -73,7 +76,7 @@ class ConnectorView:
     """What the arbiter needs to know of a connector (taken after every step)."""
 
     connector_id: int
-    state: str
+    state: ConnectorMachineState
     operative: bool
     plugged_at: datetime | None = None
     card_token: str | None = None  # card owning the connector's session, if any
@@ -81,7 +84,7 @@ class ConnectorView:
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    purpose: str
+    purpose: ReadPurpose
     connector_id: int | None
     amount_minor: int
 
@@ -137,11 +140,21 @@ class TerminalArbiter:
             case UiSelection():
                 self._on_ui(event, views)
             case TimerFired(kind=TimerKind.CARD_DECISION) if self.state == "holding":
-                self._emit(CancelCardRead(), ShowMessage(None, "selection_timeout"))
+                self._emit(CancelCardRead(), ShowMessage(None, MessageKey.SELECTION_TIMEOUT))
                 self._end_read()
             case _:
                 pass
         return self._out, self._routes
+
+    def restart_read(self) -> list[Effect]:
+        """A new tariff while a read waits for a card: cancel it, so that :meth:`sync` starts it
+        again with the new price on the screen (START-8: the driver pays the price shown). A card
+        already read keeps the price it was read under."""
+        if self.state != "reading":
+            return []
+        self._out = [CancelCardRead()]
+        self._end_read()
+        return self._out
 
     def authorization_done(self, connector_id: int) -> None:
         if self.state == "authorizing" and self.authorizing_connector == connector_id:
@@ -192,7 +205,7 @@ class TerminalArbiter:
         self._reference += 1
         self.read = request
         self._emit(
-            ShowMessage(request.connector_id, "tariff"),  # START-8: price shown before payment
+            ShowMessage(request.connector_id, MessageKey.TARIFF),  # START-8: price shown before payment
             StartCardRead(request.amount_minor, self._reference, request.purpose, request.connector_id),
         )
         self._fire("start_read")
@@ -218,14 +231,16 @@ class TerminalArbiter:
 
     def _scan_wanted(self, views: Sequence[ConnectorView]) -> bool:
         starts, stops = self._cfg.start_modes, self._cfg.stop_modes
-        if any(v.state == "awaiting_card" and v.operative for v in views) and (
+        if any(v.state is ConnectorMachineState.AWAITING_CARD and v.operative for v in views) and (
             StartMode.PLUG_IN in starts or StartMode.TAP in starts
         ):
             return True
-        if StartMode.TAP in starts and any(v.state == "available" and v.operative for v in views):
+        if StartMode.TAP in starts and any(
+            v.state is ConnectorMachineState.AVAILABLE and v.operative for v in views
+        ):
             return True
         return StopMode.TAP in stops and any(
-            v.card_token is not None and v.state != "authorizing" for v in views
+            v.card_token is not None and v.state is not ConnectorMachineState.AUTHORIZING for v in views
         )
 
     def _read_still_wanted(self, read: ReadRequest, views: Sequence[ConnectorView]) -> bool:
@@ -248,28 +263,32 @@ class TerminalArbiter:
         card, read = event.card, self.read
         owner = next((v for v in views if v.card_token == card.token), None)
         if read.purpose == UI_STOP:  # STOP-4: the selected session's own card only
-            if owner is not None and owner.connector_id == read.connector_id and owner.state != "authorizing":
+            if (
+                owner is not None
+                and owner.connector_id == read.connector_id
+                and owner.state is not ConnectorMachineState.AUTHORIZING
+            ):
                 self._release()
                 self._routes.append(StopRequest(owner.connector_id, event.at, StopSource.UI))
             else:
-                self._release(ShowMessage(read.connector_id, "card_mismatch"))
+                self._release(ShowMessage(read.connector_id, MessageKey.CARD_MISMATCH))
             return
         if owner is not None:  # STOP-1 tap-to-stop first; never authorize it again
-            if StopMode.TAP in self._cfg.stop_modes and owner.state != "authorizing":
+            if StopMode.TAP in self._cfg.stop_modes and owner.state is not ConnectorMachineState.AUTHORIZING:
                 self._release()
                 self._routes.append(StopRequest(owner.connector_id, event.at, StopSource.TAP))
             else:
-                self._release(ShowMessage(owner.connector_id, "card_in_use"))
+                self._release(ShowMessage(owner.connector_id, MessageKey.CARD_IN_USE))
             return
         if read.purpose == UI_START:
             target = next((v for v in views if v.connector_id == read.connector_id), None)
             if target is not None and target.state in FREE and target.operative:
                 self._assign(target.connector_id, card, event.at)
             else:
-                self._release(ShowMessage(read.connector_id, "connector_unavailable"))
+                self._release(ShowMessage(read.connector_id, MessageKey.CONNECTOR_UNAVAILABLE))
             return
         waiting = sorted(
-            (v for v in views if v.state == "awaiting_card" and v.operative),
+            (v for v in views if v.state is ConnectorMachineState.AWAITING_CARD and v.operative),
             key=lambda v: (v.plugged_at or event.at, v.connector_id),
         )
         ui_routing = self._cfg.routing is Routing.UI_SELECTION and self._cfg.terminal.supports_ui
@@ -280,7 +299,9 @@ class TerminalArbiter:
                 self._hold(card, [v.connector_id for v in waiting])
             return
         if StartMode.TAP in self._cfg.start_modes:  # tap first: authorized session waits for a plug-in
-            free = [v.connector_id for v in views if v.state == "available" and v.operative]
+            free = [
+                v.connector_id for v in views if v.state is ConnectorMachineState.AVAILABLE and v.operative
+            ]
             if len(free) == 1:
                 self._assign(free[0], card, event.at)
                 return
@@ -288,9 +309,9 @@ class TerminalArbiter:
                 self._hold(card, free)
                 return
             if free:  # ambiguous without plug-in or selection (payter-ev-guide §7)
-                self._release(ShowMessage(None, "plug_in_first"))
+                self._release(ShowMessage(None, MessageKey.PLUG_IN_FIRST))
                 return
-        self._release(ShowMessage(None, "card_not_accepted"))
+        self._release(ShowMessage(None, MessageKey.CARD_NOT_ACCEPTED))
 
     def _release(self, *feedback: Effect) -> None:
         self._emit(CancelCardRead(), *feedback)
@@ -316,7 +337,7 @@ class TerminalArbiter:
         self._held = card
         self._emit(
             StartTimer(TimerKind.CARD_DECISION, self._cfg.card_decision_s, None),
-            ShowMessage(None, "select_connector", {"connectors": tuple(choices)}),
+            ShowMessage(None, MessageKey.SELECT_CONNECTOR, connectors=tuple(choices)),
         )
         self._fire("hold")
 
@@ -327,7 +348,7 @@ class TerminalArbiter:
         if event.action is UiAction.START:
             usable = view is not None and view.state in FREE and view.operative
             if StartMode.UI not in self._cfg.start_modes or not usable:
-                self._emit(ShowMessage(event.connector_id, "connector_unavailable"))  # START-3
+                self._emit(ShowMessage(event.connector_id, MessageKey.CONNECTOR_UNAVAILABLE))  # START-3
                 return
             if self.state == "holding" and self._held is not None:
                 self._assign(event.connector_id, self._held, event.at)
@@ -336,7 +357,7 @@ class TerminalArbiter:
             request = ReadRequest(UI_START, event.connector_id, amount)
         else:
             if StopMode.UI not in self._cfg.stop_modes or view is None or view.card_token is None:
-                self._emit(ShowMessage(event.connector_id, "no_session"))
+                self._emit(ShowMessage(event.connector_id, MessageKey.NO_SESSION))
                 return
             request = ReadRequest(UI_STOP, event.connector_id, 0)
         if self.state == "reading":
@@ -345,4 +366,4 @@ class TerminalArbiter:
         if self.state == "idle":
             self._ui_request = request  # started by sync() after this step
         else:
-            self._emit(ShowMessage(event.connector_id, "terminal_busy"))
+            self._emit(ShowMessage(event.connector_id, MessageKey.TERMINAL_BUSY))

@@ -70,6 +70,7 @@ Recovery = Literal["resumed", "resent", "commit", "void", "ended"]
 Severity = Literal["error", "warning", "info"]
 
 SEVERITY: Final[dict[Kind, Severity]] = {
+    "possible_orphan_approval": "error",
     "undisposed_payment": "error",
     "commit_unconfirmed": "error",
     "captured_mismatch": "error",
@@ -233,7 +234,16 @@ def _discrepancies(
     unpaid = method == "free_vend" or (row.state == "ended" and method == "emv")
     if unpaid and row.energy_wh > 0:
         add("free_vend", f"{row.energy_wh} Wh delivered without a card payment", row.cost_minor)
-    if recovery is not None:
+    if row.orphan_open:  # ERR-5 / psp-reference §10.4: until an operator clears it
+        add(
+            "possible_orphan_approval",
+            f"card {row.masked_pan or '(unknown)'} read at {row.started_at} had no outcome when the agent "
+            "restarted: the terminal may hold an approval; check the payment portal, void it there, "
+            "then send clear_discrepancy",
+            row.requested_minor,
+            _age_s(now, row.started_at),
+        )
+    elif recovery is not None:
         add("recovered_after_crash", f"restored after a crash: {recovery}")
     return found
 

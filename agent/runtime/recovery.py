@@ -6,12 +6,16 @@ charger driver reported them within a short wait. The engine then resumes chargi
 commits the journaled total or voids (nothing delivered), or re-sends an already decided disposal
 unchanged — it never recomputes a different amount.
 
-A payment the journal holds only as ``authorizing`` (card read, crash before the approval reached
-the journal) is never restored into a session: it is closed as ``failed`` with a
-``recovery_unapproved`` event. On a P6X the terminal is then asked for its open sessions (List
-Sessions, psp-reference §5.8); every session id the journal never saw is voided
-(``recovery_orphan_void`` journaled before the Void, ``recovery_orphan_voided`` after). On Apollo
-the terminal's Setup session timeout with action *void* (TERM-2) is the safety net for those.
+A payment the journal holds only as ``authorizing`` (card read, crash before the outcome reached
+the journal) is never restored into a session: the runtime closes it as ``failed`` with a
+``recovery_unapproved`` event and, for an EMV card, as a *possible orphan approval*
+(psp-reference §10.4): the alarm ``possible_orphan_approval`` with the masked PAN, amount, time and
+session reference, and a reconciliation discrepancy until it is cleared. On a P6X the terminal is
+then asked for its open sessions (List Sessions, psp-reference §5.8); every session id the journal
+never saw is voided (``recovery_orphan_void`` journaled before the Void, ``recovery_orphan_voided``
+after), which accounts for the possible orphans. On Apollo the terminal's Setup session timeout
+with action *void* (TERM-2) is the safety net, and an operator clears the discrepancy
+(``clear_discrepancy`` command) once the hold is checked in the payment portal.
 """
 
 from __future__ import annotations
@@ -85,28 +89,14 @@ def restore_events(rows: list[PaymentRow], facts: ChargerFacts, at: datetime) ->
     return events
 
 
-def settle_unapproved(journal: Journal, rows: list[PaymentRow]) -> None:
-    """Close journal rows that never reached ``payment_approved`` (no session, no energy)."""
-    for row in rows:
-        journal.note(
-            "recovery_unapproved",
-            row.connector_id,
-            {"session_ref": row.payment_id, "reason": "crash before approval"},
-            state="failed",
-            ended_at=row.updated_at,
-            recovered=1,
-        )
-        _LOGGER.info("recovery: unapproved card read closed %s", kv(payment=row.payment_id))
-
-
 async def reconcile_terminal_sessions(journal: Journal, terminal: Terminal) -> list[int]:
     """P6X: void every open terminal session the journal never saw; returns their ids."""
     open_ids = await terminal.list_sessions()
     known = journal.known_session_ids()
     orphans = [sid for sid in open_ids if str(sid) not in known]
-    journal.note("recovery_list_sessions", None, {"open": len(open_ids), "orphans": len(orphans)})
+    journal.note("recovery_list_sessions", None, None, {"open": len(open_ids), "orphans": len(orphans)})
     for sid in orphans:
-        journal.note("recovery_orphan_void", None, {"session_id": str(sid)})
+        journal.note("recovery_orphan_void", None, None, {"session_id": str(sid)})
         try:
             await terminal.void(sid)
             outcome = "ok"
@@ -114,7 +104,7 @@ async def reconcile_terminal_sessions(journal: Journal, terminal: Terminal) -> l
             outcome = "not_found"
         except DriverError as exc:
             outcome = f"failed:{type(exc).__name__}"
-        journal.note("recovery_orphan_voided", None, {"session_id": str(sid), "outcome": outcome})
+        journal.note("recovery_orphan_voided", None, None, {"session_id": str(sid), "outcome": outcome})
         _LOGGER.warning(
             "recovery: voided a session the journal never saw %s", kv(session_id=sid, outcome=outcome)
         )

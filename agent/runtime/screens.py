@@ -20,74 +20,104 @@ connector ids are rendered).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from statemachines.authorization import AuthorizationStrategy
 from statemachines.config import StartMode, StationConfig, StopMode
-from statemachines.effects import ShowMessage
+from statemachines.connector import ConnectorMachineState
+from statemachines.effects import MessageKey, ShowMessage
 from statemachines.terminal import ConnectorView
 
 Screen = tuple[str, dict[str, str]]  # (UI type, properties in order)
 
 MESSAGE_HOLD_S: Final = 3.0  # a message stays this long before the home screen returns
-HOME_KEY: Final = "_home"  # runtime-internal ShowMessage key: render the home screen now
-FINAL_KEY: Final = "_final"  # runtime-internal ShowMessage key: a prebuilt screen (RCPT-2), see prebuilt()
+
+
+@dataclass(frozen=True, slots=True)
+class HomeScreen:
+    """Runtime-internal: render the home screen now (coalesced)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrebuiltScreen:
+    """Runtime-internal: a screen built elsewhere, e.g. the Apollo final receipt screen (RCPT-2,
+    :func:`agent.money.receipts.apollo_final_screen`)."""
+
+    connector_id: int | None
+    screen_type: str
+    properties: Mapping[str, str]
+    kind: str = "final"  # for the one-WARNING-per-kind rule when a screen cannot be shown
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorMessage:
+    """Runtime-internal: a ``display_message`` command's text (docs/commands.md)."""
+
+    connector_id: int | None
+    title: str
+    message: str = ""
+    duration_s: int = 30
+
+
+ScreenRequest = ShowMessage | HomeScreen | PrebuiltScreen | OperatorMessage
 
 # ShowMessage keys → text (a seam: texts/localisation come with receipts)
-MESSAGE_TEXT: Final[Mapping[str, str]] = {
-    "tariff": "Tap your card to start",
-    "plug_in": "Please plug in your vehicle",
-    "charging": "Charging",
-    "declined": "Card declined",
-    "session_ended": "Session ended. Thank you",
-    "terminal_offline": "Payment unavailable",
-    "idle_fee": "Charging finished: please unplug",
-    "select_connector": "Select a connector",
-    "selection_timeout": "No connector selected",
-    "connector_unavailable": "Connector unavailable",
-    "no_session": "No session on this connector",
-    "terminal_busy": "Terminal busy, try again",
-    "rfid_accepted": "Card accepted",
-    "rfid_rejected": "Card not accepted",
-    "card_mismatch": "Use the card that started this session",
-    "card_in_use": "This card is already charging",
-    "plug_in_first": "Please plug in your vehicle first",
-    "card_not_accepted": "Card not accepted",
+MESSAGE_TEXT: Final[Mapping[MessageKey, str]] = {
+    MessageKey.TARIFF: "Tap your card to start",
+    MessageKey.PLUG_IN: "Please plug in your vehicle",
+    MessageKey.CHARGING: "Charging",
+    MessageKey.DECLINED: "Card declined",
+    MessageKey.SESSION_ENDED: "Session ended. Thank you",
+    MessageKey.TERMINAL_OFFLINE: "Payment unavailable",
+    MessageKey.IDLE_FEE: "Charging finished: please unplug",
+    MessageKey.SELECT_CONNECTOR: "Select a connector",
+    MessageKey.SELECTION_TIMEOUT: "No connector selected",
+    MessageKey.CONNECTOR_UNAVAILABLE: "Connector unavailable",
+    MessageKey.NO_SESSION: "No session on this connector",
+    MessageKey.TERMINAL_BUSY: "Terminal busy, try again",
+    MessageKey.RFID_ACCEPTED: "Card accepted",
+    MessageKey.RFID_REJECTED: "Card not accepted",
+    MessageKey.CARD_MISMATCH: "Use the card that started this session",
+    MessageKey.CARD_IN_USE: "This card is already charging",
+    MessageKey.PLUG_IN_FIRST: "Please plug in your vehicle first",
+    MessageKey.CARD_NOT_ACCEPTED: "Card not accepted",
 }
 _ERROR_KEYS: Final = frozenset(
     {
-        "declined",
-        "terminal_offline",
-        "selection_timeout",
-        "connector_unavailable",
-        "no_session",
-        "terminal_busy",
-        "rfid_rejected",
-        "card_mismatch",
-        "card_in_use",
-        "plug_in_first",
-        "card_not_accepted",
+        MessageKey.DECLINED,
+        MessageKey.TERMINAL_OFFLINE,
+        MessageKey.SELECTION_TIMEOUT,
+        MessageKey.CONNECTOR_UNAVAILABLE,
+        MessageKey.NO_SESSION,
+        MessageKey.TERMINAL_BUSY,
+        MessageKey.RFID_REJECTED,
+        MessageKey.CARD_MISMATCH,
+        MessageKey.CARD_IN_USE,
+        MessageKey.PLUG_IN_FIRST,
+        MessageKey.CARD_NOT_ACCEPTED,
     }
 )
-_OK_KEYS: Final = frozenset({"rfid_accepted", "session_ended"})
-_HOME_STATUS_KEYS: Final = frozenset({"tariff", "charging"})  # the home screen says these itself
+_OK_KEYS: Final = frozenset({MessageKey.RFID_ACCEPTED, MessageKey.SESSION_ENDED})
+# the home screen says these itself
+_HOME_STATUS_KEYS: Final = frozenset({MessageKey.TARIFF, MessageKey.CHARGING})
 
-FREE_STATES: Final = frozenset({"available", "awaiting_card"})
+S = ConnectorMachineState
+FREE_STATES: Final = frozenset({S.AVAILABLE, S.AWAITING_CARD})
 STOPPABLE_STATES: Final = frozenset(
-    {"awaiting_plug", "charging", "suspended_ev", "suspended_evse", "idle_fee"}
+    {S.AWAITING_PLUG, S.CHARGING, S.SUSPENDED_EV, S.SUSPENDED_EVSE, S.IDLE_FEE}
 )
-_BUSY_TEXT: Final[Mapping[str, str]] = {
-    "authorizing": "Payment in progress",
-    "awaiting_plug": "Waiting for the vehicle",
-    "charging": "Charging",
-    "suspended_ev": "Charging (paused)",
-    "suspended_evse": "Charging (paused)",
-    "stopping": "Stopping",
-    "idle_fee": "Finished, please unplug",
-    "settling": "Stopping",
-    "finishing": "Finished, please unplug",
+_BUSY_TEXT: Final[Mapping[ConnectorMachineState, str]] = {
+    S.AUTHORIZING: "Payment in progress",
+    S.AWAITING_PLUG: "Waiting for the vehicle",
+    S.CHARGING: "Charging",
+    S.SUSPENDED_EV: "Charging (paused)",
+    S.SUSPENDED_EVSE: "Charging (paused)",
+    S.STOPPING: "Stopping",
+    S.IDLE_FEE: "Finished, please unplug",
+    S.SETTLING: "Stopping",
+    S.FINISHING: "Finished, please unplug",
 }
 
 
@@ -181,7 +211,7 @@ def home_screen(settings: ScreenSettings, views: Sequence[ConnectorView]) -> Scr
     for cid in settings.connector_ids:
         view = by_id.get(cid)
         label = settings.label(cid)
-        if view is None or not view.operative or view.state == "unavailable":
+        if view is None or not view.operative or view.state is ConnectorMachineState.UNAVAILABLE:
             _item(props, button_id("start", cid), f"{label} - Unavailable", disabled=True)
         elif view.state in FREE_STATES:
             if not settings.ui_start:
@@ -223,20 +253,18 @@ def message_screen(settings: ScreenSettings, message: ShowMessage) -> Screen | N
     key, cid = message.key, message.connector_id
     if key in _HOME_STATUS_KEYS:
         return None
-    if key == "select_connector":  # a held card (routing ui_selection): which connector?
+    if key is MessageKey.SELECT_CONNECTOR:  # a held card (routing ui_selection): which connector?
         props = {"title": MESSAGE_TEXT[key]}
-        choices = message.data.get("connectors", ())
-        for choice in choices if isinstance(choices, tuple | list) else ():
-            props[f"buttons.{button_id('start', int(choice))}"] = ""
-            props[f"buttons.{button_id('start', int(choice))}.label"] = settings.label(int(choice))
+        for choice in message.connectors:
+            props[f"buttons.{button_id('start', choice)}"] = ""
+            props[f"buttons.{button_id('start', choice)}.label"] = settings.label(choice)
         return "dialog", props
-    props = {"title": MESSAGE_TEXT.get(key, key)}
+    props = {"title": MESSAGE_TEXT[key]}
     if cid is not None:
         props["subtitle"] = settings.label(cid)
-    amount = message.data.get("amount_minor")
-    if key == "session_ended" and isinstance(amount, int):
-        props["message"] = f"Charged {settings.money(amount)}"
-    if key == "plug_in":
+    if key is MessageKey.SESSION_ENDED and message.amount_minor is not None:
+        props["message"] = f"Charged {settings.money(message.amount_minor)}"
+    if key is MessageKey.PLUG_IN:
         props["advice"] = "Then charging starts"
     if key in _ERROR_KEYS:
         props.update(icon="declined", color="2")
@@ -245,20 +273,73 @@ def message_screen(settings: ScreenSettings, message: ShowMessage) -> Screen | N
     return "notification", props
 
 
-def prebuilt(message: ShowMessage) -> Screen:
-    """A :data:`FINAL_KEY` message's screen as built elsewhere (the Apollo final receipt screen,
-    :func:`agent.money.receipts.apollo_final_screen`): ``data`` holds ``type`` and ``properties``."""
-    props = message.data.get("properties")
-    items = props.items() if isinstance(props, Mapping) else ()
-    return str(message.data.get("type") or "notification"), {str(k): str(v) for k, v in items}
+def operator_screen(settings: ScreenSettings, message: OperatorMessage) -> Screen:
+    """A ``display_message`` command's text as a notification."""
+    props = {"title": message.title}
+    if message.connector_id is not None:
+        props["subtitle"] = settings.label(message.connector_id)
+    if message.message:
+        props["message"] = message.message
+    return "notification", props
 
 
 def notification(settings: ScreenSettings, message: ShowMessage) -> Screen:
     """Notifications-only deployments: the message as a ``notification`` (title + connector); the
     tariff message also carries the prices (START-8)."""
-    props = {"title": MESSAGE_TEXT.get(message.key, message.key)}
+    props = {"title": MESSAGE_TEXT[message.key]}
     if message.connector_id is not None:
         props["subtitle"] = f"Connector {message.connector_id}"
-    if message.key == "tariff" and settings.tariff_text:
+    if message.key is MessageKey.TARIFF and settings.tariff_text:
         props["message"] = settings.tariff_text
+    if message.key is MessageKey.SESSION_ENDED and message.amount_minor is not None:
+        props["message"] = f"Charged {settings.money(message.amount_minor)}"
     return "notification", props
+
+
+# --- fitting a screen into what the terminal can take (psp-reference §2.2, §2.3) -----------------
+
+# optional properties, dropped first, in this order: the QR code of the final screen, hints, the
+# subtitle, icons and colours, the message text
+_DROP_ORDER: Final = ("qr", "advice", "subtitle", "icon", "color", "message")
+_MIN_TEXT = 12  # never shorten a text below this many characters
+ELLIPSIS: Final = "…"
+
+
+def fit(screen: Screen, fits: Callable[[str, Mapping[str, str]], bool]) -> Screen | None:
+    """``screen`` as shown when ``fits(type, properties)``; otherwise a copy made to fit: optional
+    properties dropped (``_DROP_ORDER``, also ``*.qr`` keys), then the longest texts (titles,
+    messages, labels) shortened with an ellipsis, step by step; ``None`` when even that does not
+    fit (the caller skips the screen and warns once per screen kind). Item and button keys, which
+    the driver presses, are never dropped."""
+    screen_type, props = screen
+    if fits(screen_type, props):
+        return screen
+    current = dict(props)
+    for key in _DROP_ORDER:
+        for name in [k for k in current if k == key or k.endswith(f".{key}")]:
+            del current[name]
+            if fits(screen_type, current):
+                return screen_type, current
+    texts = [k for k in current if k in ("title", "message") or k.endswith(".label")]
+    while texts:
+        longest = max(texts, key=lambda k: len(current[k]))
+        value = current[longest]
+        if len(value) <= _MIN_TEXT:
+            break
+        current[longest] = value[: max(_MIN_TEXT, len(value) * 2 // 3) - 1].rstrip() + ELLIPSIS
+        if fits(screen_type, current):
+            return screen_type, current
+    return None
+
+
+def screen_kind(request: ScreenRequest) -> str:
+    """The kind of a screen request, for logs and the one-WARNING-per-kind rule."""
+    match request:
+        case ShowMessage(key=key):
+            return key.value
+        case HomeScreen():
+            return "home"
+        case PrebuiltScreen(kind=kind):
+            return kind
+        case OperatorMessage():
+            return "display_message"

@@ -5,23 +5,31 @@ named and supervised (a task that crashes is logged and restarted with capped ba
 does not die with it). The tasks:
 
 ``dispatcher``
-    Pops events from the one inbound queue, steps the ``Station`` (pure, synchronous) and executes
-    the resulting effects **in list order**: a ``JournalRecord`` is written and fsynced inline
-    (:class:`agent.store.journal.Journal`, a few ms) before the next effect is even routed — the
-    write-ahead rule; timers, log lines and upstream events are handled inline; every I/O effect is
-    put on the queue of the actor that owns it.
+    Pops events from the one inbound queue and steps the ``Station`` (pure, synchronous). Every
+    effect is its own type and is routed by type (:meth:`Runtime.step`): everything the step
+    stores — its journal records, the outbox rows of its upstream events and meter values, its
+    receipt, its alarm — is written in **one** SQLite transaction (:meth:`agent.store.db.Store.atomic`,
+    fsynced unless the step holds only periodic meter values); only after the commit are the
+    step's other effects executed, in list order — timers inline, every I/O effect on the queue of
+    the actor that owns it. So after any crash either a fact and its messages exist or neither
+    does, and nothing is acted on before it is journaled (the write-ahead rule).
 ``connector-N`` (one actor per connector)
     Executes that connector's I/O effects strictly in order: ``Authorize``/``Commit``/``Void``/
     ``UpdateAuthorization`` on the shared terminal (the PSP link serialises requests: one
-    outstanding), ``EnableEnergy``/``DisableEnergy`` on the charger. Outcomes come back to the
-    dispatcher as events (``AuthorizationResult``, ``CommitResult``, …). A slow operation on one
-    connector never delays another connector's effects.
+    outstanding), the RFID back-office request, ``EnableEnergy``/``DisableEnergy`` on the charger.
+    Outcomes come back to the dispatcher as events (``AuthorizationResult``, ``CommitResult``, …).
+    A slow operation on one connector never delays another connector's effects.
 ``terminal-actor``
-    Card reads (``StartCardRead``/``CancelCardRead``) and Apollo screens (``ShowMessage``).
+    Card reads (``StartCardRead``/``CancelCardRead``) and Apollo screens (``ShowMessage`` and the
+    runtime's own screen requests, fitted to what the terminal's block format can carry).
 ``terminal-link``, ``terminal-events``, ``charger-events``
     The PSP session, and the two driver event pumps that translate driver events into engine events.
 ``recovery`` (one-shot)
-    ERR-5 restart recovery, see :mod:`agent.runtime.recovery`.
+    ERR-5 restart recovery (:mod:`agent.runtime.recovery`): waits (bounded) until the charger's
+    retained state is applied, closes card reads without an outcome (a possible orphan approval
+    raises an alarm), restores open payments, then opens the terminal to card reads.
+plus the tasks the composition root (:func:`agent.app.build_app`) passes to :meth:`Runtime.run`
+(the upstream client, commands, the daily reconciliation).
 
 Card data: events carry the card hash / UID as the engine's ``CardToken``; log lines only ever
 show the masked PAN and :func:`drivers.terminal.mask_token` of a token.
@@ -32,22 +40,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from functools import partial
+from typing import Final, Generic, Literal, TypeVar, assert_never
 
 from agent import crashpoints
 from agent.logs import kv
+from agent.money.receipts import apollo_final_screen
+from agent.money.tariff import Tariff
 from agent.runtime import screens
-from agent.runtime.recovery import (
-    ChargerFacts,
-    reconcile_terminal_sessions,
-    restore_events,
-    settle_unapproved,
-)
+from agent.runtime.recovery import ChargerFacts, reconcile_terminal_sessions, restore_events
 from agent.runtime.timers import TimerKey, Timers
-from agent.store.journal import Journal, JournalError
+from agent.store.db import Store, StoreError
+from agent.store.journal import Journal, JournalError, PaymentRow
+from agent.store.outbox import OutboxError
+from agent.upstream.alarms import (
+    ChargerCommandFailed,
+    JournalTrouble,
+    OrphanCleared,
+    PossibleOrphanApproval,
+    ShellAlarm,
+)
 from agent.upstream.publisher import ConnectorSnapshot, Publisher
 from drivers.charger import base as charger
 from drivers.errors import DriverError
@@ -66,8 +81,8 @@ from drivers.terminal import (
 from drivers.terminal import TerminalState as TerminalLinkState
 from drivers.terminal import UiSelection as TerminalUiSelection
 from statemachines.config import StationConfig
+from statemachines.connector import ConnectorMachineState
 from statemachines.effects import (
-    Alarm,
     Authorize,
     CancelCardRead,
     CancelTimer,
@@ -75,13 +90,38 @@ from statemachines.effects import (
     DisableEnergy,
     Effect,
     EnableEnergy,
-    JournalRecord,
+    IssueReceipt,
+    MessageKey,
+    PublishPaymentAuthorized,
+    PublishPaymentCaptured,
+    PublishPaymentDeclined,
+    PublishPaymentIncremented,
+    PublishPaymentPartiallyApproved,
+    PublishPaymentVoided,
+    PublishSessionEnded,
+    PublishSessionStarted,
+    PublishSessionUpdated,
+    RaiseUndisposedPayment,
+    ReadPurpose,
+    RecordCardRead,
+    RecordCommitConfirmed,
+    RecordCommitDecided,
+    RecordEnergyOn,
+    RecordLimitReached,
+    RecordMeter,
+    RecordPaymentApproved,
+    RecordPaymentDeclined,
+    RecordPaymentIncremented,
+    RecordPaymentRestored,
+    RecordSessionEnded,
+    RecordStop,
+    RecordVoidConfirmed,
+    RecordVoidDecided,
     RequestBackendAuthorization,
     ShowMessage,
     StartCardRead,
     StartTimer,
     UpdateAuthorization,
-    UpstreamEvent,
     Void,
 )
 from statemachines.events import (
@@ -102,6 +142,7 @@ from statemachines.events import (
     MeterReading,
     Plugged,
     SettlementOutcome,
+    TariffChanged,
     TerminalLinkDown,
     TerminalLinkUp,
     TimerFired,
@@ -112,7 +153,6 @@ from statemachines.events import (
     UpdateOutcome,
     VoidResult,
 )
-from statemachines.pricing import Pricer, Usage
 from statemachines.station import Station
 
 _LOGGER = logging.getLogger(__name__)
@@ -127,37 +167,42 @@ DISPATCH_STALL_S: Final = 5.0  # health: an event waiting longer than this for t
 CRASH_LOOP_RESTARTS: Final = 3  # health: this many restarts of one task …
 CRASH_LOOP_WINDOW_S: Final = 30.0  # … within this many seconds is a crash-restart loop
 ENERGY_RETRIES: Final = 3  # enable/disable attempts before an alarm
-DEFAULT_RECOVERY_WAIT_S: Final = 1.0  # wait this long for the charger's plug facts (ERR-5 budget 2 s)
+# ERR-5 / integrity issue E: after a (re)start, wait at most this long for the charger's retained
+# state (online, every connector's plug) before restoring payments and reading cards
+DEFAULT_RECOVERY_WAIT_S: Final = 5.0
 DEFAULT_DRAIN_S: Final = 10.0  # SIGTERM: wait this long for settlements in flight (OPS-1)
+_DRAIN_STATES: Final = frozenset({ConnectorMachineState.STOPPING, ConnectorMachineState.SETTLING})
 
 MESSAGE_TEXT: Final = screens.MESSAGE_TEXT  # ShowMessage keys → text (agent/runtime/screens.py)
+
+BackendAuthorizer = Callable[[int, CardToken], Awaitable[BackendAuthorizationResult]]
+TaskFactory = Callable[[], Awaitable[None]]
+ConnectorEffect = (
+    Authorize
+    | Commit
+    | Void
+    | UpdateAuthorization
+    | RequestBackendAuthorization
+    | EnableEnergy
+    | DisableEnergy
+)
+TerminalItem = StartCardRead | CancelCardRead | screens.ScreenRequest
+
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def publish_upstream(effect: UpstreamEvent | Alarm) -> None:
-    """The upstream seam (DESIGN.md §5.3): for now a structured log line; the outbox comes next."""
-    if isinstance(effect, Alarm):
-        _LOGGER.warning("alarm %s", kv(name=effect.name, connector=effect.connector_id, **_safe(effect.data)))
-    else:
-        _LOGGER.info(
-            "upstream_event %s", kv(name=effect.name, connector=effect.connector_id, **_safe(effect.data))
-        )
-
-
-def _safe(data: Mapping[str, object]) -> dict[str, object]:
-    """Log-safe copy of effect data: tokens (card hash / UID) masked."""
-    return {k: mask_token(str(v)) if k in ("token", "id_token") else v for k, v in data.items()}
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RuntimeOptions:
     """Tunables; the defaults are production values, tests shrink them."""
 
     max_current_a: Mapping[int, int] = field(default_factory=dict)
     ui_screens: bool = False  # Apollo: render ShowMessage as UI Request screens
+    final_screen: bool = False  # Apollo with a receipt QR template: the final receipt screen (RCPT-2)
     connector_labels: Mapping[int, str] = field(default_factory=dict)  # names on the Apollo screens
     list_sessions: bool = False  # P6X: reconcile with List Sessions after a restart
     timer_scale: float = 1.0
@@ -166,15 +211,13 @@ class RuntimeOptions:
     terminal_owned: bool = True  # run the terminal's link task here (False when the caller runs it)
 
 
-class _Actor:
+class _Actor(Generic[T]):
     """A FIFO of effects executed one at a time by one task."""
 
-    def __init__(
-        self, name: str, execute: Callable[[Effect], Awaitable[None]], progress: asyncio.Event
-    ) -> None:
+    def __init__(self, name: str, execute: Callable[[T], Awaitable[None]], progress: asyncio.Event) -> None:
         self.name = name
         self._progress = progress
-        self.queue: asyncio.Queue[Effect] = asyncio.Queue()
+        self.queue: asyncio.Queue[T] = asyncio.Queue()
         self._execute = execute
         self.busy = False
 
@@ -199,41 +242,48 @@ class _Actor:
 
 
 class Runtime:
-    """Drives a :class:`Station` with a terminal, a charger driver and the journal.
+    """Drives a :class:`Station` with a terminal, a charger driver, the store and the publisher.
 
-    Pre: ``journal`` is open and owned by the caller (closed by it after :meth:`run` returns).
+    Built by :func:`agent.app.build_app` (the composition root) through this constructor; nothing
+    is set on it afterwards. Pre: ``store`` is open and owned by the caller (closed by it after
+    :meth:`run` returns); ``journal`` and ``publisher`` write through ``store``.
     """
 
     def __init__(
         self,
         *,
         station_config: StationConfig,
-        pricer: Pricer,
+        tariff: Tariff,
+        store: Store,
         journal: Journal,
+        publisher: Publisher,
         terminal: Terminal,
         charger_driver: charger.ChargerDriver,
+        authorizer: BackendAuthorizer | None = None,
         options: RuntimeOptions | None = None,
         clock: Callable[[], datetime] = utcnow,
-        publisher: Publisher | None = None,
-        upstream_run: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.options = options or RuntimeOptions()
-        self.station = Station(station_config, pricer, terminal_online=False)
+        self.station: Station[Tariff] = Station(station_config, tariff, terminal_online=False)
+        self.tariff = tariff  # the station's tariff for new sessions (set_tariff changes it)
+        self.store = store
         self.journal = journal
+        self.publisher = publisher
         self.terminal = terminal
         self.charger = charger_driver
         self.clock = clock
-        self.publisher = publisher  # the upstream seam (agent/upstream/publisher.py); None = log lines only
-        self._upstream_run = upstream_run  # the UpstreamClient's run(), a supervised task
+        self._authorizer = authorizer or self._backend_unavailable
         self.connector_ids = tuple(c.connector_id for c in station_config.connectors)
         self.timers = Timers(self._timer_fired, scale=self.options.timer_scale)
-        self.inbox: asyncio.Queue[Event | _Internal] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Event | TariffChanged[Tariff] | _Internal] = asyncio.Queue()
         self._progress = asyncio.Event()  # set whenever an event or an effect was processed
-        self.actors: dict[int | None, _Actor] = {
+        self.actors: dict[int, _Actor[ConnectorEffect]] = {
             cid: _Actor(f"connector-{cid}", self._execute_connector, self._progress)
             for cid in self.connector_ids
         }
-        self.actors[None] = _Actor("terminal-actor", self._execute_terminal, self._progress)
+        self.terminal_actor: _Actor[TerminalItem] = _Actor(
+            "terminal-actor", self._execute_terminal, self._progress
+        )
         self.facts = ChargerFacts()
         self.restarts: dict[str, int] = {}
         self.ready = asyncio.Event()  # config, journal and tasks are up (not gated on the terminal)
@@ -250,19 +300,15 @@ class Runtime:
         self._pending_since = 0.0  # the inbox last went from empty to non-empty
         self._crashes: dict[str, deque[float]] = {}
         self._read_outcomes = 0  # card reads that ended (card presented or read cancelled), see _start_read
-        # RFID/CUG: awaited by the connector actor (agent/upstream/port.py wire_remote sets the back office's)
-        self.backend_authorizer: Callable[[int, CardToken], Awaitable[BackendAuthorizationResult]]
-        self.backend_authorizer = self._backend_unavailable
-        self.extra_tasks: dict[str, Callable[[], Awaitable[None]]] = {}  # more supervised tasks
         # Apollo screens (agent/runtime/screens.py): the home screen is re-rendered, coalesced, on changes
         self.screens = screens.ScreenSettings.from_station(
-            station_config, pricer, self.options.connector_labels
+            station_config, tariff, self.options.connector_labels
         )
         self._home_sig: tuple[object, ...] | None = None
         self._home_pending = False
         self._hold_until = 0.0  # a message is on screen until then (loop clock)
         self._hold_handle: asyncio.TimerHandle | None = None
-        self._final_screens: set[int] = set()  # connectors whose final receipt screen this step queued
+        self._unfit_warned: set[str] = set()  # screen kinds that did not fit (one WARNING each)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -295,8 +341,9 @@ class Runtime:
                 return f"task {name} in a crash-restart loop ({recent} restarts)"
         return None
 
-    async def run(self) -> None:
-        """Run until :meth:`request_stop`; then drain (bounded) and return."""
+    async def run(self, tasks: Mapping[str, TaskFactory] | None = None) -> None:
+        """Run until :meth:`request_stop`; then drain (bounded) and return. ``tasks``: more named,
+        supervised tasks (the composition root's: upstream client, commands, daily report)."""
         await self.charger.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -306,15 +353,13 @@ class Runtime:
                 spawn("dispatcher", self._dispatch_loop)
                 spawn("terminal-events", self._pump_terminal)
                 spawn("charger-events", self._pump_charger)
-                if self._upstream_run is not None:
-                    spawn("upstream", self._upstream_run)
-                if self.publisher is not None:
-                    spawn("upstream-publisher", self.publisher.run)
-                    for cid in self.connector_ids:
-                        self._publish_connector_state(cid)
+                spawn("upstream-publisher", self.publisher.run)
+                for cid in self.connector_ids:
+                    self._publish_connector_state(cid)
                 for actor in self.actors.values():
                     spawn(actor.name, actor.run)
-                for name, factory in self.extra_tasks.items():  # e.g. "commands" (agent/upstream/port.py)
+                spawn(self.terminal_actor.name, self.terminal_actor.run)
+                for name, factory in (tasks or {}).items():
                     spawn(name, factory)
                 self._tasks.append(tg.create_task(self._recovery(), name="recovery"))
                 self.ready.set()
@@ -359,7 +404,7 @@ class Runtime:
         """OPS-1: no new sessions; wait (bounded) until no settlement is in flight."""
         self._stopping = True
         if self.station.arbiter.read_in_progress:
-            self.actors[None].queue.put_nowait(CancelCardRead())
+            self.terminal_actor.queue.put_nowait(CancelCardRead())
         try:
             async with asyncio.timeout(self.options.drain_timeout_s):
                 while not self._drained():
@@ -367,23 +412,22 @@ class Runtime:
                     await self._progress.wait()
             _LOGGER.info("drained: no settlement in flight")
         except TimeoutError:
-            pending = [
-                cid for cid, m in self.station.connectors.items() if m.state in ("stopping", "settling")
-            ]
+            pending = [cid for cid, m in self.station.connectors.items() if m.state in _DRAIN_STATES]
             _LOGGER.warning(
                 "drain timed out; the journal keeps the decided disposals %s",
                 kv(settling=",".join(map(str, pending)) or None),
             )
 
     def _drained(self) -> bool:
-        if not self.inbox.empty() or any(not a.idle for a in self.actors.values()):
+        busy = not self.terminal_actor.idle or any(not a.idle for a in self.actors.values())
+        if not self.inbox.empty() or busy:
             return False
         # a stop in progress (final meter value awaited) settles next: wait for it too
-        return all(m.state not in ("stopping", "settling") for m in self.station.connectors.values())
+        return all(m.state not in _DRAIN_STATES for m in self.station.connectors.values())
 
     # -- inbound ---------------------------------------------------------------------------------
 
-    def post(self, event: Event | _Internal) -> None:
+    def post(self, event: Event | TariffChanged[Tariff] | _Internal) -> None:
         if self.inbox.empty():
             self._pending_since = asyncio.get_running_loop().time()
         self.inbox.put_nowait(event)
@@ -399,6 +443,7 @@ class Runtime:
                 if isinstance(item, _Internal):
                     item.apply(self)
                 elif not self.recovered.is_set() and _is_charger_event(item):
+                    assert not isinstance(item, TariffChanged)
                     self._buffered.append(item)  # fed after the restore (ERR-5), see _RestoreNow
                 else:
                     self.step(item)
@@ -407,73 +452,185 @@ class Runtime:
                 self._dispatched_at = asyncio.get_running_loop().time()
                 self._progress.set()
 
-    def step(self, event: Event) -> None:
-        """Step the engine with ``event`` and execute its effects in order (write-ahead)."""
+    def step(self, event: Event | TariffChanged[Tariff]) -> None:
+        """Step the engine with ``event``: store everything the step stores in one transaction,
+        then execute its other effects in order (write-ahead)."""
         before = {cid: machine.state for cid, machine in self.station.connectors.items()}
-        self._final_screens.clear()
+        if isinstance(event, TariffChanged):
+            self._apply_tariff(event.pricer)
         effects = self.station.handle(event)
+        try:
+            receipts = self._store(effects, event)
+        except (JournalError, StoreError, OutboxError) as exc:
+            dropped = [type(e).__name__ for e in effects if not _is_stored(e)]
+            _LOGGER.error(
+                "step not committed; its effects are not executed %s",
+                kv(event=type(event).__name__, error=str(exc), dropped=",".join(dropped) or None),
+            )
+            connector = getattr(event, "connector_id", None)
+            self._raise_alarm(JournalTrouble(connector if isinstance(connector, int) else None, str(exc)))
+            return
         for cid, machine in self.station.connectors.items():
             if machine.state != before[cid]:
                 _LOGGER.info("connector state %s", kv(connector=cid, old=before[cid], new=machine.state))
                 self._publish_connector_state(cid)
-        at = getattr(event, "at", None)
-        for index, effect in enumerate(effects):
-            try:
-                self._execute_inline(effect, at)
-                if isinstance(effect, JournalRecord) and effect.kind == "meter":
-                    self._publish_meter(effect, event)
-            except JournalError as exc:
-                dropped = [type(e).__name__ for e in effects[index + 1 :]]
-                _LOGGER.error(
-                    "journal write failed; effects after it are not executed %s",
-                    kv(error=str(exc), dropped=",".join(dropped) or None),
-                )
-                self._upstream(Alarm("journal_trouble", getattr(effect, "connector_id", None), {}))
-                return
+        final_screens = {cid for cid, _ in receipts}
+        for effect in effects:
+            if not _is_stored(effect):
+                self._execute(effect, final_screens)
+        for cid, screen in receipts:
+            self.terminal_actor.queue.put_nowait(screen)
+            _LOGGER.debug("final receipt screen queued %s", kv(connector=cid))
 
-    def _execute_inline(self, effect: Effect, at: datetime | None) -> None:
+    def _store(
+        self, effects: Sequence[Effect], event: Event | TariffChanged[Tariff]
+    ) -> list[tuple[int, screens.PrebuiltScreen]]:
+        """The step's transaction: journal records, events, meter values, receipts and the engine's
+        alarm, in effect order. Returns the final receipt screens to show (Apollo, RCPT-2)."""
+        stored = [e for e in effects if _is_stored(e)]
+        if not stored:
+            return []
+        at = getattr(event, "at", None)
+        durable = not all(isinstance(e, RecordMeter) and e.periodic for e in stored)
+        final: list[tuple[int, screens.PrebuiltScreen]] = []
+        with self.store.atomic(durable=durable):
+            for effect in stored:
+                match effect:
+                    case RecordMeter():
+                        self.journal.record(effect, at=at)
+                        self.publisher.meter(effect, at=at or self.clock())
+                        self.store.after_commit(partial(self._publish_connector_state, effect.connector_id))
+                    case (
+                        RecordCardRead()
+                        | RecordPaymentDeclined()
+                        | RecordPaymentApproved()
+                        | RecordPaymentIncremented()
+                        | RecordEnergyOn()
+                        | RecordLimitReached()
+                        | RecordStop()
+                        | RecordCommitDecided()
+                        | RecordVoidDecided()
+                        | RecordCommitConfirmed()
+                        | RecordVoidConfirmed()
+                        | RecordSessionEnded()
+                        | RecordPaymentRestored()
+                    ):
+                        self.journal.record(effect, at=at)
+                    case (
+                        PublishSessionStarted()
+                        | PublishSessionUpdated()
+                        | PublishSessionEnded()
+                        | PublishPaymentAuthorized()
+                        | PublishPaymentPartiallyApproved()
+                        | PublishPaymentDeclined()
+                        | PublishPaymentIncremented()
+                        | PublishPaymentCaptured()
+                        | PublishPaymentVoided()
+                    ):
+                        self.publisher.event(effect)
+                    case IssueReceipt():
+                        machine = self.station.connectors[effect.connector_id]
+                        receipt = self.publisher.receipt(effect, machine.pricer)  # the session's tariff
+                        if receipt is not None and effect.declined is None and self.options.final_screen:
+                            screen_type, props = apollo_final_screen(receipt, receipt.qr_url)
+                            final.append(
+                                (
+                                    effect.connector_id,
+                                    screens.PrebuiltScreen(effect.connector_id, screen_type, props),
+                                )
+                            )
+                    case RaiseUndisposedPayment():
+                        self.publisher.alarm(effect)
+                    case _:
+                        raise AssertionError(f"not a stored effect: {effect!r}")
+        return final
+
+    def _execute(self, effect: Effect, final_screens: set[int]) -> None:
+        """Execute one effect that is not stored, after the step's commit."""
         match effect:
-            case JournalRecord():
-                self.journal.record(effect, at=at, usage=self._usage_for(effect))
             case StartTimer(kind=kind, seconds=seconds, connector_id=cid):
                 self.timers.start(kind, cid, seconds)
             case CancelTimer(kind=kind, connector_id=cid):
                 self.timers.cancel(kind, cid)
-            case UpstreamEvent() | Alarm():
-                self._upstream(effect)
-            case ShowMessage(connector_id=cid, key=key, data=data):
-                _LOGGER.info("message %s", kv(connector=cid, key=key, **_safe(data)))
-                if key == "session_ended" and cid in self._final_screens:
-                    return  # the final receipt screen (queued by this step's session.ended) says it
+            case ShowMessage(connector_id=cid, key=key):
+                _LOGGER.info("message %s", kv(connector=cid, key=key.value))
+                if key is MessageKey.SESSION_ENDED and cid in final_screens:
+                    return  # the final receipt screen of this step says it
                 if self.options.ui_screens and not self._stopping:
-                    self.actors[None].queue.put_nowait(effect)
-            case StartCardRead() | CancelCardRead():
-                if isinstance(effect, StartCardRead) and self._stopping:
+                    self.terminal_actor.queue.put_nowait(effect)
+            case StartCardRead():
+                if self._stopping:
                     _LOGGER.info("stopping: card read not started")
                     return
-                self.actors[None].queue.put_nowait(effect)
-            case _:
+                self.terminal_actor.queue.put_nowait(effect)
+            case CancelCardRead():
+                self.terminal_actor.queue.put_nowait(effect)
+            case (
+                Authorize()
+                | Commit()
+                | Void()
+                | UpdateAuthorization()
+                | RequestBackendAuthorization()
+                | EnableEnergy()
+                | DisableEnergy()
+            ):
                 self.actors[effect.connector_id].queue.put_nowait(effect)
+            case _:
+                raise AssertionError(f"a stored effect outside the transaction: {effect!r}")
 
-    # -- upstream (agent/upstream/publisher.py; ERR-6: never raises into the engine's path) ----------------
+    # -- tariff (set_tariff; the engine keeps a running session's tariff) --------------------------
 
-    def _upstream(self, effect: UpstreamEvent | Alarm) -> None:
-        publish_upstream(effect)  # the log line
-        if self.publisher is None:
-            return
+    def set_tariff(self, tariff: Tariff) -> None:
+        """``set_tariff``: the engine prices sessions that start from now on with ``tariff``."""
+        self.post(TariffChanged(self.clock(), tariff))
+
+    def _apply_tariff(self, tariff: Tariff) -> None:
+        self.tariff = tariff
+        self.screens = screens.ScreenSettings(
+            connector_ids=self.screens.connector_ids,
+            labels=self.screens.labels,
+            tariff_text=tariff.describe(),
+            currency=tariff.currency,
+            minor_unit_digits=tariff.minor_unit_digits,
+            ui_start=self.screens.ui_start,
+            ui_stop=self.screens.ui_stop,
+            cap_choices_minor=self.screens.cap_choices_minor,
+        )
+        busy = [cid for cid, m in self.station.connectors.items() if m.session is not None]
+        _LOGGER.info(
+            "tariff set %s",
+            kv(currency=tariff.currency, next_session=",".join(map(str, busy)) or None),
+        )
+        self._home_sig = None  # the home screen shows the new tariff
+
+    # -- alarms and possible orphan approvals -----------------------------------------------------
+
+    def _raise_alarm(self, alarm: ShellAlarm) -> None:
+        """A shell alarm in a transaction of its own (never raises into the caller)."""
         try:
-            if isinstance(effect, Alarm):
-                self.publisher.alarm(effect)
-            else:
-                self.publisher.event(effect)
-        except Exception:
-            _LOGGER.exception("upstream: %s not published", effect.name)
+            with self.store.atomic():
+                self.publisher.alarm(alarm)
+        except (StoreError, OutboxError) as exc:
+            _LOGGER.error("alarm not stored %s", kv(alarm=type(alarm).__name__, error=str(exc)))
+
+    def clear_orphan(self, session_ref: str, resolution: str, *, note: str | None = None) -> PaymentRow:
+        """An operator accounted for a possible orphan approval (``clear_discrepancy``): journaled
+        and the alarm cleared, in one transaction. Raises ``KeyError`` (unknown session) or
+        ``ValueError`` (not an open possible orphan approval)."""
+        with self.store.atomic():
+            row = self.journal.clear_orphan(session_ref, resolution, note=note)
+            self.publisher.orphan_cleared(OrphanCleared(row.connector_id, session_ref, resolution))
+        _LOGGER.warning("possible orphan approval cleared %s", kv(session=session_ref, resolution=resolution))
+        return row
+
+    # -- upstream retained state (agent/upstream/publisher.py; ERR-6: never raises into the engine) --
 
     def _publish_connector_state(self, cid: int) -> None:
         machine = self.station.connectors.get(cid)
-        if self.publisher is None or machine is None:
+        if machine is None:
             return
         session, payment = machine.session, machine.payment
+        power = session.power_w if session is not None else None
         try:
             self.publisher.connector_state(
                 ConnectorSnapshot(
@@ -483,9 +640,9 @@ class Runtime:
                     available=machine.enabled,
                     session_id=session.ref if session is not None else None,
                     terminal_session_id=payment.session_id if payment is not None else None,
-                    method=payment.method.value if payment is not None else None,
+                    method=payment.method if payment is not None else None,
                     energy_wh=session.usage.energy_wh if session is not None else 0,
-                    power_w=round(session.power_w) if session is not None else 0,
+                    power_w=round(power) if power is not None else None,
                     cost_minor=machine.running_cost_minor,
                     authorized_minor=machine.authorized_minor,
                 )
@@ -493,28 +650,7 @@ class Runtime:
         except Exception:
             _LOGGER.exception("upstream: connector %s state not published", cid)
 
-    def _publish_meter(self, record: JournalRecord, event: Event) -> None:
-        """A journaled meter value of a session → upstream meter message and connector state."""
-        if self.publisher is None or not isinstance(event, MeterReading) or record.connector_id is None:
-            return
-        data = record.data
-        try:
-            self.publisher.meter(
-                record.connector_id,
-                str(data.get("session_ref") or ""),
-                at=event.at,
-                meter_wh=event.energy_wh,
-                energy_wh=int(str(data.get("energy_wh") or 0)),
-                power_w=event.power_w,
-                cost_minor=int(str(data.get("cost_minor") or 0)),
-            )
-        except Exception:
-            _LOGGER.exception("upstream: meter value not published")
-        self._publish_connector_state(record.connector_id)
-
     def _publish_terminal_state(self, state: TerminalLinkState) -> None:
-        if self.publisher is None:
-            return
         try:
             self.publisher.terminal_state(
                 state.link,
@@ -526,18 +662,9 @@ class Runtime:
         except Exception:
             _LOGGER.exception("upstream: terminal state not published")
 
-    def _usage_for(self, record: JournalRecord) -> Usage | None:
-        if record.connector_id is None:
-            return None
-        machine = self.station.connectors.get(record.connector_id)
-        session = machine.session if machine is not None else None
-        if session is None or session.ref != record.data.get("session_ref"):
-            return None
-        return session.usage
-
     # -- actors ----------------------------------------------------------------------------------
 
-    async def _execute_connector(self, effect: Effect) -> None:
+    async def _execute_connector(self, effect: ConnectorEffect) -> None:
         match effect:
             case Authorize(connector_id=cid):
                 self.post(await self._authorize(cid))
@@ -550,16 +677,16 @@ class Runtime:
             case UpdateAuthorization(connector_id=cid, session_id=sid, new_total_minor=total):
                 self.post(await self._update(cid, sid, total))
             case RequestBackendAuthorization(connector_id=cid, card=card):
-                self.post(await self.backend_authorizer(cid, card))  # agent/upstream/port.py wire_remote
+                self.post(await self._authorizer(cid, card))
             case EnableEnergy(connector_id=cid):
                 await self._energy(cid, enable=True)
             case DisableEnergy(connector_id=cid):
                 await self._energy(cid, enable=False)
             case _:
-                _LOGGER.warning("no executor for %s", type(effect).__name__)
+                assert_never(effect)
 
     async def _backend_unavailable(self, cid: int, card: CardToken) -> BackendAuthorizationResult:
-        """``backend_authorizer`` until :func:`agent.upstream.port.wire_remote` replaces it."""
+        """The authorizer when none is configured: every RFID token is ``unavailable``."""
         _LOGGER.info("backend authorization unavailable %s", kv(connector=cid, token=mask_token(card.token)))
         status = BackendAuthorizationStatus.UNAVAILABLE
         return BackendAuthorizationResult(cid, self.clock(), card.token, status)
@@ -574,7 +701,7 @@ class Runtime:
             )
         at = self.clock()
         match outcome:
-            case PartiallyApproved(session_id=sid, amount_minor=amount, card=card):
+            case PartiallyApproved(session_id=sid, amount_minor=amount, card=card, host_reference=host_ref):
                 _LOGGER.info(
                     "partially approved %s",
                     kv(connector=cid, session_id=sid, amount_minor=amount, pan=card.masked_pan),
@@ -585,13 +712,19 @@ class Runtime:
                     AuthorizationOutcome.PARTIALLY_APPROVED,
                     session_id=str(sid),
                     authorized_minor=amount,
+                    host_reference=host_ref,
                 )
-            case Approved(session_id=sid, amount_minor=amount, card=card):
+            case Approved(session_id=sid, amount_minor=amount, card=card, host_reference=host_ref):
                 _LOGGER.info(
                     "approved %s", kv(connector=cid, session_id=sid, amount_minor=amount, pan=card.masked_pan)
                 )
                 return AuthorizationResult(
-                    cid, at, AuthorizationOutcome.APPROVED, session_id=str(sid), authorized_minor=amount
+                    cid,
+                    at,
+                    AuthorizationOutcome.APPROVED,
+                    session_id=str(sid),
+                    authorized_minor=amount,
+                    host_reference=host_ref,
                 )
             case Declined(reason=reason):
                 name = reason.name.lower() if reason is not None else None
@@ -632,7 +765,7 @@ class Runtime:
         return UpdateAuthorizationResult(cid, self.clock(), sid, outcome, result.authorized_minor)
 
     async def _energy(self, cid: int, *, enable: bool) -> None:
-        action = "enable" if enable else "disable"
+        action: Literal["enable", "disable"] = "enable" if enable else "disable"
         for attempt in range(1, ENERGY_RETRIES + 1):
             try:
                 if enable:
@@ -649,21 +782,21 @@ class Runtime:
             crashpoints.reached(f"charger_sent:{action}")
             _LOGGER.info("charger command sent %s", kv(connector=cid, action=action))
             return
-        self._upstream(Alarm("charger_command_failed", cid, {"action": action}))
+        self._raise_alarm(ChargerCommandFailed(cid, action))
 
-    async def _execute_terminal(self, effect: Effect) -> None:
-        match effect:
+    async def _execute_terminal(self, item: TerminalItem) -> None:
+        match item:
             case StartCardRead():
-                await self._start_read(effect)
+                await self._start_read(item)
             case CancelCardRead():
                 try:
                     await self.terminal.cancel_read()
                 except DriverError as exc:
                     _LOGGER.warning("cancel read failed %s", kv(error=type(exc).__name__))
-            case ShowMessage():
-                await self._show_message(effect)
+            case ShowMessage() | screens.HomeScreen() | screens.PrebuiltScreen() | screens.OperatorMessage():
+                await self._show(item)
             case _:
-                _LOGGER.warning("no terminal executor for %s", type(effect).__name__)
+                assert_never(item)
 
     # -- Apollo screens (agent/runtime/screens.py) --------------------------------------------------------
 
@@ -683,48 +816,63 @@ class Runtime:
             return
         if not self._home_pending:
             self._home_pending = True
-            self.actors[None].queue.put_nowait(ShowMessage(None, screens.HOME_KEY))
+            self.terminal_actor.queue.put_nowait(screens.HomeScreen())
 
-    def show_final_screen(self, connector_id: int, screen_type: str, properties: Mapping[str, str]) -> None:
-        """The publisher's ``final_screen`` callback (RCPT-2; wired on Apollo with a QR template,
-        agent/cli/run.py): queue the final receipt screen (amount, QR link) on the terminal
-        actor in place of the ``session_ended`` notification of the same engine step; held like
-        any message (``MESSAGE_HOLD_S``), then the home screen returns. Never blocks."""
-        if not self.options.ui_screens or self._stopping:
-            return
-        self._final_screens.add(connector_id)
-        data = {"type": screen_type, "properties": dict(properties)}
-        self.actors[None].queue.put_nowait(ShowMessage(connector_id, screens.FINAL_KEY, data))
+    def show_operator_message(self, message: screens.OperatorMessage) -> None:
+        """``display_message`` (Apollo): queued on the terminal actor; never blocks."""
+        self.terminal_actor.queue.put_nowait(message)
 
-    async def _show_message(self, message: ShowMessage) -> None:
-        """Terminal actor: a ``ShowMessage`` (or the home screen marker) as a UI Request."""
+    async def _show(self, request: screens.ScreenRequest) -> None:
+        """Terminal actor: a screen request as a UI Request, fitted to what the terminal's current
+        block format can carry (psp-reference §2.2, §2.3): optional lines and the QR code dropped
+        first, then texts shortened; a screen that cannot fit is skipped with one WARNING per
+        screen kind (integrity issue E) — never a traceback."""
         screen: screens.Screen | None
-        if message.key == screens.FINAL_KEY:
-            screen = screens.prebuilt(message)
-        elif not self.screens.home_enabled:
-            screen = screens.notification(self.screens, message)
-        elif message.key == screens.HOME_KEY:
-            self._home_pending = False
-            if asyncio.get_running_loop().time() < self._hold_until:
-                return  # a message is up; the hold timer brings the home screen back
-            screen = screens.home_screen(self.screens, self.station.views())
-        else:
-            screen = screens.message_screen(self.screens, message)
-            if screen is None:
-                self._request_home()
-                return
-        try:
-            await self.terminal.show_screen(*screen)
-        except DriverError as exc:
-            _LOGGER.info("screen not shown %s", kv(key=message.key, error=type(exc).__name__))
+        match request:
+            case screens.PrebuiltScreen(screen_type=screen_type, properties=properties):
+                screen = screen_type, dict(properties)
+            case screens.OperatorMessage():
+                screen = screens.operator_screen(self.screens, request)
+            case screens.HomeScreen():
+                self._home_pending = False
+                if asyncio.get_running_loop().time() < self._hold_until:
+                    return  # a message is up; the hold timer brings the home screen back
+                screen = screens.home_screen(self.screens, self.station.views())
+            case ShowMessage():
+                if not self.screens.home_enabled:
+                    screen = screens.notification(self.screens, request)
+                else:
+                    screen = screens.message_screen(self.screens, request)
+                    if screen is None:
+                        self._request_home()
+                        return
+        kind = screens.screen_kind(request)
+        fitted = screens.fit(screen, self.terminal.screen_fits)
+        if fitted is None:
+            if kind not in self._unfit_warned:
+                self._unfit_warned.add(kind)
+                _LOGGER.warning(
+                    "screen does not fit the terminal's block format; not shown %s",
+                    kv(kind=kind, type=screen[0], properties=len(screen[1])),
+                )
             return
-        _LOGGER.debug("screen shown %s", kv(key=message.key, type=screen[0]))
-        if self.screens.home_enabled and message.key != screens.HOME_KEY:
+        if fitted is not screen:
+            _LOGGER.debug("screen fitted %s", kv(kind=kind, dropped=len(screen[1]) - len(fitted[1])))
+        try:
+            await self.terminal.show_screen(*fitted)
+        except DriverError as exc:
+            _LOGGER.info("screen not shown %s", kv(kind=kind, error=type(exc).__name__))
+            return
+        _LOGGER.debug("screen shown %s", kv(kind=kind, type=fitted[0]))
+        if self.screens.home_enabled and not isinstance(request, screens.HomeScreen):
+            hold = (
+                request.duration_s if isinstance(request, screens.OperatorMessage) else screens.MESSAGE_HOLD_S
+            )
             loop = asyncio.get_running_loop()
-            self._hold_until = loop.time() + screens.MESSAGE_HOLD_S
+            self._hold_until = loop.time() + hold
             if self._hold_handle is not None:
                 self._hold_handle.cancel()
-            self._hold_handle = loop.call_later(screens.MESSAGE_HOLD_S, self._hold_over)
+            self._hold_handle = loop.call_later(hold, self._hold_over)
 
     def _hold_over(self) -> None:
         self._hold_until = 0.0
@@ -741,7 +889,7 @@ class Runtime:
         for attempt in range(1, READ_START_ATTEMPTS + 1):
             outcomes = self._read_outcomes
             try:
-                if purpose == "ui_stop":
+                if purpose is ReadPurpose.UI_STOP:
                     await self.terminal.read_card(effect.reference)  # Apollo Read Card (STOP-4)
                 else:
                     await self.terminal.start_card_read(amount, effect.reference)
@@ -799,7 +947,7 @@ class Runtime:
                 self._read_outcomes += 1
                 _LOGGER.info("card read %s", kv(kind=kind.value, pan=pan, token=mask_token(token)))
                 if self._stopping:
-                    self.actors[None].queue.put_nowait(CancelCardRead())  # TERM-3: answer it
+                    self.terminal_actor.queue.put_nowait(CancelCardRead())  # TERM-3: answer it
                     return
                 self.post(CardRead(at, CardToken(CardKind(kind.value), token or "", pan, brand)))
             case ReadCancelled():
@@ -837,19 +985,14 @@ class Runtime:
     # -- restart recovery (ERR-5) ----------------------------------------------------------------
 
     async def _recovery(self) -> None:
+        """ERR-5: close card reads without an outcome (alarming possible orphan approvals), wait
+        until the charger's retained state is applied, restore open payments, reconcile a P6X's
+        open sessions, and only then let the terminal read cards (integrity issue E)."""
         rows = self.journal.open_payments()
-        unapproved = [r for r in rows if not r.approved]
-        settle_unapproved(self.journal, unapproved)
+        self._close_unapproved([r for r in rows if not r.approved])
         restorable = [r for r in rows if r.approved]
+        await self._wait_for_charger_state()
         if restorable:
-            wanted = {r.connector_id for r in restorable}
-            try:
-                async with asyncio.timeout(self.options.recovery_wait_s):
-                    await self.facts.wait_known(wanted)
-            except TimeoutError:
-                _LOGGER.info(
-                    "recovery: charger facts incomplete; using what is known %s", kv(online=self.facts.online)
-                )
             _LOGGER.info("recovery: restoring open payments %s", kv(count=len(restorable)))
         self.post(_RestoreNow(restore_events(restorable, self.facts, self.clock())))
         await self.recovered.wait()
@@ -858,16 +1001,76 @@ class Runtime:
         self._terminal_gate_open = True
         self._feed_link_state()
 
+    async def _wait_for_charger_state(self) -> None:
+        """Until the charger is online and every connector's plug state is known (bounded by
+        ``recovery_wait_s``): a card must not be routed on stale plug facts (defect 5)."""
+        wanted = set(self.connector_ids)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.options.recovery_wait_s):
+                await self.facts.wait_known(wanted)
+        except TimeoutError:
+            missing = sorted(wanted - set(self.facts.plugged))
+            _LOGGER.warning(
+                "recovery: charger state incomplete; using what is known %s",
+                kv(
+                    waited_s=round(loop.time() - started, 3),
+                    online=self.facts.online,
+                    plug_unknown=",".join(map(str, missing)) or None,
+                ),
+            )
+            return
+        _LOGGER.info("recovery: charger state applied %s", kv(waited_s=round(loop.time() - started, 3)))
+
+    def _close_unapproved(self, rows: Sequence[PaymentRow]) -> None:
+        """Card reads journaled without an outcome (the agent stopped in between): closed; an EMV
+        one may have been approved by the terminal after the journal saw it (psp-reference §10.4)
+        and raises ``possible_orphan_approval`` (masked PAN, amount, time, session reference) in
+        the same transaction; it stays a reconciliation discrepancy until cleared."""
+        for row in rows:
+            emv = row.card_kind != CardKind.RFID.value
+            alarm = PossibleOrphanApproval(
+                row.connector_id,
+                row.payment_id,
+                row.masked_pan,
+                row.brand,
+                row.requested_minor,
+                row.started_at,
+            )
+            try:
+                with self.store.atomic():
+                    self.journal.close_unapproved(row, orphan_suspected=emv)
+                    if emv:
+                        self.publisher.alarm(alarm)
+            except (JournalError, StoreError, OutboxError) as exc:
+                _LOGGER.error("recovery: card read not closed %s", kv(payment=row.payment_id, error=str(exc)))
+                continue
+            if emv:
+                _LOGGER.warning(
+                    "recovery: possible orphan approval %s",
+                    kv(payment=row.payment_id, pan=row.masked_pan, amount_minor=row.requested_minor),
+                )
+            else:
+                _LOGGER.info("recovery: unanswered card read closed %s", kv(payment=row.payment_id))
+
     async def _reconcile_when_ready(self) -> None:
-        """P6X: void approvals the journal never saw, once, before any new card is read."""
+        """P6X: void approvals the journal never saw, once, before any new card is read; the terminal
+        then holds no approval the journal does not know, so possible orphans are accounted for."""
         while True:
             try:
                 await self.terminal.wait_ready(None)
-                await reconcile_terminal_sessions(self.journal, self.terminal)
-                return
+                voided = await reconcile_terminal_sessions(self.journal, self.terminal)
+                break
             except DriverError as exc:
                 _LOGGER.warning("recovery: List Sessions failed; retrying %s", kv(error=type(exc).__name__))
                 await asyncio.sleep(READ_RETRY_S)
+        resolution = "voided_by_list_sessions" if voided else "not_on_terminal"
+        for row in self.journal.open_orphans():
+            try:
+                self.clear_orphan(row.payment_id, resolution, note="P6X List Sessions")
+            except (KeyError, ValueError, JournalError, StoreError, OutboxError) as exc:
+                _LOGGER.error("recovery: orphan not cleared %s", kv(payment=row.payment_id, error=str(exc)))
 
 
 class _Internal:
@@ -888,10 +1091,45 @@ class _RestoreNow(_Internal):
         for event in buffered:
             runtime.step(event)
         runtime.recovered.set()
-        _LOGGER.info("recovery: restore done %s", kv(restored=len(self.events), charger_events=len(buffered)))
+        restored = sum(1 for e in self.events if not isinstance(e, ChargerLost))
+        _LOGGER.info("recovery: restore done %s", kv(restored=restored, charger_events=len(buffered)))
 
 
-def _is_charger_event(event: Event) -> bool:
+def _is_stored(effect: Effect) -> bool:
+    """Whether ``effect`` is written in the step's transaction (journal, outbox)."""
+    return isinstance(effect, _STORED)
+
+
+_STORED: Final = (
+    RecordCardRead,
+    RecordPaymentDeclined,
+    RecordPaymentApproved,
+    RecordPaymentIncremented,
+    RecordEnergyOn,
+    RecordMeter,
+    RecordLimitReached,
+    RecordStop,
+    RecordCommitDecided,
+    RecordVoidDecided,
+    RecordCommitConfirmed,
+    RecordVoidConfirmed,
+    RecordSessionEnded,
+    RecordPaymentRestored,
+    PublishSessionStarted,
+    PublishSessionUpdated,
+    PublishSessionEnded,
+    PublishPaymentAuthorized,
+    PublishPaymentPartiallyApproved,
+    PublishPaymentDeclined,
+    PublishPaymentIncremented,
+    PublishPaymentCaptured,
+    PublishPaymentVoided,
+    IssueReceipt,
+    RaiseUndisposedPayment,
+)
+
+
+def _is_charger_event(event: Event | TariffChanged[Tariff]) -> bool:
     return isinstance(event, Plugged | Unplugged | ChargerStatus | MeterReading | ChargerLost | ChargerBack)
 
 

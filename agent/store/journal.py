@@ -1,60 +1,102 @@
 """The journal: the agent's write-ahead record of every money-relevant fact (DESIGN.md §2, §5.2).
 
-SQLite in WAL mode with ``synchronous=FULL``: a transaction that :meth:`Journal.record` commits is
-on disk (fsync) when the call returns — for every money-relevant fact. The one exception is a
-**periodic meter value** (a ``meter`` record while the payment is ``charging``; not the final meter
-value of a stop): its transaction is committed with ``synchronous=NORMAL``, i.e. written to the WAL
-(it reaches the OS at once and survives a crash or SIGKILL of the process) without waiting for its
-own fsync; the next FULL commit fsyncs the WAL including it, and a meter value is committed with FULL
-anyway when the last FULL commit is older than ``meter_sync_interval_s`` (5 s). After a power loss
-at most the meter values of that interval are lost (the recovery then commits a total up to a few
-seconds older). See docs/runtime.md "Journal durability". Schema changes are numbered SQL files in
-``agent/migrations`` (``0001_journal.sql`` …) applied in order inside one transaction each, tracked
-in ``schema_version``.
+Lives in the agent's one database (:class:`agent.store.db.Store`, SQLite in WAL mode with
+``synchronous=FULL``) next to the outbox: :meth:`Journal.record` folds one typed engine record
+(:data:`statemachines.effects.JournalRecord`) into the ``payments`` row and appends it to the
+``events`` log inside the current transaction — the runtime opens one transaction per engine step,
+so the step's records and the outbox rows of its upstream events commit together (integrity issue
+B). Called outside a transaction, a write commits on its own. Durability: every money-relevant
+fact is fsynced; a step that wrote only periodic meter values commits without its own fsync
+(survives a process crash, fsynced with the next durable commit; docs/runtime.md "Journal
+durability"). Schema changes are numbered SQL files in ``agent/store/migrations`` (``0001_journal.sql``
+…) applied in order inside one transaction each, tracked in ``schema_version``.
 
-One writer: the :class:`Journal` object owns the only read-write connection and is used from the
-event-loop thread only (each write is a few milliseconds including fsync, measured in
-``tests/agent/test_journal.py``; running it inline keeps the write-ahead ordering trivial: the
-runtime executes the next effect only after :meth:`record` returned). Readers (the ``sessions``
-command) open their own read-only connection with :func:`read_payments`, which works while the
-daemon runs (WAL).
+One writer: the :class:`Journal` object writes through the store's only read-write connection,
+from the event-loop thread only. Readers (the ``sessions`` command, reconciliation) open their own
+read-only connection with :func:`read_payments` / :func:`read_window`, which work while the daemon
+runs (WAL).
 
 Tables: ``payments`` (one row per payment, keyed by the engine's ``session_ref``) and ``events``
-(append-only log of every ``JournalRecord`` and recovery action, with its JSON data).
+(append-only log of every record and recovery action, with its JSON data).
 
 Card data (PCI DSS, OPS-2): only the masked PAN and the card hash (EMV) / UID (RFID) are stored.
 :func:`check_no_pan` refuses (raises :class:`JournalError`) any value with a run of 13 to 19 digits —
 a possible full PAN — before anything is written; the error names the field, never the value.
+
+Possible orphan approvals (psp-reference §10.4): a card read journaled as ``authorizing`` with no
+outcome when the agent restarts may have been approved by the terminal after the journal saw it
+(the approval was lost with the process). :meth:`Journal.suspect_orphan` closes such a row with
+``orphan_suspected``; it stays a reconciliation discrepancy until :meth:`Journal.clear_orphan`
+(an operator's ``clear_discrepancy`` command, or a P6X List Sessions that accounts for every open
+terminal session).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum, StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from agent import crashpoints
 from agent.errors import AgentError
-from statemachines.effects import JournalRecord
-from statemachines.events import CardKind, CardToken, Disposal, PaymentMethod, RestoredPayment
+from agent.store.db import DB_FILE, METER_SYNC_INTERVAL_S, Store, StoreError
+from statemachines.effects import (
+    JournalRecord,
+    RecordCardRead,
+    RecordCommitConfirmed,
+    RecordCommitDecided,
+    RecordEnergyOn,
+    RecordLimitReached,
+    RecordMeter,
+    RecordPaymentApproved,
+    RecordPaymentDeclined,
+    RecordPaymentIncremented,
+    RecordPaymentRestored,
+    RecordSessionEnded,
+    RecordStop,
+    RecordVoidConfirmed,
+    RecordVoidDecided,
+)
+from statemachines.events import CardKind, CardToken, Disposal, PaymentMethod, RestoredPayment, StopSource
 from statemachines.pricing import Usage, UsageBucket, UsageKind
 
-JOURNAL_FILE: Final = "journal.sqlite3"
+JOURNAL_FILE: Final = DB_FILE
 BUSY_TIMEOUT_MS: Final = 5000
-# A periodic meter value is committed with synchronous=FULL anyway when the last FULL commit is older
-# than this: the bound on meter values lost to a power cut (never to a process crash).
-METER_SYNC_INTERVAL_S: Final = 5.0
-# payment state in which a ``meter`` record is a periodic value, not money-relevant on its own
-_PERIODIC_METER_STATE: Final = "charging"
+__all__ = ["METER_SYNC_INTERVAL_S"]  # re-exported for callers that tune the store
 
-FINAL_STATES: Final = frozenset({"committed", "voided", "declined", "failed", "ended"})
+
+class PaymentState(StrEnum):
+    """The ``payments.state`` column: where a payment is, from card read to its end."""
+
+    AUTHORIZING = "authorizing"  # card read, no outcome yet
+    APPROVED = "approved"
+    CHARGING = "charging"
+    STOPPING = "stopping"
+    SETTLING = "settling"  # Commit or Void decided, not yet confirmed
+    COMMITTED = "committed"
+    VOIDED = "voided"
+    DECLINED = "declined"
+    FAILED = "failed"  # no answer, or closed by the restart recovery before an outcome
+    ENDED = "ended"  # a session with nothing to settle on the terminal
+
+
+FINAL_STATES: Final = frozenset(
+    {
+        PaymentState.COMMITTED,
+        PaymentState.VOIDED,
+        PaymentState.DECLINED,
+        PaymentState.FAILED,
+        PaymentState.ENDED,
+    }
+)
 # a full PAN is 13 to 19 digits (ISO/IEC 7812); a 40-hex card hash never has such a run alone
 # A full PAN as it would leak: 13 to 19 digits standing alone (not inside a longer hex token such as
 # a card hash or an RFID UID), a card-brand first digit (2 to 6) and a valid Luhn check digit.
@@ -151,7 +193,7 @@ class PaymentRow:
     brand: str | None
     requested_minor: int | None
     authorized_minor: int | None
-    state: str
+    state: PaymentState
     final_minor: int | None
     energy_wh: int
     cost_minor: int
@@ -170,6 +212,11 @@ class PaymentRow:
     updated_at: str
     ended_at: str | None
     recovered: bool
+    session_started_at: str | None  # energy was first enabled (session.started was published)
+    host_reference: str | None
+    orphan_suspected: bool  # closed by the restart recovery without an outcome (psp-reference §10.4)
+    orphan_cleared_at: str | None
+    orphan_resolution: str | None
 
     @property
     def is_open(self) -> bool:
@@ -178,7 +225,12 @@ class PaymentRow:
     @property
     def approved(self) -> bool:
         """Authorized (the engine saw ``payment_approved``); an ``authorizing`` row never was."""
-        return self.state != "authorizing"
+        return self.state is not PaymentState.AUTHORIZING
+
+    @property
+    def orphan_open(self) -> bool:
+        """A possible orphan approval nobody has cleared yet (a reconciliation discrepancy)."""
+        return self.orphan_suspected and self.orphan_cleared_at is None
 
     def to_restored(self) -> RestoredPayment:
         """The engine's view of this open payment for ``PaymentRestored`` (ERR-5)."""
@@ -197,6 +249,8 @@ class PaymentRow:
             energy_on=self.energy_on,
             disposal=Disposal(self.disposal) if self.disposal else None,
             final_minor=self.final_minor or 0,
+            started=self.session_started_at is not None,
+            stop_reason=StopSource(self.stop_reason) if self.stop_reason else None,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -212,7 +266,7 @@ class PaymentRow:
             "connector_id": self.connector_id,
             "method": self.method,
             "terminal_session_id": session_id,
-            "state": self.state,
+            "state": self.state.value,
             "authorized_minor": self.authorized_minor,
             "final_minor": self.final_minor,
             "energy_wh": self.energy_wh,
@@ -226,16 +280,20 @@ class PaymentRow:
             "disposal_confirmed": self.disposal_confirmed_at is not None,
             "stop_reason": self.stop_reason,
             "recovered": self.recovered,
+            "orphan_suspected": self.orphan_suspected,
+            "orphan_cleared": self.orphan_cleared_at is not None,
         }
 
 
-_COLUMNS: Final = tuple(PaymentRow.__dataclass_fields__)
+_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(PaymentRow))
+_BOOLEAN_COLUMNS: Final = frozenset({"energy_on", "recovered", "orphan_suspected"})
 
 
 def _row(values: sqlite3.Row) -> PaymentRow:
-    data = dict(zip(_COLUMNS, values, strict=True))
-    data["energy_on"] = bool(data["energy_on"])
-    data["recovered"] = bool(data["recovered"])
+    data: dict[str, Any] = dict(zip(_COLUMNS, values, strict=True))
+    for name in _BOOLEAN_COLUMNS:
+        data[name] = bool(data[name])
+    data["state"] = PaymentState(data["state"])
     return PaymentRow(**data)
 
 
@@ -247,6 +305,25 @@ class EventRow:
     connector_id: int | None
     payment_id: str | None
     data: dict[str, Any]
+
+
+def record_data(record: JournalRecord) -> dict[str, object]:
+    """The JSON object of ``record`` in the ``events`` log: its fields (the usage is kept in the
+    payment row, not repeated), cards as kind/token/masked PAN/brand, enums as their values."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name in ("connector_id", "usage"):
+            continue
+        if isinstance(value, CardToken):
+            out.update(
+                card_kind=value.kind.value, token=value.token, masked_pan=value.masked_pan, brand=value.brand
+            )
+        elif isinstance(value, Enum):
+            out[f.name] = value.value
+        else:
+            out[f.name] = value
+    return out
 
 
 # --- migrations ---------------------------------------------------------------------------------
@@ -304,140 +381,102 @@ def _statements(sql: str) -> Iterable[str]:
 # --- the journal --------------------------------------------------------------------------------
 
 
-class Journal:
-    """The single writer. Use :meth:`open`; call :meth:`close` at the end."""
+def migrate(store: Store) -> int:
+    """Apply the journal's migrations to ``store``; returns the schema version."""
+    try:
+        return _migrate(store.conn)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot migrate the journal in {store.path}: {exc}") from exc
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        path: Path,
-        schema_version: int,
-        *,
-        meter_sync_interval_s: float = METER_SYNC_INTERVAL_S,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._conn = conn
-        self.path = path
-        self.schema_version = schema_version
-        self._meter_sync_interval_s = meter_sync_interval_s
-        self._monotonic = monotonic
-        self._last_full_commit = monotonic()
-        self.unsynced_meter_commits = 0  # NORMAL meter commits since the last FULL commit
+
+class Journal:
+    """The single writer of the journal tables. Built on a :class:`Store` (migrated here);
+    :meth:`open` opens a store of its own (closed by :meth:`close`)."""
+
+    def __init__(self, store: Store, *, owns_store: bool = False) -> None:
+        self.store = store
+        self.path = store.path
+        self.schema_version = migrate(store)
+        self._owns_store = owns_store
 
     @classmethod
     def open(cls, state_dir: Path | str, *, meter_sync_interval_s: float = METER_SYNC_INTERVAL_S) -> Journal:
-        """Open (create, migrate) ``state_dir/journal.sqlite3``; raises :class:`JournalError`."""
-        directory = Path(state_dir)
+        """Open (create, migrate) ``state_dir/journal.sqlite3`` on a store of its own; raises
+        :class:`JournalError`."""
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            path = directory / JOURNAL_FILE
-            # isolation_level=None: explicit BEGIN/COMMIT only; check_same_thread stays on: one thread
-            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise JournalError(f"{path}: cannot switch to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            version = _migrate(conn)
-        except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open the journal in {directory}: {exc}") from exc
-        return cls(conn, path, version, meter_sync_interval_s=meter_sync_interval_s)
+            store = Store.open(Path(state_dir), meter_sync_interval_s=meter_sync_interval_s)
+        except StoreError as exc:
+            raise JournalError(f"cannot open the journal in {state_dir}: {exc}") from exc
+        try:
+            return cls(store, owns_store=True)
+        except BaseException:
+            store.close()
+            raise
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self.store.conn
+
+    @property
+    def unsynced_meter_commits(self) -> int:
+        """Commits without their own fsync since the last durable one (periodic meter values)."""
+        return self.store.unsynced_commits
 
     def close(self) -> None:
-        try:
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
-        self._conn.close()
+        if self._owns_store:
+            self.store.close()
 
     # -- pragmas (for tests and `status`) --------------------------------------------------------
 
     def pragma(self, name: str) -> object:
-        return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+        return self.store.pragma(name)
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def record(
-        self,
-        record: JournalRecord,
-        *,
-        at: datetime | None = None,
-        usage: Usage | None = None,
-    ) -> None:
-        """Persist ``record`` (event row + payment row update) in one transaction.
+    def record(self, record: JournalRecord, *, at: datetime | None = None) -> None:
+        """Persist ``record`` (event row + payment row update) in the current transaction (or in
+        one of its own, fsynced unless it is a periodic meter value).
 
-        Post: the transaction is committed — fsynced (``synchronous=FULL``) unless it is a periodic
-        meter value (see :meth:`_periodic_meter` and the module docstring), which is committed with
-        ``synchronous=NORMAL`` (in the OS, not yet on disk); then the crash point ``journal:<kind>``.
-        ``usage`` (the session's accumulated usage after the event) is kept for restart pricing.
-        """
-        data = dict(record.data)
-        check_no_pan(record.kind, data)
+        Post, once the transaction is committed: the crash point ``journal:<KIND>``. Raises
+        :class:`JournalError` (the transaction is then rolled back by the caller's ``atomic``)."""
+        data = record_data(record)
+        check_no_pan(record.KIND, data)
         when = _utc_iso(at)
-        ref = str(data.get("session_ref") or "") or None
-        full = not self._periodic_meter(record.kind, ref)
+        durable = not (isinstance(record, RecordMeter) and record.periodic)
         try:
-            if not full:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
+            with self.store.atomic(durable=durable):
                 self._conn.execute(
                     "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
-                    (when, record.kind, record.connector_id, ref, json.dumps(data, default=str)),
+                    (when, record.KIND, record.connector_id, record.session_ref, json.dumps(data)),
                 )
-                if ref is not None and record.connector_id is not None:
-                    self._apply(record.kind, ref, record.connector_id, data, when, usage)
-                self._conn.execute("COMMIT")
-            finally:
-                if not full:
-                    self._conn.execute("PRAGMA synchronous=FULL")  # every other write fsyncs again
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise JournalError(f"journal write of {record.kind} failed: {exc}") from exc
-        self._committed(full)
-        crashpoints.reached(f"journal:{record.kind}")
-
-    def _periodic_meter(self, kind: str, ref: str | None) -> bool:
-        """Whether ``kind`` for payment ``ref`` may be committed without its own fsync: a ``meter``
-        record while the payment is ``charging`` (the final meter value of a stop comes in
-        ``stopping`` and stays FULL), and the last FULL commit is recent enough."""
-        if kind != "meter" or ref is None:
-            return False
-        if self._monotonic() - self._last_full_commit >= self._meter_sync_interval_s:
-            return False
-        row = self._conn.execute("SELECT state FROM payments WHERE payment_id = ?", (ref,)).fetchone()
-        return row is not None and row[0] == _PERIODIC_METER_STATE
-
-    def _committed(self, full: bool) -> None:
-        if full:
-            self._last_full_commit = self._monotonic()
-            self.unsynced_meter_commits = 0
-        else:
-            self.unsynced_meter_commits += 1
+                self._apply(record, when)
+                self.store.after_commit(lambda: crashpoints.reached(f"journal:{record.KIND}"))
+        except (sqlite3.Error, StoreError) as exc:
+            raise JournalError(f"journal write of {record.KIND} failed: {exc}") from exc
 
     def note(
-        self, kind: str, connector_id: int | None, data: Mapping[str, object], **changes: object
+        self,
+        kind: str,
+        connector_id: int | None,
+        session_ref: str | None,
+        data: Mapping[str, object],
+        **changes: object,
     ) -> None:
         """Append an agent-side event (``recovery_*``, ``commit_sent`` …); ``changes`` update the
-        payment named by ``data["session_ref"]`` (column=value)."""
+        payment ``session_ref`` (column=value). In the current transaction, or one of its own."""
         check_no_pan(kind, {**data, **changes})
         when = _utc_iso()
-        ref = str(data.get("session_ref") or "") or None
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
-                "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
-                (when, kind, connector_id, ref, json.dumps(dict(data), default=str)),
-            )
-            if ref is not None and changes:
-                self._update(ref, when, **changes)
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
+            with self.store.atomic():
+                self._conn.execute(
+                    "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
+                    (when, kind, connector_id, session_ref, json.dumps(dict(data), default=str)),
+                )
+                if session_ref is not None and changes:
+                    self._update(session_ref, when, **changes)
+                self.store.after_commit(lambda: crashpoints.reached(f"journal:{kind}"))
+        except (sqlite3.Error, StoreError) as exc:
             raise JournalError(f"journal write of {kind} failed: {exc}") from exc
-        self._committed(True)
-        crashpoints.reached(f"journal:{kind}")
 
     def disposal_sent(self, session_id: str) -> None:
         """The Commit/Void of terminal session ``session_id`` was sent (one attempt more)."""
@@ -452,10 +491,45 @@ class Journal:
         self.note(
             f"{disposal or 'disposal'}_sent",
             connector_id,
-            {"session_ref": ref, "session_id": session_id, "attempt": attempts + 1},
+            ref,
+            {"session_id": session_id, "attempt": attempts + 1},
             disposal_sent_at=_utc_iso(),
             disposal_attempts=attempts + 1,
         )
+
+    def close_unapproved(self, row: PaymentRow, *, orphan_suspected: bool) -> None:
+        """Restart recovery: close a row that never reached an outcome (``authorizing``).
+        ``orphan_suspected``: the terminal may hold an approval for it (an EMV card)."""
+        self.note(
+            "recovery_unapproved",
+            row.connector_id,
+            row.payment_id,
+            {"reason": "crash before an outcome", "orphan_suspected": orphan_suspected},
+            state=PaymentState.FAILED.value,
+            ended_at=row.updated_at,
+            recovered=1,
+            orphan_suspected=int(orphan_suspected),
+        )
+
+    def clear_orphan(self, session_ref: str, resolution: str, *, note: str | None = None) -> PaymentRow:
+        """An operator (or a P6X List Sessions) accounted for a possible orphan approval. Raises
+        :class:`KeyError` for an unknown ref and :class:`ValueError` when it is no open orphan."""
+        row = self.payment(session_ref)
+        if row is None:
+            raise KeyError(session_ref)
+        if not row.orphan_open:
+            raise ValueError(f"{session_ref} is not an open possible orphan approval")
+        self.note(
+            "orphan_cleared",
+            row.connector_id,
+            session_ref,
+            {"resolution": resolution, "note": note},
+            orphan_cleared_at=_utc_iso(),
+            orphan_resolution=resolution,
+        )
+        cleared = self.payment(session_ref)
+        assert cleared is not None
+        return cleared
 
     def _rollback(self) -> None:
         try:
@@ -472,102 +546,121 @@ class Journal:
             (*changes.values(), when, ref),
         )
 
-    def _ensure(self, ref: str, connector_id: int, when: str, state: str) -> None:
+    def _ensure(self, ref: str, connector_id: int, when: str, state: PaymentState) -> None:
         self._conn.execute(
             "INSERT OR IGNORE INTO payments (payment_id, connector_id, state, started_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (ref, connector_id, state, when, when),
+            (ref, connector_id, state.value, when, when),
         )
 
-    def _apply(
-        self, kind: str, ref: str, connector_id: int, data: Mapping[str, Any], when: str, usage: Usage | None
-    ) -> None:
+    def _apply(self, record: JournalRecord, when: str) -> None:
         """Fold one engine record into the ``payments`` row (docs/state-machines.md record kinds)."""
+        ref, cid = record.session_ref, record.connector_id
         changes: dict[str, object] = {}
-        if usage is not None:
-            changes["usage_json"] = usage_to_json(usage)
-        match kind:
-            case "card_read":
-                self._ensure(ref, connector_id, when, "authorizing")
-                card_kind = data.get("card_kind")
+        match record:
+            case RecordCardRead(card=card, amount_minor=amount):
+                self._ensure(ref, cid, when, PaymentState.AUTHORIZING)
                 changes.update(
-                    method="rfid" if card_kind == "rfid" else "emv",
-                    card_kind=card_kind,
-                    card_token=data.get("token"),
-                    masked_pan=data.get("masked_pan"),
-                    brand=data.get("brand"),
-                    requested_minor=data.get("amount_minor"),
-                    state="authorizing",
+                    method=PaymentMethod.RFID.value
+                    if card.kind is CardKind.RFID
+                    else PaymentMethod.EMV.value,
+                    card_kind=card.kind.value,
+                    card_token=card.token,
+                    masked_pan=card.masked_pan,
+                    brand=card.brand,
+                    requested_minor=amount,
+                    state=PaymentState.AUTHORIZING.value,
                 )
-            case "payment_declined":
-                failed = data.get("outcome") == "failed"
-                changes.update(state="failed" if failed else "declined", ended_at=when, final_minor=0)
-            case "payment_approved":
-                self._ensure(ref, connector_id, when, "approved")
+            case RecordPaymentDeclined(outcome=outcome):
+                failed = outcome.value == "failed"
+                state = PaymentState.FAILED if failed else PaymentState.DECLINED
+                changes.update(state=state.value, ended_at=when, final_minor=0)
+            case RecordPaymentApproved():
+                self._ensure(ref, cid, when, PaymentState.APPROVED)
                 changes.update(
-                    state="approved",
-                    terminal_session_id=data.get("session_id"),
-                    authorized_minor=data.get("authorized_minor"),
+                    state=PaymentState.APPROVED.value,
+                    method=record.method.value,
+                    terminal_session_id=record.session_id,
+                    authorized_minor=record.authorized_minor,
+                    host_reference=record.host_reference,
                 )
-                if data.get("method"):
-                    changes["method"] = data["method"]
-            case "payment_incremented":
-                changes["authorized_minor"] = data.get("authorized_minor")
-            case "energy_on":
-                changes.update(state="charging", energy_on=1)
-                if data.get("method"):
-                    changes["method"] = data["method"]
-                if data.get("meter_wh") is not None:
-                    changes.update(last_meter_wh=data["meter_wh"], last_meter_at=when)
-            case "meter":
+                if record.card is not None:
+                    changes.update(card_kind=record.card.kind.value, card_token=record.card.token)
+            case RecordPaymentIncremented(authorized_minor=authorized):
+                changes["authorized_minor"] = authorized
+            case RecordEnergyOn():
                 changes.update(
-                    last_meter_wh=data.get("meter_wh"),
+                    state=PaymentState.CHARGING.value, energy_on=1, usage_json=usage_to_json(record.usage)
+                )
+                if record.first:
+                    changes["session_started_at"] = when
+                if record.meter_wh is not None:
+                    changes.update(last_meter_wh=record.meter_wh, last_meter_at=when)
+            case RecordMeter():
+                changes.update(
+                    last_meter_wh=record.meter_wh,
                     last_meter_at=when,
-                    energy_wh=data.get("energy_wh", 0),
-                    cost_minor=data.get("cost_minor", 0),
+                    energy_wh=record.energy_wh,
+                    cost_minor=record.cost_minor,
+                    usage_json=usage_to_json(record.usage),
                 )
-            case "stop":
+            case RecordLimitReached():
+                pass
+            case RecordStop():
                 changes.update(
-                    state="stopping",
+                    state=PaymentState.STOPPING.value,
                     energy_on=0,
-                    stop_reason=data.get("reason"),
-                    energy_wh=data.get("energy_wh", 0),
-                    cost_minor=data.get("cost_minor", 0),
+                    stop_reason=record.reason.value,
+                    energy_wh=record.energy_wh,
+                    cost_minor=record.cost_minor,
+                    usage_json=usage_to_json(record.usage),
                 )
-            case "commit":
+            case RecordCommitDecided():
                 changes.update(
-                    state="settling",
+                    state=PaymentState.SETTLING.value,
                     energy_on=0,
-                    disposal="commit",
-                    final_minor=data.get("amount_minor"),
-                    energy_wh=data.get("energy_wh", 0),
-                    cost_minor=data.get("cost_minor", 0),
+                    disposal=Disposal.COMMIT.value,
+                    final_minor=record.amount_minor,
+                    energy_wh=record.energy_wh,
+                    cost_minor=record.cost_minor,
+                    usage_json=usage_to_json(record.usage),
                     disposal_decided_at=when,
                 )
-            case "void":
+            case RecordVoidDecided():
                 changes.update(
-                    state="settling", energy_on=0, disposal="void", final_minor=0, disposal_decided_at=when
-                )
-            case "commit_confirmed" | "void_confirmed":
-                changes.update(
-                    state="committed" if kind == "commit_confirmed" else "voided",
-                    disposal_confirmed_at=when,
-                    disposal_outcome=data.get("outcome"),
-                    ended_at=when,
-                )
-            case "session_ended":
-                changes.update(
-                    state="ended",
+                    state=PaymentState.SETTLING.value,
                     energy_on=0,
-                    energy_wh=data.get("energy_wh", 0),
-                    cost_minor=data.get("cost_minor", 0),
-                    final_minor=data.get("cost_minor", 0),
+                    disposal=Disposal.VOID.value,
+                    final_minor=0,
+                    usage_json=usage_to_json(record.usage),
+                    disposal_decided_at=when,
+                )
+            case RecordCommitConfirmed() | RecordVoidConfirmed():
+                state = (
+                    PaymentState.COMMITTED
+                    if isinstance(record, RecordCommitConfirmed)
+                    else PaymentState.VOIDED
+                )
+                changes.update(
+                    state=state.value,
+                    disposal_confirmed_at=when,
+                    disposal_outcome=record.outcome.value,
                     ended_at=when,
                 )
-            case "payment_restored":
+            case RecordSessionEnded():
+                changes.update(
+                    state=PaymentState.ENDED.value,
+                    energy_on=0,
+                    energy_wh=record.energy_wh,
+                    cost_minor=record.cost_minor,
+                    final_minor=record.cost_minor,
+                    usage_json=usage_to_json(record.usage),
+                    ended_at=when,
+                )
+            case RecordPaymentRestored():
                 changes["recovered"] = 1
             case _:
-                pass
+                assert_never(record)
         self._update(ref, when, **changes)
 
     # -- reads -----------------------------------------------------------------------------------
@@ -575,6 +668,14 @@ class Journal:
     def open_payments(self) -> list[PaymentRow]:
         """Every payment not in a final state, oldest first (the restart recovery's input)."""
         return _select(self._conn, "WHERE ended_at IS NULL ORDER BY started_at, payment_id", ())
+
+    def open_orphans(self) -> list[PaymentRow]:
+        """Possible orphan approvals nobody has cleared yet, oldest first."""
+        return _select(
+            self._conn,
+            "WHERE orphan_suspected = 1 AND orphan_cleared_at IS NULL ORDER BY started_at, payment_id",
+            (),
+        )
 
     def payments(self, limit: int = 50, since: datetime | None = None) -> list[PaymentRow]:
         return _payments(self._conn, limit, since)
@@ -647,7 +748,8 @@ def read_window(
     """Read-only snapshot for reconciliation (works while the daemon writes; WAL).
 
     ``source`` is the state directory or the journal file. Returns the payments started in
-    ``[since, until)`` plus every payment still open that started before ``until``, oldest first,
+    ``[since, until)`` plus every payment still open (and every possible orphan approval not yet
+    cleared) that started before ``until``, oldest first,
     and the events of those payments and every payment-less event (``recovery_*``) in the window,
     in journal order — both from one read transaction. Raises :class:`JournalError`.
     """
@@ -664,8 +766,9 @@ def read_window(
             payments = _select(
                 conn,
                 "WHERE (started_at >= ? AND started_at < ?) OR (ended_at IS NULL AND started_at < ?) "
+                "OR (orphan_suspected = 1 AND orphan_cleared_at IS NULL AND started_at < ?) "
                 "ORDER BY started_at, payment_id",
-                (lo, hi, hi),
+                (lo, hi, hi, hi),
             )
             refs = [p.payment_id for p in payments]
             marks = ", ".join("?" for _ in refs) or "NULL"

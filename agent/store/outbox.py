@@ -1,10 +1,13 @@
 """The upstream outbox (DESIGN.md §5.3, requirements UP-2, ERR-6): write-ahead, bounded, durable.
 
-Every upstream message except retained state is appended here **before** it is published: the row
-is committed (WAL + ``synchronous=FULL``: fsync'd) before :meth:`Outbox.append` returns, so a message
-the agent has produced survives a crash, a power cut and a broker outage. Periodic meter values are
-the exception: committed without their own fsync, they survive a process crash and are fsync'd
-with the next durable row (a power cut may lose the latest few). The drainer in
+Every upstream message except retained state is appended here **before** it is published, in the
+agent's one database (:class:`agent.store.db.Store`): inside the transaction of the engine step that
+produced it (together with the step's journal records: a fact and its messages commit together or
+not at all), or, outside of one, in a transaction of its own committed (WAL + ``synchronous=FULL``:
+fsync'd) before :meth:`Outbox.append` returns — so a message the agent has produced survives a
+crash, a power cut and a broker outage. Periodic meter values are the exception: committed without
+their own fsync, they survive a process crash and are fsync'd with the next durable row (a power
+cut may lose the latest few). The drainer in
 :mod:`agent.upstream.client` publishes the rows QoS 1 and deletes them only after the PUBACK.
 
 Ordering: rows get a strictly increasing ``id`` (``AUTOINCREMENT``: never reused) and
@@ -16,9 +19,10 @@ delivered twice (at-least-once), and the repeat carries the very same bytes (sam
 because the payload is stored and never regenerated.
 
 Bound: at most ``max_messages`` rows. Appending to a full outbox drops the oldest periodic
-``meter`` rows first; ``event``, ``receipt``, ``report`` and ``alarm`` rows are never dropped — when
-only those are left the append is refused with :class:`OutboxFull` and :attr:`Outbox.full_alarm`
-is raised (cleared once the count falls below the bound again). :attr:`Outbox.near_full` is true
+``meter`` rows first; ``event``, ``receipt``, ``report`` and ``alarm`` rows are never dropped. When
+only those are left, a ``report`` or ``alarm`` is refused with :class:`OutboxFull`, while the
+session/payment stream (``event``, ``receipt``) is still stored beyond the bound — it is never
+lost — and :attr:`Outbox.full_alarm` is raised (cleared once the count falls below the bound). :attr:`Outbox.near_full` is true
 from ``near_full_ratio`` (80 %) of the bound, for the "outbox near full" alarm.
 
 Sequence counters (UP-2): :meth:`Outbox.next_seq` reads the next ``seq`` of a stream (e.g. the
@@ -28,10 +32,11 @@ not at all, so a restart continues the sequence without a gap or a repeated ``se
 live in ``outbox_seq`` and survive the deletion of published rows; :meth:`Outbox.forget_seq` drops a
 finished stream.
 
-Storage: the agent passes the journal's database file; the outbox uses its own connection and its
-own tables (``outbox``, ``outbox_schema_version``), created with ``IF NOT EXISTS`` and migrated
-independently of the journal's ``schema_version``. One :class:`Outbox` instance owns the table; it is
-used from one thread (the event loop).
+Storage: the agent's :class:`~agent.store.db.Store` (the journal's database file and connection);
+the outbox has its own tables (``outbox``, ``outbox_seq``, ``outbox_schema_version``), created with
+``IF NOT EXISTS`` and migrated independently of the journal's ``schema_version``. Given a path
+instead, it opens a store of its own. One :class:`Outbox` instance owns the tables; it is used
+from one thread (the event loop).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from agent.errors import AgentError
+from agent.store.db import Store, StoreError
 
 __all__ = [
     "DEFAULT_MAX_MESSAGES",
@@ -59,10 +65,11 @@ __all__ = [
 Kind = Literal["meter", "event", "receipt", "report", "alarm"]
 KINDS: Final[frozenset[str]] = frozenset(get_args(Kind))
 DROPPABLE: Final = "meter"  # periodic meter values: the only kind ever dropped (DESIGN.md §5.3)
+# the session/payment stream: stored beyond the bound rather than lost (integrity issue)
+NEVER_REFUSED: Final = frozenset({"event", "receipt"})
 
 DEFAULT_MAX_MESSAGES: Final = 10_000  # agent/config/schema.py UpstreamConfig.outbox_max_messages default
 NEAR_FULL_RATIO: Final = 0.8
-BUSY_TIMEOUT_MS: Final = 5_000  # the journal writes to the same file from its own connection
 SCHEMA_VERSION: Final = 2
 
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -132,7 +139,7 @@ class Outbox:
 
     def __init__(
         self,
-        path: str | Path,
+        store: Store | str | Path,
         *,
         max_messages: int = DEFAULT_MAX_MESSAGES,
         near_full_ratio: float = NEAR_FULL_RATIO,
@@ -142,32 +149,29 @@ class Outbox:
             raise ValueError(f"max_messages {max_messages!r} must be >= 1")
         if not 0.0 < near_full_ratio <= 1.0:
             raise ValueError(f"near_full_ratio {near_full_ratio!r} must be in (0, 1]")
-        self.path = Path(path)
+        self._owns_store = not isinstance(store, Store)
+        try:
+            self.store = store if isinstance(store, Store) else Store.open(Path(store))
+        except StoreError as exc:
+            raise OutboxError(f"cannot open outbox {store}: {exc}") from exc
+        self.path = self.store.path
         self.max_messages = max_messages
         self._near_full_at = max(1, int(max_messages * near_full_ratio))
         self._wall_clock = wall_clock
         self._listeners: list[Callable[[], None]] = []
         self.stats = OutboxStats()
         self.full_alarm = False
+        self._conn = self.store.conn
+        self._pending = 0  # rows added (net) by the current transaction, not yet committed
         try:
-            # isolation_level=None: explicit BEGIN/COMMIT only
-            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-        try:
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"outbox {self.path}: journal_mode is {mode!r}, WAL needed")
-            self._conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._migrate()
             self._count = int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-        except sqlite3.Error as exc:
-            self._conn.close()
+        except (sqlite3.Error, OutboxError) as exc:
+            if self._owns_store:
+                self.store.close()
+            if isinstance(exc, OutboxError):
+                raise
             raise OutboxError(f"cannot prepare outbox {self.path}: {exc}") from exc
-        except OutboxError:
-            self._conn.close()
-            raise
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -245,9 +249,9 @@ class Outbox:
         seq: tuple[str, int] | None = None,
         forget: Sequence[str] = (),
     ) -> list[int]:
-        """Store several ``(topic, payload, kind, connector_id, qos)`` messages in one transaction
-        (one fsync), in the given order; all or nothing. Returns their row ids. ``seq`` and
-        ``forget``: see :meth:`append`."""
+        """Store several ``(topic, payload, kind, connector_id, qos)`` messages, in the given order,
+        all or nothing: in the current transaction (an engine step's), or in one of their own (one
+        fsync). Returns their row ids. ``seq`` and ``forget``: see :meth:`append`."""
         rows = [self._checked(*item) for item in items]
         if not rows:
             return []
@@ -255,60 +259,67 @@ class Outbox:
         ids: list[int] = []
         dropped = 0
         now = self._wall_clock()
-        # Periodic meter values need no fsync of their own (DESIGN.md §7: meter → broker ≤ 10 ms):
+        # Periodic meter values need no fsync of their own (DESIGN.md §7: meter → broker budget):
         # committed with synchronous=NORMAL they reach the OS at once (a process crash loses
         # nothing), and the next FULL commit fsyncs the WAL with them; a power cut may lose the
         # latest few, which the drop policy treats as expendable anyway. Everything else: FULL.
         meter_only = all(kind == DROPPABLE for _, _, kind, _, _ in rows)
+        beyond_bound = False
         try:
-            if meter_only:
-                conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            count = self._count
-            for topic, payload, kind, connector_id, qos in rows:
-                if count >= self.max_messages:
-                    victim = conn.execute(
-                        "SELECT id FROM outbox WHERE kind = ? ORDER BY id LIMIT 1", (DROPPABLE,)
-                    ).fetchone()
-                    if victim is None:
-                        conn.execute("ROLLBACK")
-                        self.stats.refused += 1
-                        self.full_alarm = True
-                        raise OutboxFull(kind=kind, topic=topic, max_messages=self.max_messages)
-                    conn.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
-                    count -= 1
-                    dropped += 1
-                cursor = conn.execute(
-                    "INSERT INTO outbox (topic, payload, kind, connector_id, qos, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (topic, payload, kind, connector_id, qos, now),
-                )
-                assert cursor.lastrowid is not None
-                ids.append(cursor.lastrowid)
-                count += 1
-            if seq is not None:
-                conn.execute(
-                    "INSERT INTO outbox_seq (stream, next) VALUES (?, ?) "
-                    "ON CONFLICT (stream) DO UPDATE SET next = MAX(next, excluded.next)",
-                    (seq[0], seq[1] + 1),
-                )
-            for stream in forget:
-                conn.execute("DELETE FROM outbox_seq WHERE stream = ?", (stream,))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with self.store.atomic(durable=not meter_only):
+                count = self._count + self._pending
+                for topic, payload, kind, connector_id, qos in rows:
+                    if count >= self.max_messages:
+                        victim = conn.execute(
+                            "SELECT id FROM outbox WHERE kind = ? ORDER BY id LIMIT 1", (DROPPABLE,)
+                        ).fetchone()
+                        if victim is not None:
+                            conn.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
+                            count -= 1
+                            dropped += 1
+                        elif kind in NEVER_REFUSED:
+                            beyond_bound = True  # the session/payment stream is never lost
+                        else:
+                            self.stats.refused += 1
+                            self.full_alarm = True
+                            raise OutboxFull(kind=kind, topic=topic, max_messages=self.max_messages)
+                    cursor = conn.execute(
+                        "INSERT INTO outbox (topic, payload, kind, connector_id, qos, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (topic, payload, kind, connector_id, qos, now),
+                    )
+                    assert cursor.lastrowid is not None
+                    ids.append(cursor.lastrowid)
+                    count += 1
+                if seq is not None:
+                    conn.execute(
+                        "INSERT INTO outbox_seq (stream, next) VALUES (?, ?) "
+                        "ON CONFLICT (stream) DO UPDATE SET next = MAX(next, excluded.next)",
+                        (seq[0], seq[1] + 1),
+                    )
+                for stream in forget:
+                    conn.execute("DELETE FROM outbox_seq WHERE stream = ?", (stream,))
+                delta = len(ids) - dropped
+                self._pending += delta
+                self.store.after_commit(lambda: self._committed(delta, len(ids), dropped, beyond_bound))
+                self.store.after_rollback(self._rolled_back)
+        except StoreError as exc:
             raise OutboxError(f"outbox append to {self.path} failed: {exc}") from exc
-        finally:
-            if meter_only and not conn.in_transaction:
-                conn.execute("PRAGMA synchronous=FULL")
-        self._count = count
-        self.stats.appended += len(ids)
+        except sqlite3.Error as exc:  # pragma: no cover - atomic() converts these
+            raise OutboxError(f"outbox append to {self.path} failed: {exc}") from exc
+        return ids
+
+    def _committed(self, delta: int, appended: int, dropped: int, beyond_bound: bool) -> None:
+        self._pending -= delta
+        self._count += delta
+        self.stats.appended += appended
         self.stats.dropped_meter += dropped
-        self.full_alarm = False
+        self.full_alarm = beyond_bound
         for callback in tuple(self._listeners):
             callback()
-        return ids
+
+    def _rolled_back(self) -> None:
+        self._pending = 0
 
     @staticmethod
     def _checked(
@@ -326,21 +337,21 @@ class Outbox:
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove acknowledged rows (after their PUBACK); unknown ids are ignored. Returns how many
-        were deleted. One transaction, one fsync."""
+        were deleted. One transaction, one fsync (never inside an engine step's: the drainer runs
+        between steps)."""
         if not ids:
             return 0
         conn = self._conn
+        deleted = 0
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            deleted = 0
-            for start in range(0, len(ids), 500):  # stay below SQLite's bound-variable limit
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                deleted += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", tuple(chunk)).rowcount
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with self.store.atomic():
+                for start in range(0, len(ids), 500):  # stay below SQLite's bound-variable limit
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    deleted += conn.execute(
+                        f"DELETE FROM outbox WHERE id IN ({marks})", tuple(chunk)
+                    ).rowcount
+        except StoreError as exc:
             raise OutboxError(f"outbox delete in {self.path} failed: {exc}") from exc
         self._count -= deleted
         self.stats.deleted += deleted
@@ -377,7 +388,9 @@ class Outbox:
         return self._count >= self.max_messages
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the store when this outbox opened it (a path was given); else the owner does."""
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Outbox:
         return self

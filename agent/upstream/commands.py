@@ -52,6 +52,7 @@ from agent.logs import kv
 from agent.money.tariff import TariffConfig
 from agent.upstream.contract import (
     DEFAULT_MAX_COMMAND_BYTES,
+    ClearDiscrepancy,
     Command,
     CommandError,
     CommandErrorCode,
@@ -163,6 +164,11 @@ class RuntimePort(Protocol):
     async def reconcile(self, day: date | None, *, correlation_id: str) -> ReconciliationReport:
         """Build the report of ``day`` (UTC; None = today) and queue it upstream (outbox,
         ``trigger="command"``); return it. Raises ``NotImplementedError`` while not wired."""
+        ...
+
+    def clear_orphan(self, session_id: str, *, note: str | None) -> None:
+        """An operator cleared the possible orphan approval of ``session_id``. Raises ``KeyError``
+        (unknown session) or ``ValueError`` (not an open possible orphan approval)."""
         ...
 
 
@@ -388,6 +394,8 @@ class CommandHandler:
                 return self._display_message(command, ts)
             case Reconcile():
                 return await self._reconcile(command, ts)
+            case ClearDiscrepancy():
+                return self._clear_discrepancy(command, ts)
             case GetSessions():
                 return self._get_sessions(command, ts)
         raise _error(CommandErrorCode.UNKNOWN_COMMAND, f"no handler for {command.name}")  # pragma: no cover
@@ -517,6 +525,20 @@ class CommandHandler:
                 "payments": report.totals.payments,
                 "discrepancies": len(report.discrepancies),
             },
+        )
+
+    def _clear_discrepancy(self, command: ClearDiscrepancy, ts: str) -> CommandResult:
+        """ERR-5 / REC-1: the operator has checked a possible orphan approval (docs/commands.md)."""
+        try:
+            self.port.clear_orphan(command.session_id, note=command.note)
+        except KeyError:
+            raise _error(
+                CommandErrorCode.INVALID_VALUE, f"session_id: {command.session_id} is unknown"
+            ) from None
+        except ValueError as exc:
+            raise _conflict(str(exc)[:200]) from None
+        return self._result(
+            command, ts, "accepted", data={"session_id": command.session_id, "kind": command.kind}
         )
 
     def _get_sessions(self, command: GetSessions, ts: str) -> CommandResult:

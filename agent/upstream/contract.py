@@ -45,6 +45,11 @@ from msgspec import Meta
 
 from agent.errors import AgentError
 from agent.money.tariff import Tariff, TariffConfig, TariffConfigError
+from statemachines.connector import ConnectorMachineState as MachineState
+from statemachines.effects import UpdateReason
+from statemachines.events import DeclineOutcome as EngineDeclineOutcome
+from statemachines.events import PaymentMethod as EnginePaymentMethod
+from statemachines.events import RestoreResolution, StopSource
 
 __all__ = [
     "COMMANDS",
@@ -56,6 +61,7 @@ __all__ = [
     "Alarm",
     "AuthRequest",
     "AuthResponse",
+    "ClearDiscrepancy",
     "Command",
     "CommandError",
     "CommandErrorCode",
@@ -102,11 +108,10 @@ __all__ = [
     "encode",
     "masked_pan_ok",
     "new_msg_id",
-    "session_event",
     "utc_timestamp",
 ]
 
-CONTRACT_VERSION: Final = "1.0.0"  # semver of this contract; the topic prefix carries the major ("v1")
+CONTRACT_VERSION: Final = "1.1.0"  # semver of this contract; the topic prefix carries the major ("v1")
 DEFAULT_PREFIX: Final = "evpay/v1/{station_id}"
 DEFAULT_MAX_COMMAND_BYTES: Final = 256 * 1024  # a full local auth list of ~2 500 entries fits
 
@@ -173,37 +178,13 @@ IdToken = Annotated[
     Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9*._:-]+$", description="RFID/CUG or eMSP token"),
 ]
 
-PaymentMethod = Literal["emv", "rfid", "remote", "free_vend"]
+# The engine's enums are the contract's (types end to end: a value the engine can produce is one the
+# contract accepts, checked by mypy; their JSON Schemas are named enums in docs/asyncapi.yaml).
+PaymentMethod = EnginePaymentMethod
+ConnectorMachineState = MachineState  # the machine state as the contract names it
+StopReason = StopSource
+DeclineOutcome = EngineDeclineOutcome
 AuthStatus = Literal["accepted", "rejected", "blocked", "expired", "no_credit"]
-ConnectorMachineState = Literal[
-    "unavailable",
-    "available",
-    "awaiting_card",
-    "authorizing",
-    "awaiting_plug",
-    "charging",
-    "suspended_ev",
-    "suspended_evse",
-    "stopping",
-    "idle_fee",
-    "settling",
-    "finishing",
-]
-StopReason = Literal[
-    "tap", "unplug", "ui", "remote", "local", "limit", "ev", "fault", "charger_lost", "timeout"
-]
-DeclineOutcome = Literal[
-    # EMV (terminal): Session Declined / Cancelled, or no answer / terminal offline
-    "declined",
-    "cancelled",
-    "failed",
-    # RFID/CUG (backend auth/response), or no answer from the back office
-    "rejected",
-    "blocked",
-    "expired",
-    "no_credit",
-    "unavailable",
-]
 
 
 def utc_timestamp(at: datetime) -> str:
@@ -290,7 +271,7 @@ class ConnectorState(_Payload, frozen=True, kw_only=True):
     terminal_session_id: TerminalSessionId | None = None
     method: PaymentMethod | None = None
     energy_wh: Annotated[Wh, Meta(description="energy of the current session so far")] = 0
-    power_w: Watts = 0
+    power_w: Annotated[Watts | None, Meta(description="last reported power; null: not reported")] = None
     cost_minor: Annotated[Minor, Meta(description="running cost (gross) of the current session")] = 0
     authorized_minor: Annotated[
         Minor | None, Meta(description="amount authorized (EMV) or backend limit (RFID); null = none")
@@ -315,7 +296,7 @@ class MeterValue(_Payload, frozen=True, kw_only=True):
     ts: Annotated[Timestamp, Meta(description="when the charger reported the value")]
     meter_wh: Annotated[Wh, Meta(description="meter register")]
     energy_wh: Annotated[Wh, Meta(description="energy of this session so far")]
-    power_w: Watts
+    power_w: Annotated[Watts | None, Meta(description="null: the meter reports no power")] = None
     cost_minor: Annotated[Minor | None, Meta(description="running cost (gross) so far")] = None
     offline: bool = False
 
@@ -330,19 +311,26 @@ class _SessionEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="event"
 
 
 class SessionStarted(_SessionEvent, frozen=True, kw_only=True, tag="session.started"):
-    """Energy was enabled for the session."""
+    """Energy was enabled for the session for the first time: exactly once per session (a resume
+    after a restart is a ``session.updated``). A payment voided before energy ever flowed has
+    neither a ``session.started`` nor a ``session.ended``."""
 
     method: PaymentMethod
-    meter_wh: Annotated[Wh, Meta(description="meter register at the start")]
+    meter_wh: Annotated[
+        Wh | None,
+        Meta(description="meter register at the start; null: the charger had reported none yet"),
+    ] = None
 
 
 class SessionUpdated(_SessionEvent, frozen=True, kw_only=True, tag="session.updated"):
-    """A journaled payment was restored after an agent restart (ERR-5): ``resolution`` says what
-    was done — ``resumed`` charging, ``resent`` a decided Commit/Void, decided a ``commit`` or
-    ``void`` now, or ``ended`` a session that has nothing to settle on the terminal."""
+    """A journaled payment was handed back to the engine after an agent restart (ERR-5; reason
+    ``resumed``, OCPP 2.1 ``TxResumed``), published before anything else of the session after the
+    restart: ``resolution`` says what was done — ``resumed`` charging, ``resent`` a decided
+    Commit/Void, decided a ``commit`` or ``void`` now, or ``ended`` a session that has nothing to
+    settle on the terminal."""
 
-    reason: Literal["restored"]
-    resolution: Literal["resumed", "resent", "commit", "void", "ended"]
+    reason: UpdateReason
+    resolution: RestoreResolution
     terminal_session_id: TerminalSessionId | None = None
     method: PaymentMethod
     plugged: bool
@@ -567,6 +555,7 @@ class ReconciliationTotals(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DiscrepancyKind = Literal[
+    "possible_orphan_approval",
     "undisposed_payment",
     "commit_unconfirmed",
     "captured_mismatch",
@@ -619,6 +608,10 @@ AlarmName = Literal[
     "commit_failing",  # ERR-8: Commit/Void rejected or unanswered repeatedly
     "outbox_near_full",  # DESIGN.md §5.3: outbox above its high-water mark
     "journal_error",  # the journal cannot be written (disk full, I/O error, corruption)
+    "charger_command_failed",  # energy enable/disable not handed to the charger after retries
+    # ERR-5 / psp-reference §10.4: a card read without an outcome at a restart; the terminal may
+    # hold an approval the journal never saw (masked PAN, amount, time in ``data``)
+    "possible_orphan_approval",
 ]
 
 
@@ -748,6 +741,17 @@ class Reconcile(_Command, frozen=True, kw_only=True):
     date: Date | None = None
 
 
+class ClearDiscrepancy(_Command, frozen=True, kw_only=True):
+    """An operator has accounted for a discrepancy that stays in every reconciliation report until
+    cleared: today a ``possible_orphan_approval`` (checked in the Payter portal that the hold was
+    released, or voided it there). ``note`` is kept in the journal."""
+
+    name: ClassVar[str] = "clear_discrepancy"
+    session_id: SessionRef
+    kind: Literal["possible_orphan_approval"] = "possible_orphan_approval"
+    note: Annotated[str, Meta(max_length=256)] | None = None
+
+
 class GetSessions(_Command, frozen=True, kw_only=True):
     """List sessions: ``open`` ones, or ``all`` of the journal's recent ones (at most ``limit``)."""
 
@@ -757,7 +761,15 @@ class GetSessions(_Command, frozen=True, kw_only=True):
 
 
 Command = (
-    Start | Stop | SetAvailability | SetTariff | SetLocalAuthList | DisplayMessage | Reconcile | GetSessions
+    Start
+    | Stop
+    | SetAvailability
+    | SetTariff
+    | SetLocalAuthList
+    | DisplayMessage
+    | Reconcile
+    | ClearDiscrepancy
+    | GetSessions
 )
 COMMANDS: Final[Mapping[str, type[_Command]]] = {
     c.name: c
@@ -769,6 +781,7 @@ COMMANDS: Final[Mapping[str, type[_Command]]] = {
         SetLocalAuthList,
         DisplayMessage,
         Reconcile,
+        ClearDiscrepancy,
         GetSessions,
     )
 }
@@ -793,12 +806,34 @@ class CommandErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
+class SessionSummaryState(StrEnum):
+    """A listed session's state: its connector's machine state, or ``ended`` (from the journal)."""
+
+    UNAVAILABLE = "unavailable"
+    AVAILABLE = "available"
+    AWAITING_CARD = "awaiting_card"
+    AUTHORIZING = "authorizing"
+    AWAITING_PLUG = "awaiting_plug"
+    CHARGING = "charging"
+    SUSPENDED_EV = "suspended_ev"
+    SUSPENDED_EVSE = "suspended_evse"
+    STOPPING = "stopping"
+    IDLE_FEE = "idle_fee"
+    SETTLING = "settling"
+    FINISHING = "finishing"
+    ENDED = "ended"
+
+
+# the connector machine's states and ``ended``, nothing else (a new machine state must be listed)
+assert {s.value for s in SessionSummaryState} == {s.value for s in MachineState} | {"ended"}
+
+
 class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
     """One session in a ``get_sessions`` result."""
 
     session_id: SessionRef
     connector_id: ConnectorId
-    state: ConnectorMachineState | Literal["ended"]
+    state: SessionSummaryState
     method: PaymentMethod
     terminal_session_id: TerminalSessionId | None = None
     started_at: Timestamp
@@ -976,41 +1011,6 @@ _ENCODER: Final = msgspec.json.Encoder()
 def encode(payload: msgspec.Struct) -> bytes:
     """The JSON bytes of a payload."""
     return _ENCODER.encode(payload)
-
-
-def session_event(
-    name: str,
-    data: Mapping[str, object],
-    *,
-    msg_id: str,
-    connector_id: int,
-    seq: int,
-    ts: str,
-    offline: bool = False,
-) -> SessionEvent:
-    """The typed event of an engine ``UpstreamEvent(connector_id, name, data)``.
-
-    Maps the engine's names onto the contract's: ``session_ref`` → ``session_id``,
-    ``session_id`` (the PSP session) → ``terminal_session_id``. Raises :class:`ContractError`
-    (code ``unknown_command`` for an unknown event name, else a field code) when ``data`` does not
-    fit: a bug in the engine or here, never input from outside.
-    """
-    cls = EVENT_TYPES.get(name)
-    if cls is None:
-        raise ContractError(CommandErrorCode.UNKNOWN_COMMAND, f"unknown event {name!r}")
-    fields: dict[str, object] = {
-        "terminal_session_id" if key == "session_id" else "session_id" if key == "session_ref" else key: value
-        for key, value in data.items()
-    }
-    fields.update(msg_id=msg_id, connector_id=connector_id, seq=seq, ts=ts, offline=offline)
-    allowed = set(cls.__struct_fields__)
-    for key in [k for k, v in fields.items() if k not in allowed and v is None]:
-        del fields[key]  # e.g. reason=None on events without a reason
-    try:
-        event: SessionEvent = msgspec.convert(fields, cls)  # type: ignore[assignment]
-    except msgspec.ValidationError as exc:
-        raise _from_validation(str(exc), None, ContractError) from None
-    return event
 
 
 # --------------------------------------------------------------------------------------------------

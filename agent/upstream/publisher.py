@@ -2,24 +2,29 @@
 
 :class:`Publisher` turns what the runtime sees into :mod:`agent.upstream.contract` payloads:
 
-* :meth:`Publisher.event` — an engine ``UpstreamEvent`` → the typed session/payment event on
-  ``connectors/{id}/events`` with a fresh ``msg_id``, the session's next ``seq`` and ``offline``;
-* :meth:`Publisher.meter` — a journaled meter value → :class:`~agent.upstream.contract.MeterValue` on
-  ``connectors/{id}/meter`` (outbox kind ``meter``: the only kind the outbox may drop);
-* :meth:`Publisher.alarm` — an engine ``Alarm`` → :class:`~agent.upstream.contract.Alarm` on ``alarms``;
+* :meth:`Publisher.event` — a typed engine event (:data:`statemachines.effects.UpstreamEvent`,
+  one type per contract event) → the contract's event on ``connectors/{id}/events`` with a fresh
+  ``msg_id``, the session's next ``seq`` and ``offline``;
+* :meth:`Publisher.meter` — a journaled meter value (``RecordMeter``) →
+  :class:`~agent.upstream.contract.MeterValue` on ``connectors/{id}/meter`` (outbox kind ``meter``:
+  the only kind the outbox may drop);
+* :meth:`Publisher.alarm` — an engine or shell alarm (:mod:`agent.upstream.alarms`) →
+  :class:`~agent.upstream.contract.Alarm` on ``alarms``;
 * :meth:`Publisher.connector_state` / :meth:`Publisher.terminal_state` — retained state through
   :meth:`agent.upstream.client.UpstreamClient.set_retained` (never the outbox: only the latest matters);
-* receipts (RCPT-1): after ``session.ended`` and after a ``payment.declined`` the receipt is built
-  with :mod:`agent.money.receipts` from the journal's payment row and the tariff's quote of the
-  journaled usage, and appended on ``receipts``; with a QR template the link is in the receipt, and
-  after ``session.ended`` the optional ``final_screen`` callback gets the Apollo final screen
-  (``Runtime.show_final_screen``, wired by agent/cli/run.py on Apollo with a QR template).
+* :meth:`Publisher.receipt` (RCPT-1): at the engine's ``IssueReceipt`` the receipt is built with
+  :mod:`agent.money.receipts` from the journal's payment row (read in the same transaction) and the
+  quote of the journaled usage by the tariff that priced the session, and appended on
+  ``receipts``; with a QR template the link is in the receipt. The caller shows the Apollo final
+  screen from it.
 
-Everything except retained state goes to the :class:`~agent.store.outbox.Outbox` first (fsync'd, a few
-ms, inline like the journal); delivery is the drainer's business. Nothing here waits for the
-broker and no method raises into the runtime: a contract, outbox or receipt error is logged (and a
-full outbox raises the ``outbox_near_full`` alarm) — upstream never blocks charging or payments
-(ERR-6).
+Everything except retained state goes to the :class:`~agent.store.outbox.Outbox` first, inside the
+transaction of the engine step the runtime has open (the step's journal records, its events and its
+receipt commit together); delivery is the drainer's business. Nothing here waits for the broker.
+A message that does not fit its schema is never dropped: it is published in a degraded form that
+fits (:mod:`agent.upstream.degrade`) and an ERROR is logged. An outbox (database) error propagates:
+the runtime rolls the whole step back and raises the ``journal_error`` alarm — a fact is never
+committed without its messages. Upstream never blocks charging or payments (ERR-6).
 
 ``seq`` (UP-2): per session and per topic (``events`` and ``meter`` are two streams), from 0. The
 counters live in the outbox's SQLite file (table ``outbox_seq``) and advance in the same
@@ -44,63 +49,91 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, assert_never
 
 import msgspec
 
 from agent.logs import kv
-from agent.money.receipts import ReceiptError, apollo_final_screen, build_receipt, qr_link
+from agent.money.receipts import ReceiptError, build_receipt, qr_link
 from agent.money.tariff import Quote
-from agent.store.journal import Journal, JournalError, PaymentRow, usage_from_json
-from agent.store.outbox import Kind, Outbox, OutboxError
+from agent.store.journal import Journal, JournalError, PaymentRow, PaymentState, usage_from_json
+from agent.store.outbox import Kind, Outbox, OutboxFull
 from agent.upstream import contract
+from agent.upstream.alarms import (
+    ChargerCommandFailed,
+    JournalTrouble,
+    OrphanCleared,
+    PossibleOrphanApproval,
+    ShellAlarm,
+)
 from agent.upstream.contract import (
+    ConnectorMachineState,
     ConnectorState,
-    ContractError,
     MeterValue,
     Receipt,
     Topics,
     encode,
     new_msg_id,
-    session_event,
     utc_timestamp,
 )
-from statemachines.effects import Alarm, UpstreamEvent
+from agent.upstream.degrade import conform
+from statemachines.effects import (
+    IssueReceipt,
+    PublishPaymentAuthorized,
+    PublishPaymentCaptured,
+    PublishPaymentDeclined,
+    PublishPaymentIncremented,
+    PublishPaymentPartiallyApproved,
+    PublishPaymentVoided,
+    PublishSessionEnded,
+    PublishSessionStarted,
+    PublishSessionUpdated,
+    RaiseUndisposedPayment,
+    RecordMeter,
+    UpstreamEvent,
+)
+from statemachines.events import DeclineOutcome, PaymentMethod
 from statemachines.pricing import Usage
 
-__all__ = ["ConnectorSnapshot", "FinalScreen", "Publisher", "Quoter", "RetainedSink"]
+__all__ = ["ConnectorSnapshot", "Publisher", "Quoter", "RetainedSink"]
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_OFFLINE_ALARM_AFTER_S: Final = 60.0  # agent/config/schema.py TerminalConfig.offline_alarm_after_s
 CHECK_INTERVAL_S: Final = 1.0
 
-# engine alarm names → contract names (DESIGN.md §5.3); unknown names are logged, not published
-_ALARM_NAMES: Final[Mapping[str, contract.AlarmName]] = {
-    "terminal_offline": "terminal_offline",
-    "undisposed_payment": "undisposed_payment",
-    "commit_failing": "commit_failing",
-    "outbox_near_full": "outbox_near_full",
-    "journal_trouble": "journal_error",
-    "journal_error": "journal_error",
-}
-_SEVERITY: Final[Mapping[str, Literal["warning", "critical"]]] = {
+_SEVERITY: Final[Mapping[contract.AlarmName, Literal["warning", "critical"]]] = {
     "terminal_offline": "warning",
     "outbox_near_full": "warning",
     "undisposed_payment": "critical",
     "commit_failing": "critical",
     "journal_error": "critical",
+    "charger_command_failed": "critical",
+    "possible_orphan_approval": "critical",
 }
-_ALARM_TEXT: Final[Mapping[str, str]] = {
+_ALARM_TEXT: Final[Mapping[contract.AlarmName, str]] = {
     "terminal_offline": "payment terminal offline",
     "outbox_near_full": "upstream outbox near full: is the broker reachable?",
     "undisposed_payment": "payment not committed or voided in time",
     "commit_failing": "commit/void keeps failing",
     "journal_error": "the journal cannot be written",
+    "charger_command_failed": "the charger did not take an energy command",
+    "possible_orphan_approval": "a card read without an outcome: the terminal may hold an approval "
+    "(check the payment portal; void it there, then clear the discrepancy)",
 }
+_ACCOUNT_METHODS: Final = frozenset({PaymentMethod.RFID, PaymentMethod.REMOTE})
 _PSP_STATES: Final = frozenset({"offline", "online", "disabled", "enabled", "wait_card", "wait_auth"})
 _LINKS: Final = frozenset({"down", "connecting", "setting_up", "ready"})
-_DECLINED: Final = frozenset({"declined", "cancelled", "rejected", "blocked", "expired", "no_credit"})
+_DECLINED: Final = frozenset(
+    {
+        DeclineOutcome.DECLINED,
+        DeclineOutcome.CANCELLED,
+        DeclineOutcome.REJECTED,
+        DeclineOutcome.BLOCKED,
+        DeclineOutcome.EXPIRED,
+        DeclineOutcome.NO_CREDIT,
+    }
+)
 
 
 class RetainedSink(Protocol):
@@ -118,32 +151,25 @@ class Quoter(Protocol):
     def quote(self, usage: Usage) -> Quote: ...
 
 
-FinalScreen = Callable[[int, str, dict[str, str]], None]  # (connector, screen type, properties)
-
-
 @dataclass(frozen=True, slots=True)
 class ConnectorSnapshot:
     """One connector as the runtime sees it, for the retained ``connectors/{id}/state``."""
 
     connector_id: int
-    state: str
+    state: ConnectorMachineState
     plugged: bool
     available: bool = True
     session_id: str | None = None
     terminal_session_id: str | None = None
-    method: str | None = None
+    method: PaymentMethod | None = None
     energy_wh: int = 0
-    power_w: int = 0
+    power_w: int | None = None
     cost_minor: int = 0
     authorized_minor: int | None = None
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -168,10 +194,8 @@ class Publisher:
         clock: Callable[[], datetime] = _utcnow,
         *,
         journal: Journal | None = None,
-        tariff: Quoter | None = None,
         currency: str | None = None,
         qr_url_template: str | None = None,
-        final_screen: FinalScreen | None = None,
         terminal_family: Literal["apollo", "p6x"] | None = None,
         terminal_offline_alarm_after_s: float = DEFAULT_OFFLINE_ALARM_AFTER_S,
         check_interval_s: float = CHECK_INTERVAL_S,
@@ -183,12 +207,8 @@ class Publisher:
         self.station_id = station_id
         self.clock = clock
         self.journal = journal
-        self.tariff = tariff
-        # per-connector tariff of the session being receipted (set by agent.port.wire_remote)
-        self.tariff_for: Callable[[int], Quoter | None] | None = None
         self.currency = currency
         self.qr_url_template = qr_url_template
-        self.final_screen = final_screen
         self.terminal_family = terminal_family
         self.offline_alarm_after_s = float(terminal_offline_alarm_after_s)
         self.check_interval_s = float(check_interval_s)
@@ -196,89 +216,158 @@ class Publisher:
         self._raised: set[str] = set()
         self._terminal_ready = False
         self._terminal_down_since = monotonic()
-        self._since: dict[int, tuple[str, datetime]] = {}  # connector → (state, entered)
-        self.errors = 0  # messages that could not be built or stored
+        self._since: dict[int, tuple[ConnectorMachineState, datetime]] = {}  # connector → (state, entered)
+        self.errors = 0  # messages degraded to fit the contract, or not stored
 
     # -- the session/payment events ----------------------------------------------------------------
 
     def event(self, effect: UpstreamEvent) -> None:
-        """An engine ``UpstreamEvent`` → the typed event, appended to the outbox (never raises)."""
-        ref = str(effect.data.get("session_ref") or "")
-        cid = effect.connector_id
-        if not ref:
-            self._error("upstream event without a session", name=effect.name, connector=cid)
-            return
+        """A typed engine event → the contract's event, appended to the outbox with the session's
+        next ``seq``. Raises only what the outbox raises (a database error: the step rolls back)."""
+        ref, cid = effect.session_ref, effect.connector_id
         stream = f"events:{ref}"
-        try:
-            seq = self.outbox.next_seq(stream)
-            typed = session_event(
-                effect.name,
-                effect.data,
-                msg_id=new_msg_id(),
-                connector_id=cid,
-                seq=seq,
-                ts=utc_timestamp(self.clock()),
-                offline=not self.client.is_connected,
-            )
-        except (ContractError, OutboxError) as exc:
-            self._error("upstream event not built", name=effect.name, connector=cid, error=str(exc))
-            return
-        ended = effect.name == "session.ended"
-        forget = (stream, f"meter:{ref}") if ended else ()
-        self._append(self.topics.events(cid), encode(typed), "event", cid, seq=(stream, seq), forget=forget)
-        if ended or effect.name == "payment.declined":
-            self.receipt(cid, ref, effect)
+        seq = self.outbox.next_seq(stream)
+        payload = self._session_event(effect, seq)
+        self._append(self.topics.events(cid), self._fit(payload, cid), "event", cid, seq=(stream, seq))
+        _LOGGER.info(
+            "upstream_event %s",
+            kv(name=payload.__struct_config__.tag, connector=cid, session=ref, seq=seq, offline=payload.offline),
+        )
 
-    def meter(
-        self,
-        connector_id: int,
-        session_ref: str,
-        *,
-        at: datetime,
-        meter_wh: int,
-        energy_wh: int,
-        power_w: float,
-        cost_minor: int | None,
-    ) -> None:
-        """A meter value of a session (the journaled ``meter`` record) → ``connectors/{id}/meter``."""
-        stream = f"meter:{session_ref}"
-        try:
-            seq = self.outbox.next_seq(stream)
-            value = MeterValue(
-                msg_id=new_msg_id(),
-                connector_id=connector_id,
-                session_id=session_ref,
-                seq=seq,
-                ts=utc_timestamp(at),
-                meter_wh=max(0, int(meter_wh)),
-                energy_wh=max(0, int(energy_wh)),
-                power_w=max(0, round(power_w)),
-                cost_minor=cost_minor,
-                offline=not self.client.is_connected,
+    def _session_event(self, effect: UpstreamEvent, seq: int) -> contract.SessionEvent:
+        common: dict[str, Any] = {
+            "msg_id": new_msg_id(),
+            "connector_id": effect.connector_id,
+            "session_id": effect.session_ref,
+            "seq": seq,
+            "ts": utc_timestamp(self.clock()),
+            "offline": not self.client.is_connected,
+        }
+        match effect:
+            case PublishSessionStarted():
+                return contract.SessionStarted(**common, method=effect.method, meter_wh=effect.meter_wh)
+            case PublishSessionUpdated():
+                return contract.SessionUpdated(
+                    **common,
+                    reason=effect.reason,
+                    resolution=effect.resolution,
+                    terminal_session_id=effect.session_id,
+                    method=effect.method,
+                    plugged=effect.plugged,
+                    authorized_minor=effect.authorized_minor,
+                )
+            case PublishSessionEnded():
+                return contract.SessionEnded(
+                    **common,
+                    reason=effect.reason,
+                    energy_wh=effect.energy_wh,
+                    cost_minor=effect.cost_minor,
+                    amount_minor=effect.amount_minor,
+                )
+            case PublishPaymentAuthorized():
+                return contract.PaymentAuthorized(
+                    **common, terminal_session_id=effect.session_id, authorized_minor=effect.authorized_minor
+                )
+            case PublishPaymentPartiallyApproved():
+                return contract.PaymentPartiallyApproved(
+                    **common, terminal_session_id=effect.session_id, authorized_minor=effect.authorized_minor
+                )
+            case PublishPaymentDeclined():
+                return contract.PaymentDeclined(**common, outcome=effect.outcome, reason=effect.reason)
+            case PublishPaymentIncremented():
+                return contract.PaymentIncremented(
+                    **common, terminal_session_id=effect.session_id, authorized_minor=effect.authorized_minor
+                )
+            case PublishPaymentCaptured():
+                return contract.PaymentCaptured(
+                    **common, terminal_session_id=effect.session_id, amount_minor=effect.amount_minor
+                )
+            case PublishPaymentVoided():
+                return contract.PaymentVoided(**common, terminal_session_id=effect.session_id)
+            case _:
+                assert_never(effect)
+
+    def _fit(self, payload: msgspec.Struct, connector_id: int | None) -> bytes:
+        """The payload's bytes; one that does not fit its schema is degraded to fit (never lost)."""
+        fitted, problems = conform(payload)
+        if problems:
+            self._error(
+                "upstream message degraded to fit the contract",
+                type=type(payload).__name__,
+                connector=connector_id,
+                fields=",".join(problems),
             )
-        except (OutboxError, ValueError) as exc:
-            self._error("meter value not built", connector=connector_id, error=str(exc))
-            return
-        self._append(self.topics.meter(connector_id), encode(value), "meter", connector_id, seq=(stream, seq))
+        return encode(fitted)
+
+    def meter(self, record: RecordMeter, *, at: datetime) -> None:
+        """A journaled meter value of a session → ``connectors/{id}/meter`` (``at``: when the
+        charger reported it)."""
+        stream = f"meter:{record.session_ref}"
+        seq = self.outbox.next_seq(stream)
+        value = MeterValue(
+            msg_id=new_msg_id(),
+            connector_id=record.connector_id,
+            session_id=record.session_ref,
+            seq=seq,
+            ts=utc_timestamp(at),
+            meter_wh=record.meter_wh,
+            energy_wh=record.energy_wh,
+            power_w=None if record.power_w is None else max(0, round(record.power_w)),
+            cost_minor=record.cost_minor,
+            offline=not self.client.is_connected,
+        )
+        cid = record.connector_id
+        self._append(self.topics.meter(cid), self._fit(value, cid), "meter", cid, seq=(stream, seq))
 
     # -- alarms ------------------------------------------------------------------------------------
 
-    def alarm(self, effect: Alarm) -> None:
-        """An engine ``Alarm`` (always a raise) → ``alarms``."""
-        name = _ALARM_NAMES.get(effect.name)
-        if name is None:
-            _LOGGER.warning("alarm not in the upstream contract; logged only %s", kv(name=effect.name))
-            return
-        data = dict(effect.data)
-        terminal_sid = data.pop("session_id", None)
-        session_ref = data.pop("session_ref", None)
+    def alarm(self, effect: RaiseUndisposedPayment | ShellAlarm) -> None:
+        """An engine or shell alarm (always a raise) → ``alarms``."""
+        match effect:
+            case RaiseUndisposedPayment():
+                self._alarm(
+                    "undisposed_payment",
+                    "raised",
+                    connector_id=effect.connector_id,
+                    session_id=effect.session_ref,
+                    terminal_session_id=effect.session_id,
+                    data={"disposal": effect.disposal.value, "attempts": effect.attempts},
+                )
+            case JournalTrouble():
+                self._alarm(
+                    "journal_error", "raised", connector_id=effect.connector_id, data={"error": effect.error}
+                )
+            case ChargerCommandFailed():
+                self._alarm(
+                    "charger_command_failed",
+                    "raised",
+                    connector_id=effect.connector_id,
+                    data={"action": effect.action},
+                )
+            case PossibleOrphanApproval():
+                self._alarm(
+                    "possible_orphan_approval",
+                    "raised",
+                    connector_id=effect.connector_id,
+                    session_id=effect.session_ref,
+                    data={
+                        "masked_pan": effect.masked_pan,
+                        "brand": effect.brand,
+                        "amount_minor": effect.amount_minor,
+                        "card_read_at": effect.card_read_at,
+                    },
+                )
+            case _:
+                assert_never(effect)
+
+    def orphan_cleared(self, cleared: OrphanCleared) -> None:
+        """The ``possible_orphan_approval`` of ``cleared.session_ref`` is cleared."""
         self._alarm(
-            name,
-            "raised",
-            connector_id=effect.connector_id,
-            session_id=str(session_ref) if session_ref else None,
-            terminal_session_id=str(terminal_sid) if terminal_sid else None,
-            data=data,
+            "possible_orphan_approval",
+            "cleared",
+            connector_id=cleared.connector_id,
+            session_id=cleared.session_ref,
+            data={"resolution": cleared.resolution},
         )
 
     def _alarm(
@@ -289,32 +378,30 @@ class Publisher:
         connector_id: int | None = None,
         session_id: str | None = None,
         terminal_session_id: str | None = None,
-        data: Mapping[str, object] | None = None,
+        data: Mapping[str, str | int | bool | None] | None = None,
     ) -> None:
-        flat = {
-            k: v if v is None or isinstance(v, str | int | bool) else str(v) for k, v in (data or {}).items()
-        }
         message = _ALARM_TEXT[name] if state == "raised" else f"cleared: {_ALARM_TEXT[name]}"
-        try:
-            payload = contract.Alarm(
-                msg_id=new_msg_id(),
-                alarm=name,
-                state=state,
-                severity=_SEVERITY[name],
-                connector_id=connector_id,
-                session_id=session_id,
-                terminal_session_id=terminal_session_id,
-                message=message,
-                data=flat,
-                ts=utc_timestamp(self.clock()),
-            )
-        except ValueError as exc:
-            self._error("alarm not built", alarm=name, error=str(exc))
-            return
+        payload = contract.Alarm(
+            msg_id=new_msg_id(),
+            alarm=name,
+            state=state,
+            severity=_SEVERITY[name],
+            connector_id=connector_id,
+            session_id=session_id,
+            terminal_session_id=terminal_session_id,
+            message=message,
+            data=dict(data or {}),
+            ts=utc_timestamp(self.clock()),
+        )
         _LOGGER.warning("alarm %s %s", state, kv(alarm=name, connector=connector_id))
-        self._append(self.topics.alarms, encode(payload), "alarm", connector_id, check=False)
+        try:
+            self._append(
+                self.topics.alarms, self._fit(payload, connector_id), "alarm", connector_id, check=False
+            )
+        except OutboxFull as exc:  # an alarm may be refused by a full outbox; it is logged above
+            self._error("alarm not stored", alarm=name, error=str(exc))
 
-    def _set_alarm(self, name: contract.AlarmName, raised: bool, **data: object) -> None:
+    def _set_alarm(self, name: contract.AlarmName, raised: bool, **data: str | int | bool | None) -> None:
         """Raise/clear a level alarm once per change."""
         if raised and name not in self._raised:
             self._raised.add(name)
@@ -346,30 +433,23 @@ class Publisher:
         if previous is None or previous[0] != snapshot.state:
             self._since[cid] = (snapshot.state, now)
         since = self._since[cid][1]
-        try:
-            payload = msgspec.convert(
-                {
-                    "connector_id": cid,
-                    "state": snapshot.state,
-                    "plugged": snapshot.plugged,
-                    "available": snapshot.available,
-                    "session_id": snapshot.session_id or None,
-                    "terminal_session_id": snapshot.terminal_session_id,
-                    "method": snapshot.method,
-                    "energy_wh": max(0, snapshot.energy_wh),
-                    "power_w": max(0, snapshot.power_w),
-                    "cost_minor": max(0, snapshot.cost_minor),
-                    "authorized_minor": snapshot.authorized_minor,
-                    "currency": self.currency,
-                    "since": utc_timestamp(since),
-                    "ts": utc_timestamp(now),
-                },
-                ConnectorState,
-            )
-        except msgspec.ValidationError as exc:
-            self._error("connector state not built", connector=cid, error=str(exc))
-            return
-        self.client.set_retained(self.topics.connector_state(cid), encode(payload))
+        payload = ConnectorState(
+            connector_id=cid,
+            state=snapshot.state,
+            plugged=snapshot.plugged,
+            available=snapshot.available,
+            session_id=snapshot.session_id or None,
+            terminal_session_id=snapshot.terminal_session_id,
+            method=snapshot.method,
+            energy_wh=snapshot.energy_wh,
+            power_w=snapshot.power_w,
+            cost_minor=snapshot.cost_minor,
+            authorized_minor=snapshot.authorized_minor,
+            currency=self.currency,
+            since=utc_timestamp(since),
+            ts=utc_timestamp(now),
+        )
+        self.client.set_retained(self.topics.connector_state(cid), self._fit(payload, cid))
 
     def terminal_state(
         self,
@@ -415,81 +495,71 @@ class Publisher:
 
     # -- receipts (RCPT-1, RCPT-2) -----------------------------------------------------------------
 
-    def receipt(self, connector_id: int, session_ref: str, effect: UpstreamEvent) -> Receipt | None:
-        """Build the session's receipt from the journal and the tariff; append it on ``receipts``;
-        after ``session.ended`` show the Apollo final screen through ``final_screen`` (when given;
-        a declined payment keeps the engine's ``declined`` message)."""
-        if self.journal is None or self.tariff is None:
+    def receipt(self, effect: IssueReceipt, tariff: Quoter) -> Receipt | None:
+        """Build the receipt of ``effect``'s payment/session from the journal (the current
+        transaction sees the step's own records) and ``tariff``, the tariff that priced it (a
+        ``set_tariff`` may have changed the station's since; STOP-8: the receipt shows what was
+        committed); append it on ``receipts`` and return it (the caller shows the Apollo final
+        screen). Without a journal: ``None``."""
+        if self.journal is None:
             return None
+        cid, ref = effect.connector_id, effect.session_ref
         try:
-            row = self.journal.payment(session_ref)
-            receipt = self._build(connector_id, session_ref, effect, row)
+            receipt = self._build(effect, self.journal.payment(ref), tariff)
             if self.qr_url_template:
                 receipt = msgspec.structs.replace(receipt, qr_url=qr_link(receipt, self.qr_url_template))
         except (ReceiptError, JournalError, ValueError) as exc:
-            self._error("receipt not built", connector=connector_id, session=session_ref, error=str(exc))
+            self._error("receipt not built", connector=cid, session=ref, error=str(exc))
             return None
-        self._append(self.topics.receipts, encode(receipt), "receipt", connector_id)
+        self._append(self.topics.receipts, self._fit(receipt, cid), "receipt", cid)
+        self.outbox.forget_seq(f"events:{ref}", f"meter:{ref}")  # the session's streams are over
         _LOGGER.info(
             "receipt %s",
-            kv(connector=connector_id, receipt_id=receipt.receipt_id, status=receipt.status,
+            kv(connector=cid, receipt_id=receipt.receipt_id, status=receipt.status,
                total_minor=receipt.total_minor),
         )  # fmt: skip
-        if self.final_screen is not None and effect.name == "session.ended":
-            try:
-                screen, props = apollo_final_screen(receipt, receipt.qr_url)
-                self.final_screen(connector_id, screen, props)
-            except Exception as exc:  # a screen is cosmetic: never break the session end
-                _LOGGER.info("final screen not shown %s", kv(connector=connector_id, error=str(exc)))
         return receipt
 
-    def _build(
-        self, connector_id: int, session_ref: str, effect: UpstreamEvent, row: PaymentRow | None
-    ) -> Receipt:
-        assert self.tariff is not None
+    def _build(self, effect: IssueReceipt, row: PaymentRow | None, tariff: Quoter) -> Receipt:
         now = self.clock()
         usage = usage_from_json(row.usage_json if row is not None else None)
-        # the tariff that priced this session (a set_tariff command may have changed the station's
-        # tariff since; STOP-8: the receipt shows what was committed)
-        tariff = self.tariff_for(connector_id) if self.tariff_for is not None else None
-        quote = (tariff or self.tariff).quote(usage)
-        data = effect.data
-        method_text = (row.method if row is not None else None) or "emv"
-        method: contract.PaymentMethod = (
-            method_text if method_text in ("emv", "rfid", "remote", "free_vend") else "emv"  # type: ignore[assignment]
-        )
+        quote = tariff.quote(usage)
+        method = PaymentMethod(row.method) if row is not None and row.method else PaymentMethod.EMV
         status: contract.ReceiptStatus
         captured: int | None = None
         amount: int | None = None
         decline_reason: str | None = None
-        if effect.name == "payment.declined":
-            outcome = str(data.get("outcome") or "declined")
-            status = "declined" if outcome in _DECLINED else "failed"
-            decline_reason = str(data.get("reason") or outcome)[:256]
+        if effect.declined is not None:
+            status = "declined" if effect.declined in _DECLINED else "failed"
+            decline_reason = (effect.decline_reason or effect.declined.value)[:256]
         else:
-            state = row.state if row is not None else "ended"
-            if state == "committed":
-                status, captured = "captured", _int(data.get("amount_minor"))
-                captured = row.final_minor if row is not None and row.final_minor is not None else captured
-            elif state == "voided":
+            state = row.state if row is not None else PaymentState.ENDED
+            if state is PaymentState.COMMITTED:
+                status = "captured"
+                captured = (
+                    row.final_minor
+                    if row is not None and row.final_minor is not None
+                    else effect.amount_minor
+                )
+            elif state is PaymentState.VOIDED:
                 status = "voided"
-            elif method in ("rfid", "remote"):
-                status, amount = "account", _int(data.get("amount_minor"))
-            elif method == "free_vend":
+            elif method in _ACCOUNT_METHODS:
+                status, amount = "account", effect.amount_minor
+            elif method is PaymentMethod.FREE_VEND:
                 status = "free_vend"
             else:
                 status = "failed"
         started = _parse_time(row.started_at if row is not None else None) or now
         stopped = _parse_time(row.ended_at if row is not None else None) or now
         stopped = max(stopped, started)
-        energy = _int(data.get("energy_wh")) or (row.energy_wh if row is not None else 0) or 0
+        energy = row.energy_wh if row is not None else 0
         meter_stop = row.last_meter_wh if row is not None else None
         meter_start = meter_stop - energy if meter_stop is not None and meter_stop >= energy else None
         return build_receipt(
-            receipt_id=session_ref,
+            receipt_id=effect.session_ref,
             station_id=self.station_id,
-            connector_id=connector_id,
-            session_id=session_ref,
+            connector_id=effect.connector_id,
+            session_id=effect.session_ref,
             status=status,
             method=method,
             quote=quote,
@@ -502,10 +572,13 @@ class Publisher:
             amount_minor=amount,
             authorized_minor=row.authorized_minor if row is not None else None,
             captured_minor=captured,
-            masked_pan=row.masked_pan if row is not None and method == "emv" else None,
+            masked_pan=row.masked_pan if row is not None and method is PaymentMethod.EMV else None,
             brand=row.brand if row is not None else None,
-            id_token=row.card_token if row is not None and method in ("rfid", "remote") else None,
+            id_token=row.card_token
+            if row is not None and method in (PaymentMethod.RFID, PaymentMethod.REMOTE)
+            else None,
             terminal_session_id=row.terminal_session_id if row is not None else None,
+            host_reference=row.host_reference if row is not None else None,
             decline_reason=decline_reason,
         )
 
@@ -519,15 +592,17 @@ class Publisher:
         connector_id: int | None,
         *,
         seq: tuple[str, int] | None = None,
-        forget: tuple[str, ...] = (),
         check: bool = True,
     ) -> None:
-        try:
-            self.outbox.append(topic, payload, kind=kind, connector_id=connector_id, seq=seq, forget=forget)
-        except OutboxError as exc:  # OutboxFull included: logged and alarmed, charging goes on
-            self._error("upstream message not stored", topic=topic, kind=kind, error=str(exc))
+        """Append one row (in the current transaction). A database error propagates (the step
+        rolls back); ``OutboxFull`` can only refuse a report or an alarm (outbox docstring)."""
+        self.outbox.append(topic, payload, kind=kind, connector_id=connector_id, seq=seq)
         if check:
-            self._set_alarm("outbox_near_full", self.outbox.near_full, messages=self.outbox.count())
+            self.outbox.store.after_commit(
+                lambda: self._set_alarm(
+                    "outbox_near_full", self.outbox.near_full, messages=self.outbox.count()
+                )
+            )
 
     def _error(self, what: str, **context: object) -> None:
         self.errors += 1

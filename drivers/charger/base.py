@@ -126,11 +126,12 @@ class StatusChanged:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeterReading:
     """A meter reading: ``energy_wh`` is the meter register (monotonic, Wh), ``power_w`` the
-    present active power (W); ``signed`` the signed meter data as the charger sent it (e.g. OCMF)."""
+    present active power (W; ``None`` when the meter reports none); ``signed`` the signed meter data
+    as the charger sent it (e.g. OCMF)."""
 
     connector_id: int
     energy_wh: int
-    power_w: float
+    power_w: float | None
     at: datetime
     signed: str | None = None
 

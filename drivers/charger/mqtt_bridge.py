@@ -588,7 +588,7 @@ class MqttBridgeDriver(ChargerDriver):
                 )
             else:
                 meter = self._meter_decoder.decode(text)
-                if not math.isfinite(meter.power_w):
+                if meter.power_w is not None and not math.isfinite(meter.power_w):
                     self._invalid(topic, InvalidReason.SCHEMA, f"power_w {meter.power_w} is not finite")
                     return
                 self._emit(

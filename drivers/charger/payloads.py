@@ -45,10 +45,11 @@ class StatusPayload(msgspec.Struct, kw_only=True):
 
 class MeterPayload(msgspec.Struct, kw_only=True):
     """``{prefix}/{connector}/meter``:
-    ``{"energy_wh": 123456, "power_w": 7200.0, "ts": "…", "signed": null}``."""
+    ``{"energy_wh": 123456, "power_w": 7200.0, "ts": "…", "signed": null}``. ``power_w`` may be
+    absent or null: a meter with an energy register only."""
 
     energy_wh: NonNegativeInt
-    power_w: float
+    power_w: float | None = None
     ts: Any = None
     signed: str | None = None
 

@@ -29,7 +29,7 @@ async def _rig(tmp_path: Path, broker: Broker, family: str) -> AsyncIterator[Rig
         )
         async with charger:
             await charger.wait_connected(5)
-            yield Rig(tmp_path, psp, charger, path, load(path))
+            yield Rig(tmp_path, psp, charger, path, load(path), port, broker.url)
 
 
 @pytest.fixture

@@ -1,20 +1,18 @@
-"""An in-process agent rig: PSP simulator (TCP) + charger simulator on a real Mosquitto + Runtime."""
+"""An in-process agent rig: PSP simulator (TCP) + charger simulator on a real Mosquitto + the agent as
+:func:`agent.app.build_app` builds it (the daemon's composition root)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.app import App, AppOptions, ChargerLinkTuning, build_app
 from agent.config.schema import LoadedConfig, load_config
-from agent.runtime.shell import Runtime, RuntimeOptions
+from agent.runtime.shell import Runtime
 from agent.store.journal import Journal
-from drivers.charger.mqtt_bridge import MqttBridgeDriver
-from drivers.psp.messages import Family
-from drivers.terminal import PspTerminal
 from hil.charger_sim import ChargerSimulator
 from hil.psp_sim import Simulator
 
@@ -43,55 +41,62 @@ tariff:
   vat_rate_percent: "21"
   energy_per_kwh: "0.40"
 upstream:
-  broker_url: {broker_url}
+  broker_url: {upstream_url}
 """
 
 
-def write_config(tmp_path: Path, *, psp_port: int, broker_url: str, family: str = "apollo") -> Path:
+def write_config(
+    tmp_path: Path,
+    *,
+    psp_port: int,
+    broker_url: str,
+    family: str = "apollo",
+    upstream_url: str | None = None,
+    extra: str = "",
+) -> Path:
+    """``upstream_url``: the back office's broker (default: the charger's); ``extra``: more YAML."""
     path = tmp_path / "agent.yaml"
-    path.write_text(
-        CONFIG.format(state_dir=tmp_path / "state", psp_port=psp_port, family=family, broker_url=broker_url)
+    text = CONFIG.format(
+        state_dir=tmp_path / "state",
+        psp_port=psp_port,
+        family=family,
+        broker_url=broker_url,
+        upstream_url=upstream_url or broker_url,
     )
+    path.write_text(text + extra)
     return path
 
 
-def make_runtime(loaded: LoadedConfig, journal: Journal, **options: object) -> Runtime:
-    config = loaded.config
-    apollo = config.terminal.family is Family.APOLLO
-    terminal = PspTerminal(config.terminal.url, config.to_profile())
-    charger = MqttBridgeDriver(
-        broker_url=config.charger.broker_url,
-        connectors=[c.id for c in config.connectors],
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        command_timeout_s=2.0,
-        connect_timeout_s=2.0,
-        rng=random.Random(3),
-    )
-    opts = RuntimeOptions(
-        max_current_a={c.id: c.max_current_a for c in config.connectors},
-        ui_screens=apollo,
-        list_sessions=not apollo,
-        recovery_wait_s=1.0,
-        drain_timeout_s=2.0,
-    )
-    for key, value in options.items():
-        setattr(opts, key, value)
-    return Runtime(
-        station_config=config.to_station_config(),
-        pricer=loaded.tariff,
-        journal=journal,
-        terminal=terminal,
-        charger_driver=charger,
-        options=opts,
-    )
+# a back office that is not there: upstream messages stay in the outbox for the test to read
+UNREACHABLE_BROKER = "mqtt://127.0.0.1:9"
+
+
+TEST_OPTIONS = AppOptions(
+    recovery_wait_s=1.0,
+    drain_timeout_s=2.0,
+    charger_link=ChargerLinkTuning(
+        reconnect_min_s=0.05, reconnect_max_s=0.2, command_timeout_s=2.0, connect_timeout_s=2.0, seed=3
+    ),
+)
+
+
+def make_app(loaded: LoadedConfig, options: AppOptions = TEST_OPTIONS) -> App:
+    """The agent as the daemon builds it (the one composition root), with test timers."""
+    return build_app(loaded, options)
 
 
 @dataclass
 class Agent:
-    runtime: Runtime
-    journal: Journal
+    app: App
     task: asyncio.Task[None]
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.runtime
+
+    @property
+    def journal(self) -> Journal:
+        return self.app.journal
 
     async def stop(self) -> None:
         self.runtime.request_stop()
@@ -100,16 +105,19 @@ class Agent:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(loaded: LoadedConfig, journal: Journal, **options: object) -> AsyncIterator[Agent]:
-    runtime = make_runtime(loaded, journal, **options)
-    task = asyncio.create_task(runtime.run(), name="agent-under-test")
-    agent = Agent(runtime, journal, task)
+async def running_agent(loaded: LoadedConfig, options: AppOptions = TEST_OPTIONS) -> AsyncIterator[Agent]:
+    app = make_app(loaded, options)
+    task = asyncio.create_task(app.run(), name="agent-under-test")
+    agent = Agent(app, task)
     try:
-        await asyncio.wait_for(runtime.ready.wait(), 5)
+        await asyncio.wait_for(app.runtime.ready.wait(), 5)
         yield agent
     finally:
-        if not task.done():
-            await agent.stop()
+        try:
+            if not task.done():
+                await agent.stop()
+        finally:
+            app.close()
 
 
 async def eventually(predicate: Callable[[], object], timeout_s: float = 5.0, what: str = "") -> None:
@@ -125,6 +133,8 @@ class Rig:
     charger: ChargerSimulator
     config_path: Path
     loaded: LoadedConfig
+    psp_port: int
+    broker_url: str
 
     def open_journal(self) -> Journal:
         return Journal.open(self.loaded.config.state_dir)

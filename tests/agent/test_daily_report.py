@@ -65,7 +65,8 @@ def adapter(tmp_path: Path) -> Iterator[tuple[RuntimeAdapter, Outbox]]:
         )
     )
     runtime: Any = SimpleNamespace(
-        station=SimpleNamespace(connectors={1: SimpleNamespace(_pricer=tariff, session=None)}),
+        station=SimpleNamespace(connectors={1: SimpleNamespace(pricer=tariff, session=None)}),
+        tariff=tariff,
         connector_ids=(1,),
         journal=journal,
     )

@@ -1,5 +1,5 @@
 """The Apollo final receipt screen (RCPT-2) end to end in-process: PSP simulator, charger simulator,
-real Mosquitto, journal, publisher with a QR template wired as agent/cli/run.py does."""
+real Mosquitto, the agent built by agent.app.build_app with a receipt QR template."""
 
 from __future__ import annotations
 
@@ -10,20 +10,11 @@ import msgspec
 import pytest
 
 from agent.money.receipts import format_minor
-from agent.store.outbox import Outbox
-from agent.upstream.contract import Receipt, Topics
-from agent.upstream.publisher import Publisher
+from agent.upstream.contract import Receipt
 from hil.psp_sim import Card
-from tests.agent.rig import Rig, eventually, make_runtime
+from tests.agent.rig import UNREACHABLE_BROKER, Rig, eventually, load, make_app, write_config
 
 QR_TEMPLATE = "https://receipts.example/r/{station_id}/{receipt_id}"
-
-
-class _Offline:
-    is_connected = False
-
-    def set_retained(self, topic: str, payload: bytes) -> None:
-        pass
 
 
 def _props(screen: object) -> dict[str, str]:
@@ -35,32 +26,25 @@ async def test_req_rcpt_2_final_screen_shows_amount_and_qr_link_after_a_paid_ses
     apollo_rig: Rig,
 ) -> None:
     rig = apollo_rig
-    journal = rig.open_journal()
-    outbox = Outbox(journal.path)
+    path = write_config(
+        rig.tmp_path,
+        psp_port=rig.psp_port,
+        broker_url=rig.broker_url,
+        upstream_url=UNREACHABLE_BROKER,
+        extra=f"receipts:\n  qr_url_template: {QR_TEMPLATE}\n",
+    )
+    app = make_app(load(path))  # as the daemon builds it: Apollo + QR template → final screen
+    runtime, outbox = app.runtime, app.outbox
     try:
-        runtime = make_runtime(rig.loaded, journal)
-        publisher = Publisher(
-            outbox,
-            _Offline(),
-            Topics("TEST-1"),
-            "TEST-1",
-            journal=journal,
-            tariff=rig.loaded.tariff,
-            currency="EUR",
-            qr_url_template=QR_TEMPLATE,
-            terminal_family="apollo",
-        )
-        publisher.final_screen = runtime.show_final_screen  # as build_runtime wires it
-        runtime.publisher = publisher
         shown: list[tuple[str, dict[str, str]]] = []
-        show = runtime.terminal.show_screen
+        show = app.terminal.show_screen
 
         async def recording(screen_type: str, properties: Mapping[str, str] | None = None) -> None:
             shown.append((screen_type, dict(properties or {})))
             await show(screen_type, properties)
 
-        runtime.terminal.show_screen = recording  # type: ignore[method-assign]
-        task = asyncio.create_task(runtime.run())
+        app.terminal.show_screen = recording  # type: ignore[method-assign]  # test instrumentation
+        task = asyncio.create_task(app.run())
         try:
             await asyncio.wait_for(runtime.ready.wait(), 5)
             await eventually(
@@ -96,5 +80,4 @@ async def test_req_rcpt_2_final_screen_shows_amount_and_qr_link_after_a_paid_ses
         titles = [p.get("title") for _, p in shown]
         assert "Session ended. Thank you" not in titles
     finally:
-        outbox.close()
-        journal.close()
+        app.close()

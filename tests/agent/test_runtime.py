@@ -11,8 +11,8 @@ from agent.runtime.shell import Runtime
 from drivers.psp.errors import UnexpectedState
 from drivers.psp.messages import PspState
 from hil.psp_sim import Card
-from statemachines.effects import StartCardRead
-from tests.agent.rig import Rig, eventually, make_runtime, running_agent
+from statemachines.effects import ReadPurpose, StartCardRead
+from tests.agent.rig import Rig, eventually, make_app, running_agent
 
 
 def _committed(rig: Rig) -> list[dict[str, object]]:
@@ -37,7 +37,7 @@ async def test_req_start_2_stop_3_plug_tap_unplug_commit_end_to_end(apollo_rig: 
     rig = apollo_rig
     journal = rig.open_journal()
     try:
-        async with running_agent(rig.loaded, journal) as agent:
+        async with running_agent(rig.loaded) as agent:
             await _tap_and_charge(rig, agent.runtime)
             rig.charger.unplug(1)
             await eventually(lambda: _committed(rig), 5, "commit")
@@ -72,7 +72,7 @@ async def test_req_err_5_restart_commits_the_journaled_total(apollo_rig: Rig) ->
     rig = apollo_rig
     journal = rig.open_journal()
     try:
-        async with running_agent(rig.loaded, journal) as agent:
+        async with running_agent(rig.loaded) as agent:
             await _tap_and_charge(rig, agent.runtime)
             await asyncio.sleep(0.2)  # a few meter values journaled
         # the agent is gone without settling; the driver unplugs meanwhile
@@ -82,7 +82,7 @@ async def test_req_err_5_restart_commits_the_journaled_total(apollo_rig: Rig) ->
         rig.charger.unplug(1)
         assert not _committed(rig)
         started = time.monotonic()
-        async with running_agent(rig.loaded, journal) as agent:
+        async with running_agent(rig.loaded) as agent:
             await eventually(lambda: _committed(rig), 5, "commit after restart")
             elapsed = time.monotonic() - started
             await eventually(lambda: agent.runtime.station.connectors[1].state == "available", 5)
@@ -117,7 +117,7 @@ async def test_req_err_5_p6x_list_sessions_voids_orphans(p6x_rig: Rig) -> None:
     assert [s["status"] for s in rig.sessions()] == ["approved"]
     journal = rig.open_journal()
     try:
-        async with running_agent(rig.loaded, journal):
+        async with running_agent(rig.loaded):
             await eventually(lambda: rig.sessions()[0]["status"] == "voided", 5, "orphan void")
             # the terminal books the Void before its Result reaches the agent: wait for the journal
             await eventually(lambda: journal.events(kind="recovery_orphan_voided"), 5, "void journaled")
@@ -135,7 +135,7 @@ async def test_req_ops_1_crashed_supervised_task_is_restarted(apollo_rig: Rig) -
     rig = apollo_rig
     journal = rig.open_journal()
     try:
-        async with running_agent(rig.loaded, journal) as agent:
+        async with running_agent(rig.loaded) as agent:
             runtime = agent.runtime
             original = runtime._on_terminal_event
             crashes = []
@@ -167,7 +167,7 @@ async def test_req_start_1_scanning_again_at_once_after_an_authorization(
     rig = apollo_rig
     journal = rig.open_journal()
     try:
-        async with running_agent(rig.loaded, journal) as agent:
+        async with running_agent(rig.loaded) as agent:
             runtime = agent.runtime
             rig.charger.plug(1)  # connector 2 stays free: the terminal keeps scanning afterwards
             await eventually(lambda: runtime.station.connectors[1].state == "awaiting_card", 5)
@@ -211,17 +211,24 @@ class _BusyTerminal:
 
 @pytest.mark.req("START-1", "TERM-3")
 async def test_req_start_1_refused_read_is_resent_once_the_terminal_is_idle(apollo_rig: Rig) -> None:
-    journal = apollo_rig.open_journal()
+    app = make_app(apollo_rig.loaded)
     try:
-        runtime = make_runtime(apollo_rig.loaded, journal)
         terminal = _BusyTerminal(busy_polls=2)
-        runtime.terminal = terminal  # type: ignore[assignment]
+        runtime = Runtime(  # the unit under test, with a scripted terminal in place of the PSP driver
+            station_config=apollo_rig.loaded.config.to_station_config(),
+            tariff=apollo_rig.loaded.tariff,
+            store=app.store,
+            journal=app.journal,
+            publisher=app.publisher,
+            terminal=terminal,  # type: ignore[arg-type]
+            charger_driver=app.charger,
+        )
         started = time.monotonic()
-        await runtime._start_read(StartCardRead(5000, 7, "scan", None))
+        await runtime._start_read(StartCardRead(5000, 7, ReadPurpose.SCAN, None))
         took = time.monotonic() - started
         assert terminal.starts == 2  # re-sent …
         assert terminal.polls == 3  # … as soon as Get Status said ENABLED
         assert took < 0.5, f"{took:.2f} s: the old 1 s penalty"
         assert runtime.inbox.empty()  # no CardReadEnded: the read runs
     finally:
-        journal.close()
+        app.close()

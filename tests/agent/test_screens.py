@@ -10,8 +10,9 @@ from agent.runtime import screens
 from agent.runtime.shell import parse_ui_button
 from statemachines.authorization import AuthorizationPolicy, AuthorizationStrategy
 from statemachines.config import ConnectorConfig, StartMode, StationConfig, StopMode
-from statemachines.effects import ShowMessage
+from statemachines.effects import MessageKey, ShowMessage
 from statemachines.events import UiAction
+from statemachines.connector import ConnectorMachineState
 from statemachines.terminal import ConnectorView
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -99,19 +100,19 @@ def test_wire_button_ids_parse(button: str, connector: int, action: UiAction, ca
 
 def test_message_screens() -> None:
     s = settings()
-    assert screens.message_screen(s, ShowMessage(1, "tariff")) is None  # the home screen says it
-    assert screens.message_screen(s, ShowMessage(1, "charging")) is None
-    kind, props = screens.message_screen(s, ShowMessage(2, "session_ended", {"amount_minor": 1234})) or (
+    assert screens.message_screen(s, ShowMessage(1, MessageKey.TARIFF)) is None  # the home screen says it
+    assert screens.message_screen(s, ShowMessage(1, MessageKey.CHARGING)) is None
+    kind, props = screens.message_screen(s, ShowMessage(2, MessageKey.SESSION_ENDED, amount_minor=1234)) or (
         "",
         {},
     )
     assert kind == "notification"
     assert props["message"] == "Charged 12.34 EUR"
     assert props["icon"] == "approved"
-    kind, props = screens.message_screen(s, ShowMessage(1, "card_mismatch")) or ("", {})
+    kind, props = screens.message_screen(s, ShowMessage(1, MessageKey.CARD_MISMATCH)) or ("", {})
     assert (kind, props["icon"], props["subtitle"]) == ("notification", "declined", "Left")
     kind, props = screens.message_screen(
-        s, ShowMessage(None, "select_connector", {"connectors": (1, 2)})
+        s, ShowMessage(None, MessageKey.SELECT_CONNECTOR, connectors=(1, 2))
     ) or (
         "",
         {},
@@ -124,8 +125,59 @@ def test_message_screens() -> None:
 def test_notifications_only_deployment() -> None:
     s = screens.ScreenSettings(tariff_text="0.39 EUR/kWh")
     assert not s.home_enabled
-    assert screens.notification(s, ShowMessage(1, "plug_in")) == (
+    assert screens.notification(s, ShowMessage(1, MessageKey.PLUG_IN)) == (
         "notification",
         {"title": "Please plug in your vehicle", "subtitle": "Connector 1"},
     )
-    assert screens.notification(s, ShowMessage(None, "tariff"))[1]["message"] == "0.39 EUR/kWh"
+    assert screens.notification(s, ShowMessage(None, MessageKey.TARIFF))[1]["message"] == "0.39 EUR/kWh"
+
+
+def _fits_within(limit: int):  # type: ignore[no-untyped-def]
+    """A terminal that takes a UI Request of at most ``limit`` payload bytes (key\\0value\\0 pairs)."""
+
+    def fits(screen_type: str, properties: dict[str, str]) -> bool:
+        pairs = [("type", screen_type), *properties.items()]
+        return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in pairs) <= limit
+
+    return fits
+
+
+@pytest.mark.req("START-8", "RCPT-2")
+def test_a_screen_that_fits_is_shown_unchanged() -> None:
+    screen = ("notification", {"title": "Charging", "subtitle": "Left"})
+    assert screens.fit(screen, _fits_within(1000)) is screen
+
+
+@pytest.mark.req("START-8", "RCPT-2")
+def test_optional_lines_and_the_qr_are_dropped_first_then_texts_shortened() -> None:
+    """Integrity issue E: without the extended block format a long screen is fitted into the
+    normal format (psp-reference §2.3), never refused with a traceback."""
+    qr = "https://receipts.example/r/ST-0001/" + "x" * 200
+    final = ("notification", {"title": "Thank you", "subtitle": "12.34 EUR", "advice": "Scan", "qr": qr})
+    fitted = screens.fit(final, _fits_within(120))
+    assert fitted is not None
+    assert "qr" not in fitted[1]  # the QR goes first …
+    assert fitted[1] == {"title": "Thank you", "subtitle": "12.34 EUR", "advice": "Scan"}  # … only it
+    tighter = screens.fit(final, _fits_within(40))
+    assert tighter is not None
+    assert "advice" not in tighter[1] and tighter[1]["title"] == "Thank you"  # then the hint
+    long_title = ("notification", {"title": "A" * 300})
+    shortened = screens.fit(long_title, _fits_within(100))
+    assert shortened is not None
+    assert shortened[1]["title"].endswith(screens.ELLIPSIS)
+    assert _fits_within(100)(*shortened)
+
+
+@pytest.mark.req("START-3")
+def test_home_screen_items_are_never_dropped_and_an_unfittable_screen_is_none() -> None:
+    s = settings()
+    views = [
+        ConnectorView(1, ConnectorMachineState.AVAILABLE, True),
+        ConnectorView(2, ConnectorMachineState.AVAILABLE, True),
+    ]
+    home = screens.home_screen(s, views)
+    items = [k for k in home[1] if k.startswith("items.") and k.count(".") == 1]
+    fitted = screens.fit(home, _fits_within(len(str(home)) // 2))
+    if fitted is not None:
+        assert [k for k in fitted[1] if k.startswith("items.") and k.count(".") == 1] == items
+    assert screens.fit(home, _fits_within(20)) is None  # cannot fit: the caller skips it and warns

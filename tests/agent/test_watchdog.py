@@ -64,7 +64,7 @@ async def _pings(sock: socket.socket, duration_s: float) -> int:
 async def _pinging(rig: Rig) -> AsyncIterator[Runtime]:
     journal = rig.open_journal()
     try:
-        async with running_agent(rig.loaded, journal) as agent:
+        async with running_agent(rig.loaded) as agent:
             task = asyncio.create_task(watchdog(agent.runtime, INTERVAL_S), name="sd-watchdog-under-test")
             try:
                 yield agent.runtime

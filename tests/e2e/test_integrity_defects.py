@@ -479,3 +479,16 @@ async def test_defect6_an_approval_the_journal_never_saw_raises_an_alarm(
             (report,) = await wait_until(reports, bool, what="a reconciliation report", within=10.0)
             kinds = [d["kind"] for d in report["discrepancies"]]
             assert "possible_orphan_approval" in kinds, report["discrepancies"]
+            # it stays a discrepancy until an operator clears it
+            result = await bo.command("clear_discrepancy", session_id=alarm["session_id"], note="voided in portal")
+            assert result["status"] == "accepted", result
+            again = await bo.command("clear_discrepancy", session_id=alarm["session_id"])
+            assert again["status"] == "rejected", again  # already cleared
+            bo.reports.clear()
+            await bo.ok("reconcile", correlation_id="rec-2")
+            (report,) = await wait_until(reports, bool, what="a second reconciliation report", within=10.0)
+            assert "possible_orphan_approval" not in [d["kind"] for d in report["discrepancies"]]
+            cleared = await wait_until(
+                alarms, lambda a: any(x["state"] == "cleared" for x in a), what="the alarm cleared", within=5.0
+            )
+            assert cleared[-1]["session_id"] == alarm["session_id"]

@@ -26,6 +26,7 @@ from statemachines.events import (
     ChargerState,
     ChargerStatus,
     CommitResult,
+    Event,
     MeterReading,
     Plugged,
     RemoteStart,
@@ -47,6 +48,9 @@ from statemachines.events import (
 from tests.support.pricing import LinearPricer
 from tests.support.station import CARD_A, CARD_B, RFID_A, t
 
+# id, name, config, pricer (None: the default LinearPricer), setup, events, differs_on_3
+Spec = tuple[str, str, StationConfig, LinearPricer | None, list[Event], list[Event], bool]
+
 OK, FAILED, NOT_FOUND = SettlementOutcome.OK, SettlementOutcome.FAILED, SettlementOutcome.NOT_FOUND
 APPROVED = AuthorizationOutcome.APPROVED
 TAP_ONLY = StationConfig(
@@ -59,22 +63,21 @@ UI_ONLY = StationConfig(
 PRICER = LinearPricer(per_kwh_minor=1000)  # 10.00 per kWh: 5000 minor = 5 kWh
 
 # a plugged, charging session of CARD_A on connector 1 (plug-in to start, card at t(5), session S1)
-CHARGING = [
+CHARGING: list[Event] = [
     Plugged(1, t(0)),
     CardRead(t(5), CARD_A),
     AuthorizationResult(1, t(6), APPROVED, "S1"),
     MeterReading(1, t(7), 100_000, 0.0),
 ]
 # the same session stopped by unplug at t(600) with 4 kWh, awaiting the commit result
-SETTLING = [
+SETTLING: list[Event] = [
     *CHARGING,
     MeterReading(1, t(300), 102_000, 7200.0),
     Unplugged(1, t(600)),
     MeterReading(1, t(601), 104_000, 0.0),
 ]
 
-SPECS = [
-    # id, name, config, pricer, setup, events, differs_on_3
+SPECS: list[Spec] = [
     (
         "START-1",
         "tap_first_then_plug",

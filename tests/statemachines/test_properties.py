@@ -9,7 +9,18 @@ asked for, and checks the money and safety invariants after every event:
 4. the running cost never exceeds the authorized amount while energy flows (AMT-2);
 5. a card read is never authorized while the card owns an active session;
 6. no card stops a session it does not own (STOP-1, STOP-4);
-7. the terminal never has two reads in progress (TERM-3).
+7. the terminal never has two reads in progress (TERM-3);
+8. write-ahead (DESIGN.md §2, :class:`tests.support.station.WriteAhead`) over the whole run;
+9. per session (``session_ref``): it begins with a card read or an unpaid approval under a ref never
+   used before; ``PublishSessionStarted`` at most once and only once its payment exists, with
+   ``RecordEnergyOn.first`` on exactly that energy-on; ``PublishSessionEnded`` at most once and only
+   after its ``PublishSessionStarted``; one ``IssueReceipt`` at its end (after the confirmation or
+   ``RecordSessionEnded``, or after the decline), quoting the final amount;
+10. every record that carries a usage prices it with the tariff in effect when its session began
+    (STOP-8): energy and cost of meter/stop/commit/session-ended records, the commit amount (the
+    cost, capped by the terminal's authorized amount unless over-capture), ``PublishSessionEnded``
+    and the receipt agree; a void only when nothing was delivered at a cost; at most one
+    commit/void decision per payment.
 
 Random sequences rarely drive a card payment to its cap on their own, so besides the single-event
 rules there are *directed* rules: ``card_session`` presents a card and answers its authorization in
@@ -22,13 +33,14 @@ authorization strategy, terminal family, routing and over-capture; half of the r
 connector 1 charging on an approved card. Invariants 3 and 4 compare against the amount the
 *terminal* approved (the harness's ledger), not the machine's own belief. ``hypothesis.event``
 labels count how often each critical situation is reached (``--hypothesis-show-statistics``).
+Event times grow by a microsecond per event, so that two sessions never share a ``session_ref``.
+``test_tariff_change.py`` runs the same harness with ``TariffChanged`` at random points.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from hypothesis import HealthCheck, settings
 from hypothesis import event as reached
@@ -45,7 +57,7 @@ from statemachines.config import (
     StationConfig,
     TerminalCapabilities,
 )
-from statemachines.connector import ENERGY_STATES, ConnectorMachine
+from statemachines.connector import ENERGY_STATES, ConnectorMachine, ConnectorMachineState
 from statemachines.effects import (
     Authorize,
     CancelCardRead,
@@ -54,7 +66,22 @@ from statemachines.effects import (
     DisableEnergy,
     Effect,
     EnableEnergy,
-    JournalRecord,
+    IssueReceipt,
+    LimitKind,
+    PublishSessionEnded,
+    PublishSessionStarted,
+    RecordCardRead,
+    RecordCommitConfirmed,
+    RecordCommitDecided,
+    RecordEnergyOn,
+    RecordLimitReached,
+    RecordMeter,
+    RecordPaymentApproved,
+    RecordPaymentDeclined,
+    RecordSessionEnded,
+    RecordStop,
+    RecordVoidConfirmed,
+    RecordVoidDecided,
     RequestBackendAuthorization,
     StartCardRead,
     StartTimer,
@@ -75,12 +102,17 @@ from statemachines.events import (
     ChargerState,
     ChargerStatus,
     CommitResult,
+    DeclineOutcome,
+    Disposal,
+    Event,
     MeterReading,
+    PaymentMethod,
     Plugged,
     RemoteStart,
     SettlementOutcome,
     StopRequest,
     StopSource,
+    TariffChanged,
     TerminalLinkDown,
     TerminalLinkUp,
     TimerFired,
@@ -92,10 +124,12 @@ from statemachines.events import (
     UpdateOutcome,
     VoidResult,
 )
+from statemachines.pricing import Usage
 from statemachines.station import Station
 from tests.support.pricing import LinearPricer
-from tests.support.station import T0
+from tests.support.station import T0, WriteAhead
 
+State = ConnectorMachineState
 IDS = (1, 2, 3)
 CARDS = (
     CardToken(CardKind.EMV, "h1", "****0001"),
@@ -112,7 +146,15 @@ POLICIES = (
     AuthorizationPolicy(AuthorizationStrategy.MAXIMUM, maximum_minor=1500),
     AuthorizationPolicy(AuthorizationStrategy.DRIVER_CAP, driver_cap_choices_minor=(300, 600)),
 )
-SETTLED_STATES = ("stopping", "settling", "idle_fee", "finishing", "available", "unavailable")
+SETTLED_STATES = (
+    State.STOPPING,
+    State.SETTLING,
+    State.IDLE_FEE,
+    State.FINISHING,
+    State.AVAILABLE,
+    State.UNAVAILABLE,
+)
+UNPAID_METHODS = (PaymentMethod.REMOTE, PaymentMethod.FREE_VEND)
 connector_ids = st.sampled_from(IDS)
 # mostly small partial approvals: they put the cap within one meter interval of the session start
 partial_amounts = st.one_of(st.integers(1, 150), st.integers(1, 1000))
@@ -125,16 +167,34 @@ class Ledger:
     """One terminal payment as the terminal (played by the harness) sees it."""
 
     authorized_minor: int  # what the terminal approved, not what the machine believes
-    disposal: str | None = None  # "commit" | "void", from the first Commit/Void sent
+    disposal: Disposal | None = None  # from the first Commit/Void sent
     answered_ok: bool = False  # the harness answered that disposal OK/NOT_FOUND
-    confirmed: int = 0  # commit_confirmed / void_confirmed journal records
+    confirmed: int = 0  # RecordCommitConfirmed / RecordVoidConfirmed journal records
+
+
+@dataclass
+class SessionLog:
+    """One session (``session_ref``) as its effects tell it."""
+
+    connector_id: int
+    pricer: LinearPricer  # the tariff in effect when the session began (the harness's view)
+    approved: RecordPaymentApproved | None = None
+    declined: DeclineOutcome | None = None
+    started: int = 0  # PublishSessionStarted
+    ended: int = 0  # PublishSessionEnded
+    closed: bool = False  # RecordCommitConfirmed / RecordVoidConfirmed / RecordSessionEnded
+    usage: Usage = field(default_factory=Usage)  # the last usage journaled
+    final_minor: int | None = None  # the decided Commit amount, 0 for a Void, the cost if unpaid
+    receipts: list[IssueReceipt] = field(default_factory=list)
 
 
 class StationMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.tariff = PRICER  # the tariff the station was last given
         self.station = self._build(POLICIES[0], APOLLO, Routing.EARLIEST_PLUG_IN, over_capture=False)
         self.now_s = 0
+        self.tick_us = 0
         self.register = dict.fromkeys(IDS, 0)
         self.plugged = dict.fromkeys(IDS, False)
         self.energy = dict.fromkeys(IDS, False)
@@ -147,6 +207,8 @@ class StationMachine(RuleBasedStateMachine):
         self.settlements: list[Commit | Void] = []
         self.timers: dict[tuple[TimerKind, int | None], int] = {}
         self.payments: dict[str, Ledger] = {}  # terminal session id -> ledger
+        self.sessions: dict[str, SessionLog] = {}  # session_ref -> what its effects said
+        self.write_ahead = WriteAhead()
         self.requested: dict[int, int] = {}  # connector -> amount of its Auth Session in flight
         self.next_session = 0
 
@@ -156,7 +218,7 @@ class StationMachine(RuleBasedStateMachine):
         terminal: TerminalCapabilities,
         routing: Routing,
         over_capture: bool,
-    ) -> Station:
+    ) -> Station[LinearPricer]:
         self.over_capture = over_capture
         config = StationConfig(
             connectors=(ConnectorConfig(1), ConnectorConfig(2, idle_fee_enabled=True), ConnectorConfig(3)),
@@ -172,7 +234,7 @@ class StationMachine(RuleBasedStateMachine):
             offline_policy=OfflinePolicy.FREE_VEND,
             routing=routing,
         )
-        return Station(config, PRICER)
+        return Station(config, self.tariff)
 
     @initialize(
         policy=st.sampled_from([POLICIES[0], *POLICIES]),  # incremental is the richest: twice as often
@@ -198,25 +260,28 @@ class StationMachine(RuleBasedStateMachine):
 
     # --- plumbing ------------------------------------------------------------------------------------
 
-    def at(self) -> Any:
-        return T0 + timedelta(seconds=self.now_s)
+    def at(self) -> datetime:
+        """The time of the next event: ``now_s``, plus a microsecond per event (unique session refs)."""
+        self.tick_us += 1
+        return T0 + timedelta(seconds=self.now_s, microseconds=self.tick_us)
 
-    def machine(self, c: int) -> ConnectorMachine:
+    def machine(self, c: int) -> ConnectorMachine[LinearPricer]:
         return self.station.connectors[c]
 
-    def connectors_in(self, *states: str) -> list[int]:
+    def connectors_in(self, *states: ConnectorMachineState) -> list[int]:
         return [c for c in IDS if self.machine(c).state in states]
 
-    def step(self, event: Any) -> list[Effect]:
+    def step(self, event: Event | TariffChanged[LinearPricer]) -> list[Effect]:
         owners = {v.card_token: v.connector_id for v in self.station.views() if v.card_token is not None}
         active_before = {
-            c: m.energy_on or m.state == "awaiting_plug" for c, m in self.station.connectors.items()
+            c: m.energy_on or m.state is State.AWAITING_PLUG for c, m in self.station.connectors.items()
         }
         if isinstance(event, AuthorizationResult | CardReadEnded | TerminalLinkDown):
             self.read_busy = self.card_shown = False
         if isinstance(event, AuthorizationResult | TerminalLinkDown):
             self.auth_for = None
         effects = self.station.handle(event)
+        self.write_ahead.feed(effects)  # (8)
         for effect in effects:
             self.apply(effect, event, owners)
         if isinstance(event, CardRead):  # (6) no card stops a session it does not own (STOP-2)
@@ -227,7 +292,7 @@ class StationMachine(RuleBasedStateMachine):
         self.assert_invariants()
         return effects
 
-    def apply(self, effect: Effect, event: Any, owners: dict[str, int]) -> None:
+    def apply(self, effect: Effect, event: object, owners: dict[str, int]) -> None:
         match effect:
             case StartCardRead():  # (7)
                 assert not self.read_busy, "two card reads in progress"
@@ -261,26 +326,20 @@ class StationMachine(RuleBasedStateMachine):
                 self.timers[(kind, c)] = s
             case CancelTimer(kind=kind, connector_id=c):
                 self.timers.pop((kind, c), None)
-            case JournalRecord(kind="commit", data=data):
-                cost, amount = data["cost_minor"], data["amount_minor"]
-                assert isinstance(cost, int)
-                assert isinstance(amount, int)
-                if cost > self.payments[str(data["session_id"])].authorized_minor:
-                    reached("settled a payment whose cost passed the authorized amount")
-            case JournalRecord(kind="limit_reached", data={"limit": "cost_cap", **_rest}):
+            case RecordLimitReached(limit=LimitKind.COST_CAP):
                 reached("energy stopped at the authorized amount")
-            case JournalRecord(kind="commit_confirmed" | "void_confirmed", data=data):  # (2)
-                ledger = self.payments[str(data["session_id"])]
+            case RecordCommitConfirmed(session_id=sid) | RecordVoidConfirmed(session_id=sid):  # (2)
+                ledger = self.payments[sid]
                 assert ledger.answered_ok, "disposal confirmed without a successful answer"
                 ledger.confirmed += 1
-                assert ledger.confirmed == 1, "payment disposed twice"
+                assert ledger.confirmed == 1, "payment disposed twice (or committed and voided)"
             case _:
                 pass
         if isinstance(effect, Commit | Void):  # (2), (3)
             ledger = self.payments[effect.session_id]
-            kind = "commit" if isinstance(effect, Commit) else "void"
-            assert (ledger.disposal or kind) == kind, "commit and void for one payment"
-            ledger.disposal = kind
+            disposal = Disposal.COMMIT if isinstance(effect, Commit) else Disposal.VOID
+            assert (ledger.disposal or disposal) is disposal, "commit and void for one payment"
+            ledger.disposal = disposal
             assert ledger.confirmed == 0, "settlement sent after confirmation"
             if isinstance(effect, Commit):
                 assert effect.amount_minor > 0
@@ -288,10 +347,100 @@ class StationMachine(RuleBasedStateMachine):
                     assert effect.amount_minor <= ledger.authorized_minor, "commit above authorized"
             if effect not in self.settlements:
                 self.settlements.append(effect)
+        self.follow_session(effect)
+
+    def follow_session(self, effect: Effect) -> None:
+        """(9), (10): the life of one session and the prices its records quote."""
+        sref = getattr(effect, "session_ref", None)
+        if sref is None:
+            return
+        if isinstance(effect, RecordCardRead):
+            assert sref not in self.sessions, f"session ref {sref} used twice"
+            self.sessions[sref] = SessionLog(effect.connector_id, self.tariff)
+            return
+        if isinstance(effect, RecordPaymentApproved) and sref not in self.sessions:
+            assert effect.method in UNPAID_METHODS, f"{effect} without a card read"
+            assert effect.session_id is None
+            self.sessions[sref] = SessionLog(effect.connector_id, self.tariff)
+        log = self.sessions.get(sref)
+        assert log is not None, f"{effect} of a session that never began"
+        assert log.receipts == [], f"{effect} after the receipt of its session"
+        pricer = log.pricer
+        match effect:
+            case RecordPaymentApproved():
+                assert log.approved is None, f"{effect}: approved twice"
+                assert log.declined is None, f"{effect} after the decline"
+                log.approved = effect
+                if effect.session_id is not None:
+                    assert effect.session_id in self.payments, f"{effect}: the terminal approved nothing"
+            case RecordPaymentDeclined(outcome=outcome):
+                assert log.approved is None, f"{effect} after the approval"
+                assert log.declined is None, f"{effect}: declined twice"
+                log.declined = outcome
+            case RecordEnergyOn(first=first):
+                assert log.approved is not None, f"{effect} without a payment"
+                assert first == (log.started == 0), f"{effect}: first is {first}, started {log.started}"
+            case PublishSessionStarted():
+                assert log.approved is not None, f"{effect} without a payment"
+                assert log.started == 0, f"{effect}: session started twice"
+                log.started += 1
+            case (
+                RecordMeter(energy_wh=wh, cost_minor=cost, usage=usage)
+                | RecordStop(energy_wh=wh, cost_minor=cost, usage=usage)
+            ):
+                self.assert_priced(effect, pricer, usage, wh, cost)
+                log.usage = usage
+            case RecordCommitDecided(amount_minor=amount, energy_wh=wh, cost_minor=cost, usage=usage):
+                self.assert_priced(effect, pricer, usage, wh, cost)
+                assert log.final_minor is None, f"{effect}: decided twice"
+                authorized = self.payments[effect.session_id].authorized_minor
+                wanted = cost if self.over_capture else min(cost, authorized)
+                assert amount == wanted > 0, f"{effect}: amount should be {wanted} (STOP-8, AMT-4)"
+                log.usage, log.final_minor = usage, amount
+            case RecordVoidDecided(usage=usage):
+                assert log.final_minor is None, f"{effect}: decided twice"
+                assert pricer.cost_minor(usage) == 0, f"{effect} of a session that cost something"
+                log.usage, log.final_minor = usage, 0
+            case RecordSessionEnded(energy_wh=wh, cost_minor=cost, usage=usage):
+                self.assert_priced(effect, pricer, usage, wh, cost)
+                assert log.approved is not None, f"{effect} without a payment"
+                assert log.approved.session_id is None, f"{effect} of a terminal payment"
+                assert log.final_minor is None, f"{effect} after a decision"
+                assert not log.closed, f"{effect}: ended twice"
+                log.usage, log.final_minor, log.closed = usage, cost, True
+            case RecordCommitConfirmed() | RecordVoidConfirmed():
+                assert log.final_minor is not None, f"{effect}: nothing decided"
+                assert not log.closed, f"{effect}: confirmed twice"
+                log.closed = True
+            case PublishSessionEnded(cost_minor=cost, amount_minor=amount, energy_wh=wh):
+                assert log.started == 1, f"{effect} of a session that never started"
+                assert log.ended == 0, f"{effect}: session ended twice"
+                assert log.closed, f"{effect} before its payment is settled"
+                log.ended += 1
+                self.assert_priced(effect, pricer, log.usage, wh, cost)
+                assert amount == log.final_minor, f"{effect}: amount differs from {log.final_minor}"
+            case IssueReceipt():
+                if log.declined is not None:
+                    assert effect.declined is log.declined, f"{effect}: declined {log.declined}"
+                    assert effect.amount_minor == 0, effect
+                else:
+                    assert effect.declined is None, effect
+                    assert log.closed, f"{effect} before the session is over"
+                    assert effect.amount_minor == log.final_minor, f"{effect}: final is {log.final_minor}"
+                    assert log.ended == log.started, f"{effect}: session.ended missing"
+                log.receipts.append(effect)
+            case _:
+                pass
+
+    @staticmethod
+    def assert_priced(effect: Effect, pricer: LinearPricer, usage: Usage, wh: int, cost: int) -> None:
+        """STOP-8: the record's energy and cost are its usage priced by the session's tariff."""
+        assert wh == usage.energy_wh, f"{effect}: energy differs from its usage"
+        assert cost == pricer.cost_minor(usage), f"{effect}: cost is not {pricer} applied to its usage"
 
     # --- rules: charger --------------------------------------------------------------------------------
 
-    def meter(self, c: int, seconds: int, wh: int, power: float) -> None:
+    def meter(self, c: int, seconds: int, wh: int, power: float | None) -> None:
         self.now_s += seconds
         self.register[c] += wh
         self.step(MeterReading(c, self.at(), self.register[c], power))
@@ -300,9 +449,9 @@ class StationMachine(RuleBasedStateMachine):
         c=connector_ids,
         seconds=st.integers(1, 900),
         wh=st.integers(0, 3000),
-        power=st.sampled_from([0.0, 7200.0, 22000.0]),
+        power=st.sampled_from([None, 0.0, 7200.0, 22000.0]),  # None: a meter without power
     )
-    def meter_any(self, c: int, seconds: int, wh: int, power: float) -> None:
+    def meter_any(self, c: int, seconds: int, wh: int, power: float | None) -> None:
         self.meter(c, seconds, wh, power)
 
     @precondition(lambda self: any(self.energy.values()))
@@ -336,21 +485,21 @@ class StationMachine(RuleBasedStateMachine):
         limit = m.authorized_minor
         if limit is None:
             return
-        wh = max(0, (limit - margin - m.running_cost_minor) * 1000 // PRICER.per_kwh_minor)
+        wh = max(0, (limit - margin - m.running_cost_minor) * 1000 // m.pricer.per_kwh_minor)
         self.meter(c, seconds, wh, 7200.0)
 
-    @precondition(lambda self: bool(self.connectors_in("stopping")))
+    @precondition(lambda self: bool(self.connectors_in(State.STOPPING)))
     @rule(i=st.integers(0, 2), wh=meter_jumps)
     def meter_after_stop(self, i: int, wh: int) -> None:
         """The final meter value after energy-off, possibly well past the last one (AMT-4)."""
-        stopping = self.connectors_in("stopping")
+        stopping = self.connectors_in(State.STOPPING)
         self.meter(stopping[i % len(stopping)], 5, wh, 0.0)
 
-    @precondition(lambda self: bool(self.connectors_in("idle_fee")))
+    @precondition(lambda self: bool(self.connectors_in(State.IDLE_FEE)))
     @rule(seconds=st.sampled_from([600, 7200, 86400]))
     def idle_time(self, seconds: int) -> None:
         """The idle fee runs (STOP-9), possibly past the authorized amount (AMT-4)."""
-        self.meter(self.connectors_in("idle_fee")[0], seconds, 0, 0.0)
+        self.meter(self.connectors_in(State.IDLE_FEE)[0], seconds, 0, 0.0)
 
     @precondition(lambda self: any(self.energy.values()))
     @rule(
@@ -533,7 +682,7 @@ class StationMachine(RuleBasedStateMachine):
 
     # --- invariants (also checked after every event of a multi-event rule) ----------------------------
 
-    def true_limit(self, m: ConnectorMachine) -> int | None:
+    def true_limit(self, m: ConnectorMachine[LinearPricer]) -> int | None:
         if m.payment is not None and m.payment.session_id is not None:
             return self.payments[m.payment.session_id].authorized_minor
         return m.authorized_minor
@@ -560,7 +709,8 @@ class StationMachine(RuleBasedStateMachine):
         self.assert_invariants()
 
     def teardown(self) -> None:
-        """Drain: every approved payment ends in exactly one confirmed Commit or Void (2)."""
+        """Drain: every approved payment ends in exactly one confirmed Commit or Void (2), every
+        session with its receipt (9)."""
         self.step(TerminalLinkUp(self.at()))
         self.link_up = True
         self.step(ChargerBack(self.at()))
@@ -579,15 +729,23 @@ class StationMachine(RuleBasedStateMachine):
             timers = [k for k in self.timers if k[0] is not TimerKind.UNDISPOSED_PAYMENT]
             if not timers and all(p.confirmed for p in self.payments.values()):
                 break
-            for kind, c in timers:
-                self.timers.pop((kind, c), None)
+            for kind, cid in timers:
+                self.timers.pop((kind, cid), None)
                 self.now_s += 1
-                self.step(TimerFired(kind, c, self.at()))
+                self.step(TimerFired(kind, cid, self.at()))
         undisposed = [sid for sid, p in self.payments.items() if p.confirmed != 1]
         assert not undisposed, f"approved payments never disposed: {undisposed}"
         for c, m in self.station.connectors.items():
             assert m.payment is None, (c, m.state)
+            assert m.session is None, (c, m.state)
             assert m.state not in ENERGY_STATES, (c, m.state)
+        # (9) every session is over: one receipt, and session.ended for every session.started
+        unreceipted = [sref for sref, log in self.sessions.items() if len(log.receipts) != 1]
+        assert not unreceipted, f"sessions without their receipt: {unreceipted}"
+        unended = [sref for sref, log in self.sessions.items() if log.ended != log.started]
+        assert not unended, f"sessions started and never ended: {unended}"
+        for log in self.sessions.values():
+            reached("session declined" if log.declined else "session started" if log.started else "no energy")
 
 
 # about 13 s; every invariant is reached (see the mutation table in the issue 3 report)

@@ -9,12 +9,24 @@ from typing import Any
 
 import pytest
 
-from statemachines.effects import Commit, StartCardRead
+from statemachines.config import StationConfig
+from statemachines.connector import ConnectorMachineState
+from statemachines.effects import (
+    Commit,
+    Effect,
+    IssueReceipt,
+    PublishPaymentCaptured,
+    PublishSessionEnded,
+    RecordCardRead,
+    RecordCommitConfirmed,
+    StartCardRead,
+)
 from statemachines.events import (
     AuthorizationOutcome,
     AuthorizationResult,
     CardRead,
     CommitResult,
+    Event,
     MeterReading,
     Plugged,
     SettlementOutcome,
@@ -23,8 +35,9 @@ from statemachines.events import (
     Unplugged,
 )
 from tests.statemachines.expected import EXPECTED
-from tests.statemachines.scenarios import CHARGING, SPECS
-from tests.support.station import CARD_A, assert_write_ahead, flatten, make_station, run, t
+from tests.statemachines.scenarios import CHARGING, PLUG_ONLY, SPECS
+from tests.support.pricing import LinearPricer
+from tests.support.station import CARD_A, REF, assert_write_ahead, flatten, make_station, run, state, t
 
 
 def _params() -> list[Any]:
@@ -49,7 +62,12 @@ def _params() -> list[Any]:
 
 @pytest.mark.parametrize(("config", "pricer", "setup", "events", "expected", "n"), _params())
 def test_req_scenario(
-    config: Any, pricer: Any, setup: list[Any], events: list[Any], expected: list[Any], n: int
+    config: StationConfig,
+    pricer: LinearPricer | None,
+    setup: list[Event],
+    events: list[Event],
+    expected: list[Effect],
+    n: int,
 ) -> None:
     station = make_station(n, config, pricer)
     before = run(station, setup)
@@ -74,8 +92,11 @@ def test_req_err_3_commit_held_while_offline_and_sent_on_link_up(n: int) -> None
     assert not any(isinstance(e, Commit) for e in during_outage)
     on_link_up = station.handle(TerminalLinkUp(t(700)))
     assert on_link_up[0] == Commit(1, "S1", 160)  # before any new card read (TERM-5)
-    assert station.handle(CommitResult(1, t(701), "S1", SettlementOutcome.OK))
-    assert station.connectors[1].state == "available"
+    confirmed = station.handle(CommitResult(1, t(701), "S1", SettlementOutcome.OK))
+    assert RecordCommitConfirmed(1, REF, "S1", SettlementOutcome.OK) in confirmed
+    assert PublishPaymentCaptured(1, REF, "S1", 160) in confirmed
+    assert IssueReceipt(1, REF, 160) in confirmed
+    assert state(station, 1) is ConnectorMachineState.AVAILABLE
 
 
 @pytest.mark.req("START-2")
@@ -83,8 +104,32 @@ def test_req_start_2_earliest_plug_in_gets_the_card() -> None:
     station = make_station(3)
     run(station, [Plugged(2, t(0)), Plugged(1, t(1))])
     effects = station.handle(CardRead(t(5), CARD_A))
-    assert station.connectors[2].state == "authorizing"
-    assert station.connectors[1].state == "awaiting_card"
+    assert state(station, 2) is ConnectorMachineState.AUTHORIZING
+    assert state(station, 1) is ConnectorMachineState.AWAITING_CARD
+    assert [e.connector_id for e in effects if isinstance(e, RecordCardRead)] == [2]
     run(station, [AuthorizationResult(2, t(6), AuthorizationOutcome.APPROVED, "S9")])
-    assert station.connectors[2].state == "charging"
-    assert any(isinstance(e, StartCardRead) for e in effects) is False
+    assert state(station, 2) is ConnectorMachineState.CHARGING
+    assert not any(isinstance(e, StartCardRead) for e in effects)
+
+
+@pytest.mark.req("START-2")
+def test_req_start_2_a_re_delivered_plug_in_keeps_its_place() -> None:
+    """The charger reports connector 1's plug-in again (a status re-sent after a reconnect): it
+    still plugged in first, so the card is its own, not connector 2's."""
+    station = make_station(2, PLUG_ONLY)
+    run(station, [Plugged(1, t(0)), Plugged(2, t(1)), Plugged(1, t(2))])
+    assert station.connectors[1].plugged_at == t(0)
+    effects = station.handle(CardRead(t(5), CARD_A))
+    assert [e for e in effects if isinstance(e, RecordCardRead)] == [RecordCardRead(1, REF, CARD_A, 5000)]
+    assert state(station, 1) is ConnectorMachineState.AUTHORIZING
+    assert state(station, 2) is ConnectorMachineState.AWAITING_CARD
+
+
+@pytest.mark.req("STOP-7", "ERR-1")
+def test_req_stop_7_a_void_before_energy_ends_no_session_upstream() -> None:
+    """A payment voided before energy ever flowed: no session.started, so no session.ended either;
+    the payment still gets its receipt."""
+    (spec,) = [s for s in SPECS if s[1] == "authorized_then_driver_aborts"]
+    effects = run(make_station(1, spec[2]), spec[5])
+    assert not any(isinstance(e, PublishSessionEnded) for e in effects)
+    assert [e for e in effects if isinstance(e, IssueReceipt)] == [IssueReceipt(1, REF, 0)]
