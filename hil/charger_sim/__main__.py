@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         help="probability 0..1 that a message is published twice",
     )
     habits.add_argument("--seed", type=int, default=None, help="seed of the duplicate RNG (default: random)")
+    parser.add_argument(
+        "--initial-energy-wh",
+        type=int,
+        default=0,
+        help="every connector's meter register at start, Wh (a meter in service; default 0)",
+    )
     return parser
 
 
@@ -121,6 +127,7 @@ async def _main(args: argparse.Namespace) -> int:
         status_on_plug=args.status_on_plug,
         duplicate_rate=args.duplicate_rate,
         seed=args.seed,
+        initial_energy_wh=args.initial_energy_wh,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,6 +147,7 @@ async def _main(args: argparse.Namespace) -> int:
             host, port = await sim.start_control_server(args.control_host, args.control_port)
             info["control"] = {"host": host, "port": port}
         info["habits"] = sim.habits.as_dict()
+        info["initial_energy_wh"] = sim.initial_energy_wh
         _emit(json.dumps(info, separators=(",", ":")))
         quit_task = group.create_task(sim.wait_quit(), name="charger-sim-quit")
         quit_task.add_done_callback(lambda _: stop.set())

@@ -187,7 +187,8 @@ class ChargerSimulator:
     The habit arguments (``meter_mode`` … ``seed``) are those of :class:`ChargerHabits` (the defaults
     are the simulator's historic behaviour); :attr:`habits` is the profile in effect, with the seed
     resolved (``seed=None`` draws one), so ``ChargerSimulator(url, **sim.habits.as_dict())``
-    reproduces the world.
+    reproduces the world. ``initial_energy_wh`` is every connector's meter register at start (a
+    meter in service for a while; default 0).
     """
 
     def __init__(
@@ -205,6 +206,7 @@ class ChargerSimulator:
         status_on_plug: bool = False,
         duplicate_rate: float = 0.0,
         seed: int | None = None,
+        initial_energy_wh: int = 0,
         reconnect_delay_s: float = DEFAULT_RECONNECT_DELAY_S,
         phases: int = DEFAULT_PHASES,
         client_id: str | None = None,
@@ -237,8 +239,23 @@ class ChargerSimulator:
         self.topics = TopicMap(prefix, topics)
         self._monotonic = monotonic
         self._clock = clock
+        if (
+            isinstance(initial_energy_wh, bool)
+            or not isinstance(initial_energy_wh, int)
+            or initial_energy_wh < 0
+        ):
+            raise ValueError(f"initial_energy_wh {initial_energy_wh!r}: expected an integer >= 0")
+        self.initial_energy_wh = initial_energy_wh
         now = monotonic()
-        self._connectors = {i: _Connector(i, last_accrual=now) for i in ids}
+        self._connectors = {
+            i: _Connector(
+                i,
+                energy_wh=float(initial_energy_wh),
+                session_start_wh=initial_energy_wh,
+                last_accrual=now,
+            )
+            for i in ids
+        }
         self._known = frozenset(self._connectors)
         self._reconnect_delay_s = reconnect_delay_s
         self._phases = phases

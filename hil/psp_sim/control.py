@@ -30,7 +30,8 @@ HELP = (
     "commands: help | state | tap emv [hash=H40] [pan=MASKED] [brand=B] "
     "[decline=REASON|partial=N|pin_delay=S|limit=N] [limit_action=partial|decline] "
     "[update=approve|partial:N|decline:REASON] | tap rfid uid=HEX | remove | press ID | screen | "
-    "sessions | received | faults | fault drop [N] | fault corrupt [N] | fault split [CHUNK] [N] | "
+    "sessions | received | faults | fault drop [N] [only=REQUEST] | fault corrupt [N] [only=REQUEST] | "
+    "fault split [CHUNK] [N] | "
     "fault delay SECONDS [N] [only=REQUEST] | fault not_ready N | fault silent on|off | fault clear | "
     "close | reboot [keep|lose] | quit"
 )
@@ -228,12 +229,18 @@ def _cmd_fault(sim: Simulator, args: list[str]) -> str:
         if len(rest) > n:
             raise CommandError(f"fault {kind}: too many arguments")
 
+    only = None
+    if kind in ("drop", "corrupt", "delay") and rest and rest[-1].lower().startswith("only="):
+        only = rest.pop()[len("only=") :]
+        if only not in REQUEST_NAMES:
+            raise CommandError(f"only: unknown request type {only!r}")
+
     if kind == "drop":
         at_most(1)
-        faults.drop_replies(count(0, 1))
+        faults.drop_replies(count(0, 1), only=only)
     elif kind == "corrupt":
         at_most(1)
-        faults.corrupt_replies(count(0, 1))
+        faults.corrupt_replies(count(0, 1), only=only)
     elif kind == "split":
         at_most(2)
         chunk = _int(rest[0], "chunk") if rest else 1
@@ -241,11 +248,6 @@ def _cmd_fault(sim: Simulator, args: list[str]) -> str:
             raise CommandError("chunk must be at least 1")
         faults.split_replies(chunk, count(1, None))
     elif kind == "delay":
-        only = None
-        if rest and rest[-1].lower().startswith("only="):
-            only = rest.pop()[len("only=") :]
-            if only not in REQUEST_NAMES:
-                raise CommandError(f"only: unknown request type {only!r}")
         if not rest:
             raise CommandError("fault delay SECONDS [N] [only=REQUEST]")
         at_most(2)

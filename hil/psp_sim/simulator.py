@@ -564,8 +564,7 @@ class Simulator:
             item = await link.queue.get()
             if item is _CLOSE:
                 raise _LinkClosed("closed by the simulator")
-            drop, faults.drop_remaining = Faults.take(faults.drop_remaining)
-            if drop:
+            if faults.drop_applies(item.request):
                 _LOGGER.info("fault: dropping %s", item.label)
                 self._end_request(link, item)
                 continue
@@ -575,8 +574,7 @@ class Simulator:
                 )
                 await asyncio.sleep(faults.delay_s)
             data = item.data
-            corrupt, faults.corrupt_remaining = Faults.take(faults.corrupt_remaining)
-            if corrupt:
+            if faults.corrupt_applies(item.request):
                 _LOGGER.info("fault: corrupting the checksum of %s", item.label)
                 data = data[:-1] + bytes((data[-1] ^ 0xFF,))
             split, faults.split_remaining = Faults.take(faults.split_remaining)

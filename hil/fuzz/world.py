@@ -1,0 +1,715 @@
+"""The seeded random world of one fuzz seed: terminal, charger, agent configuration, session script
+and fault schedule, every choice drawn from one ``random.Random(seed)`` in a fixed order.
+
+``generate(seed)`` is pure (no clock, no I/O): the same seed and size give the same :class:`World`
+(``World.to_json()`` is equal), which is what ``python -m hil.fuzz --seed S`` replays. What varies is
+what the contracts allow — docs/charger-bridge.md, psp-reference, systemd/agent.example.yaml,
+docs/tariff.md — never anything outside them.
+
+Time: charger meter periods and session lengths are drawn in *world seconds* and run at
+:data:`TIME_SCALE` real seconds per world second, so a 60 s meter period (longer than most sessions)
+and a 1 s one both occur within a seed that lasts a minute. The agent's own timers are real seconds
+(the schema's floors: ``plug_in_timeout_s`` ≥ 30, ``final_meter_wait_s`` ≥ 1 …). The terminal's Setup
+session timeout (``terminal.session_timeout_s``, at least 3600 s) runs in
+:attr:`TerminalWorld.session_timeout_real_s` on the simulator (``--session-timeout-scale``): longer
+than any session of the script can legitimately live (TERM-2), short enough that an approval the
+journal never saw is voided by the terminal within the seed (psp-reference §10.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from hil.charger_sim.habits import ChargerHabits
+
+__all__ = [
+    "CRASH_POINTS",
+    "FAULT_KINDS",
+    "TIME_SCALE",
+    "AuthorizationWorld",
+    "Card",
+    "ChargerWorld",
+    "Fault",
+    "SessionPlan",
+    "SessionWorld",
+    "Size",
+    "Tap",
+    "TariffWorld",
+    "TerminalWorld",
+    "World",
+    "generate",
+]
+
+TIME_SCALE: Final = 0.1  # real seconds per world second (meter periods, session lengths)
+SETUP_SESSION_TIMEOUT_S: Final = 3600  # terminal.session_timeout_s: the schema's minimum
+ORPHAN_MARGIN_S: Final = 30.0  # session timeout on the simulator beyond the longest planned session
+
+# Apollo Protocol options granted (psp-reference §5.3): all; without 0x04 (extended block format);
+# without 0x08 (detailed result codes); without both. A P6X never grants 0x04/0x08/0x10.
+APOLLO_GRANTS: Final = (0x1F, 0x1B, 0x17, 0x13)
+P6X_GRANT: Final = 0x1F
+
+# EVPAY_CRASH_AT points (docs/runtime.md "Crash points") an agent start may be armed with
+CRASH_POINTS: Final = (
+    "journal:card_read",
+    "psp_sent:AuthSession",
+    "psp_received:SessionApproved",
+    "journal:payment_approved",
+    "journal:payment_declined",
+    "journal:energy_on",
+    "charger_sent:enable",
+    "journal:meter#2",
+    "journal:stop",
+    "charger_sent:disable",
+    "journal:commit",
+    "psp_sent:CommitSession",
+    "journal:commit_sent",
+    "journal:commit_confirmed",
+    "journal:void",
+    "psp_sent:VoidSession",
+    "journal:payment_restored",
+)
+
+FAULT_KINDS: Final = (
+    "agent_kill",
+    "broker_outage",
+    "charger_broker_outage",
+    "terminal_close",
+    "terminal_reboot",
+    "terminal_delay",
+    "terminal_drop",
+    "terminal_corrupt",
+    "terminal_split",
+    "terminal_not_ready",
+    "charger_lost",
+    "charger_reconnect",
+    "charger_redeliver",
+)
+TERMINAL_FAULTS: Final = frozenset(k for k in FAULT_KINDS if k.startswith("terminal_"))
+
+STOP_KINDS: Final = ("unplug", "tap", "remote", "fault")
+FAULT_CODES: Final = ("RCD_TRIPPED", "OVER_TEMPERATURE", "GROUND_FAILURE")
+DECLINE_REASONS: Final = ("INSUFFICIENT_FUNDS", "REFER_TO_ISSUER", "PIN_FAILURE", "WITHDRAWAL_LIMIT_EXCEEDED")
+BRANDS: Final = (("476173", "VISA"), ("520082", "MASTERCARD"), ("374245", "AMEX"))
+
+
+class Size(StrEnum):
+    """``small``: the CI size (fewer connectors, sessions and faults); ``normal``: everything."""
+
+    SMALL = "small"
+    NORMAL = "normal"
+
+
+# --- the parts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalWorld:
+    family: str  # apollo | p6x
+    transport: str  # tcp | pty (a serial line; P6X is serial-only per Payter)
+    grant_options: int
+    boot_not_ready: int  # Not Ready answers to Synchronize after every (re)boot (§10.8)
+    auth_delay_s: float
+    keepalive_s: int
+    session_timeout_s: int  # what the agent's Setup asks for
+    session_timeout_real_s: float  # what the simulator runs it in
+
+    @property
+    def session_timeout_scale(self) -> float:
+        return self.session_timeout_real_s / self.session_timeout_s
+
+    def sim_args(self) -> list[str]:
+        return [
+            "--grant-options",
+            f"0x{self.grant_options:02X}",
+            "--boot-not-ready",
+            str(self.boot_not_ready),
+            "--auth-delay",
+            repr(self.auth_delay_s),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerWorld:
+    connectors: int
+    meter_mode: str  # always | flowing | periodic
+    meter_interval_world_s: float
+    meter_retain: bool
+    report_power: bool
+    plug_order: str
+    status_on_plug: bool
+    duplicate_rate: float
+    seed: int
+    initial_energy_wh: int
+    max_current_a: tuple[int, ...]  # per connector (connectors[].max_current_a, sent with enable)
+    max_energy_wh: tuple[int | None, ...]  # per connector (STOP-6)
+    shared_broker: bool  # the charger bridge and the back office on one Mosquitto
+
+    @property
+    def meter_interval_s(self) -> float:
+        return round(self.meter_interval_world_s * TIME_SCALE, 3)
+
+    def habits(self) -> ChargerHabits:
+        return ChargerHabits(
+            meter_mode=self.meter_mode,  # type: ignore[arg-type]  # validated by ChargerHabits
+            meter_interval_s=self.meter_interval_s,
+            meter_retain=self.meter_retain,
+            report_power=self.report_power,
+            plug_order=self.plug_order,  # type: ignore[arg-type]
+            status_on_plug=self.status_on_plug,
+            duplicate_rate=self.duplicate_rate,
+            seed=self.seed,
+        )
+
+    def sim_args(self) -> list[str]:
+        return [*self.habits().argv(), "--initial-energy-wh", str(self.initial_energy_wh)]
+
+
+@dataclass(frozen=True, slots=True)
+class TariffWorld:
+    currency: str
+    minor_unit_digits: int
+    prices_include_vat: bool
+    vat_rate_percent: str
+    energy_per_kwh: str
+    time_per_minute: str
+    time_applies_to: str
+    session_fee: str
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "currency": self.currency,
+            "minor_unit_digits": self.minor_unit_digits,
+            "prices_include_vat": self.prices_include_vat,
+            "vat_rate_percent": self.vat_rate_percent,
+            "energy_per_kwh": self.energy_per_kwh,
+            "time_per_minute": self.time_per_minute,
+            "time_applies_to": self.time_applies_to,
+            "session_fee": self.session_fee,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationWorld:
+    strategy: str  # fixed | maximum | incremental (Apollo) | driver_cap (Apollo)
+    amount_minor: int
+    increment_minor: int
+    maximum_minor: int
+    driver_cap_choices_minor: tuple[int, ...]
+    headroom_s: int
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "amount_minor": self.amount_minor,
+            "increment_minor": self.increment_minor,
+            "maximum_minor": self.maximum_minor,
+            "driver_cap_choices_minor": list(self.driver_cap_choices_minor),
+            "headroom_s": self.headroom_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWorld:
+    start_modes: tuple[str, ...]
+    stop_modes: tuple[str, ...]
+    free_vend_when_offline: str
+    plug_in_timeout_s: int
+    card_decision_s: int
+    final_meter_wait_s: int
+    meter_interval_s: int
+    settlement_retry_s: tuple[int, ...]
+    undisposed_alarm_after_s: int
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "start_modes": list(self.start_modes),
+            "stop_modes": list(self.stop_modes),
+            "free_vend_when_offline": self.free_vend_when_offline,
+            "plug_in_timeout_s": self.plug_in_timeout_s,
+            "card_decision_s": self.card_decision_s,
+            "final_meter_wait_s": self.final_meter_wait_s,
+            "meter_interval_s": self.meter_interval_s,
+            "settlement_retry_s": list(self.settlement_retry_s),
+            "undisposed_alarm_after_s": self.undisposed_alarm_after_s,
+            "idle_fee_enabled": False,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """An EMV card of the world: a 40-hex card hash and a masked PAN (never a full PAN)."""
+
+    number: int
+    card_hash: str
+    masked_pan: str
+    brand: str
+
+    @staticmethod
+    def make(seed: int, number: int, rng: random.Random) -> Card:
+        digest = hashlib.sha1(f"evpay-fuzz:{seed}:{number}".encode()).hexdigest().upper()
+        bin6, brand = rng.choice(BRANDS)
+        return Card(number, digest, f"{bin6}******{number % 10000:04d}", brand)
+
+
+@dataclass(frozen=True, slots=True)
+class Tap:
+    """One presentation of a card and how the issuer answers it."""
+
+    card: Card
+    outcome: str  # approve | decline | partial
+    decline_reason: str | None = None
+    partial_minor: int | None = None  # Apollo partial approval (AMT-3)
+    pin_delay_s: float = 0.0
+    update: str = "approve"  # Apollo Update Session answer: approve | partial:N | decline
+
+    def command(self) -> str:
+        """The simulator's ``tap emv …`` control line."""
+        parts = [f"tap emv hash={self.card.card_hash} pan={self.card.masked_pan} brand={self.card.brand}"]
+        if self.outcome == "decline":
+            parts.append(f"decline={self.decline_reason}")
+        elif self.outcome == "partial":
+            parts.append(f"partial={self.partial_minor}")
+        if self.pin_delay_s:
+            parts.append(f"pin_delay={self.pin_delay_s}")
+        if self.update != "approve":
+            parts.append(f"update={self.update}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPlan:
+    """One driver at one connector. Times are real seconds (drawn in world seconds, scaled)."""
+
+    index: int
+    connector: int
+    start: str  # plug_in | tap_first | ui
+    gap_s: float  # idle before the driver arrives
+    taps: tuple[Tap, ...]  # attempts in order (declines first); the last one may be approved
+    plug_after_s: float | None  # tap_first/ui: plug in this long after the approval; None: never
+    power_w: int  # what the EV draws
+    charge_s: float
+    pause: tuple[float, float] | None  # (after s, for s): the EV pauses (suspended_ev)
+    stranger: Tap | None  # a different card tapped while this session charges (STOP-2)
+    stranger_after_s: float
+    stop: str  # unplug | tap | remote | fault (whether the mode is enabled or not)
+    fault_code: str
+    unplug_after_s: float  # after the stop
+    ui_cap_minor: int | None  # driver_cap: the cap chosen on the Apollo screen
+
+    @property
+    def planned_s(self) -> float:
+        """A generous estimate of the session's length (auth, plug-in, charge, stop, unplug)."""
+        taps = sum(2.5 + t.pin_delay_s for t in self.taps)
+        plug = self.plug_after_s or 0.0
+        return self.gap_s + taps + plug + self.charge_s + self.unplug_after_s + 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A fault at ``at_s`` real seconds after the script starts."""
+
+    at_s: float
+    kind: str
+    duration_s: float = 0.0
+    detail: str = ""  # the terminal control command, where there is one
+    inside: bool = False  # broker outage: the agent is also killed (and restarted) inside it
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    seed: int
+    size: str
+    terminal: TerminalWorld
+    charger: ChargerWorld
+    tariff: TariffWorld
+    authorization: AuthorizationWorld
+    session: SessionWorld
+    qr_receipts: bool
+    plans: tuple[SessionPlan, ...]
+    faults: tuple[Fault, ...]
+    crash_points: tuple[str | None, ...]  # per agent start, in order; None: not armed
+    script_s: float  # planned script length (the longest connector's plans)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def agent_config(
+        self,
+        *,
+        station_id: str,
+        state_dir: str,
+        terminal_url: str,
+        charger_broker_url: str,
+        charger_prefix: str,
+        upstream_broker_url: str,
+        upstream_prefix: str,
+    ) -> dict[str, Any]:
+        """The agent's YAML configuration (systemd/agent.example.yaml) of this world."""
+        c = self.charger
+        connectors: list[dict[str, Any]] = []
+        for index in range(c.connectors):
+            entry: dict[str, Any] = {
+                "id": index + 1,
+                "max_current_a": c.max_current_a[index],
+                "label": f"Bay {index + 1}",
+            }
+            if c.max_energy_wh[index] is not None:
+                entry["max_energy_wh"] = c.max_energy_wh[index]
+            connectors.append(entry)
+        config: dict[str, Any] = {
+            "station_id": station_id,
+            "state_dir": state_dir,
+            "log_level": "info",
+            "terminal": {
+                "driver": "psp",
+                "url": terminal_url,
+                "family": self.terminal.family,
+                "session_timeout_s": self.terminal.session_timeout_s,
+                "keepalive_s": self.terminal.keepalive_s,
+                "offline_alarm_after_s": 5,
+            },
+            "charger": {"driver": "mqtt_bridge", "broker_url": charger_broker_url, "prefix": charger_prefix},
+            "connectors": connectors,
+            "session": self.session.config(),
+            "authorization": self.authorization.config(),
+            "tariff": self.tariff.config(),
+            "upstream": {"broker_url": upstream_broker_url, "prefix": upstream_prefix, "protocol": 5},
+        }
+        if self.qr_receipts:
+            config["receipts"] = {"qr_url_template": "https://receipts.example.com/{station_id}/{receipt_id}"}
+        return config
+
+    def plans_of(self, connector: int) -> list[SessionPlan]:
+        return [p for p in self.plans if p.connector == connector]
+
+    def summary(self) -> list[str]:
+        """The world as a few printable lines (printed at the start of the seed)."""
+        t, c, s, a, tf = self.terminal, self.charger, self.session, self.authorization, self.tariff
+        kinds: dict[str, int] = {}
+        for f in self.faults:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        return [
+            f"terminal {t.family} over {t.transport}, grants 0x{t.grant_options:02X}, boot not-ready "
+            f"{t.boot_not_ready}, auth delay {t.auth_delay_s} s, keep-alive {t.keepalive_s} s, session "
+            f"timeout {t.session_timeout_s} s run in {t.session_timeout_real_s:.0f} s",
+            f"charger {c.connectors} connector(s), meter {c.meter_mode} every {c.meter_interval_world_s:g} "
+            f"world s ({c.meter_interval_s:g} s), retain {c.meter_retain}, power {c.report_power}, "
+            f"{c.plug_order}, status on plug {c.status_on_plug}, duplicates {c.duplicate_rate}, register "
+            f"{c.initial_energy_wh} Wh, max current {list(c.max_current_a)} A, energy limit "
+            f"{list(c.max_energy_wh)}, {'one broker' if c.shared_broker else 'own charger broker'}",
+            f"session start {list(s.start_modes)} stop {list(s.stop_modes)}, "
+            f"offline {s.free_vend_when_offline}, "
+            f"plug-in timeout {s.plug_in_timeout_s} s, final meter wait {s.final_meter_wait_s} s, meter "
+            f"interval {s.meter_interval_s} s, retries {list(s.settlement_retry_s)}",
+            f"authorization {a.strategy} {a.amount_minor} (+{a.increment_minor}, max {a.maximum_minor}, "
+            f"caps {list(a.driver_cap_choices_minor)}); "
+            f"tariff {tf.energy_per_kwh}/kWh {tf.time_per_minute}/min "
+            f"({tf.time_applies_to}) fee {tf.session_fee} {tf.currency}/{tf.minor_unit_digits} VAT "
+            f"{tf.vat_rate_percent}% {'incl' if tf.prices_include_vat else 'excl'}; "
+            f"QR receipts {self.qr_receipts}",
+            f"{len(self.plans)} session(s) over {self.script_s:.0f} s: "
+            + ", ".join(
+                f"c{p.connector}:{p.start}/{len(p.taps)} tap(s)/{p.stop}"
+                + (" +stranger" if p.stranger else "")
+                + (" no-plug" if p.start != "plug_in" and p.plug_after_s is None else "")
+                for p in self.plans
+            ),
+            "faults: "
+            + (", ".join(f"{f.kind}@{f.at_s:.1f}s" for f in self.faults) or "none")
+            + "; crash points per start: "
+            + ", ".join(cp or "-" for cp in self.crash_points),
+        ]
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+
+def _world_s(rng: random.Random, low: float, high: float) -> float:
+    """A duration drawn log-uniformly in world seconds, returned in real seconds (rounded)."""
+    return round(math.exp(rng.uniform(math.log(low), math.log(high))) * TIME_SCALE, 2)
+
+
+def _tariff(rng: random.Random) -> TariffWorld:
+    currency, digits = rng.choice((("EUR", 2), ("EUR", 2), ("EUR", 2), ("JPY", 0), ("KWD", 3)))
+    prices: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+        "EUR": (
+            ("0", "0.25", "0.39", "0.79", "2.49", "9.99"),
+            ("0", "0.05", "0.50", "2"),
+            ("0", "0.35", "1"),
+        ),
+        "JPY": (("45", "60", "250"), ("0", "5", "30"), ("0", "50")),
+        "KWD": (("0.120", "0.999", "4.5"), ("0", "0.010", "0.250"), ("0", "0.250")),
+    }
+    energy, time, fee = prices[currency]
+    return TariffWorld(
+        currency=currency,
+        minor_unit_digits=digits,
+        prices_include_vat=rng.random() < 0.6,
+        vat_rate_percent=rng.choice(("0", "7.7", "19", "21", "25")),
+        energy_per_kwh=rng.choice(energy),
+        time_per_minute=rng.choice(time),
+        time_applies_to=rng.choice(("charging", "charging_and_suspended")),
+        session_fee=rng.choice(fee),
+    )
+
+
+def _authorization(rng: random.Random, family: str, currency: str) -> AuthorizationWorld:
+    amounts = {"EUR": (300, 1000, 5000), "JPY": (500, 3000), "KWD": (2000, 5000)}[currency]
+    strategies = ["fixed", "fixed", "maximum"] + (["incremental", "driver_cap"] if family == "apollo" else [])
+    strategy = rng.choice(strategies)
+    amount = rng.choice(amounts)
+    maximum = amount * rng.choice((1, 2, 3))
+    caps = tuple(sorted({max(1, maximum // 4), max(1, maximum // 2), maximum}))
+    return AuthorizationWorld(
+        strategy=strategy,
+        amount_minor=amount,
+        increment_minor=max(1, amount // rng.choice((2, 4))),
+        maximum_minor=maximum,
+        driver_cap_choices_minor=caps,
+        headroom_s=rng.choice((1, 5, 30, 300)),
+    )
+
+
+def _modes(rng: random.Random, family: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    start = [m for m in ("tap", "plug_in") if rng.random() < 0.7] or ["plug_in"]
+    if family == "apollo" and rng.random() < 0.35:
+        start.append("ui")
+    stop = ["unplug"] + [m for m in ("tap", "remote") if rng.random() < 0.6]
+    rng.shuffle(start)
+    rng.shuffle(stop)
+    return tuple(start), tuple(stop)
+
+
+def _tap(rng: random.Random, card: Card, family: str, auth: AuthorizationWorld, outcome: str) -> Tap:
+    pin = rng.choice((0.0, 0.0, 0.0, 0.4, 1.5))
+    if outcome == "decline":
+        return Tap(card, "decline", decline_reason=rng.choice(DECLINE_REASONS), pin_delay_s=pin)
+    update = "approve"
+    if auth.strategy == "incremental":
+        update = rng.choice(
+            ("approve", "approve", f"partial:{auth.amount_minor + auth.increment_minor // 2}", "decline")
+        )
+    if outcome == "partial" and family == "apollo":
+        partial = max(1, auth.amount_minor // rng.choice((4, 20, 100)))
+        return Tap(card, "partial", partial_minor=partial, pin_delay_s=pin, update=update)
+    return Tap(card, "approve", pin_delay_s=pin, update=update)
+
+
+def _plans(
+    rng: random.Random,
+    seed: int,
+    size: Size,
+    family: str,
+    connectors: int,
+    session: SessionWorld,
+    auth: AuthorizationWorld,
+) -> tuple[SessionPlan, ...]:
+    numbers = iter(range(1, 10000))
+    plans: list[SessionPlan] = []
+    per_connector = (1, 2) if size is Size.SMALL else (1, 3)
+    starts = ["plug_in"]
+    if "tap" in session.start_modes:
+        starts.append("tap_first")
+    if "ui" in session.start_modes:
+        starts.append("ui")
+    for connector in range(1, connectors + 1):
+        for _ in range(rng.randint(*per_connector)):
+            start = rng.choice(starts)
+            card = Card.make(seed, next(numbers), rng)
+            taps: list[Tap] = []
+            if rng.random() < 0.25:  # a declined card first (START-7), sometimes the same card again
+                again = card if rng.random() < 0.3 else Card.make(seed, next(numbers), rng)
+                taps.append(_tap(rng, again, family, auth, "decline"))
+            outcome = "partial" if family == "apollo" and rng.random() < 0.2 else "approve"
+            if rng.random() < 0.08:  # the driver gives up after a decline
+                outcome = "decline"
+            taps.append(_tap(rng, card, family, auth, outcome))
+            no_plug = size is Size.NORMAL and start != "plug_in" and rng.random() < 0.1  # START-6
+            stranger = None
+            if rng.random() < 0.3:
+                stranger = _tap(rng, Card.make(seed, next(numbers), rng), family, auth, "decline")
+            charge_s = _world_s(rng, 15, 120)
+            pause = None
+            if rng.random() < 0.25:
+                pause = (round(rng.uniform(0.2, 0.6) * charge_s, 2), round(rng.uniform(0.3, 2.0), 2))
+            cap = None
+            if auth.strategy == "driver_cap" and start == "ui":
+                cap = rng.choice(auth.driver_cap_choices_minor)
+            plans.append(
+                SessionPlan(
+                    index=len(plans),
+                    connector=connector,
+                    start=start,
+                    gap_s=_world_s(rng, 2, 40),
+                    taps=tuple(taps),
+                    plug_after_s=None if no_plug else _world_s(rng, 2, 30),
+                    power_w=rng.choice((3700, 11000, 50000, 150000, 350000)),
+                    charge_s=charge_s,
+                    pause=pause,
+                    stranger=stranger,
+                    stranger_after_s=round(rng.uniform(0.1, 0.9) * charge_s, 2),
+                    stop=rng.choice(STOP_KINDS),
+                    fault_code=rng.choice(FAULT_CODES),
+                    unplug_after_s=_world_s(rng, 3, 40),
+                    ui_cap_minor=cap,
+                )
+            )
+    return tuple(plans)
+
+
+def _terminal_fault(rng: random.Random, kind: str, family: str) -> tuple[str, float]:
+    """(control command, duration) of a terminal fault. Targets keep every host timeout short:
+    Auth Session (210 s on Apollo) and Commit/Void (60 s) replies are delayed, never lost."""
+    short = ["GetStatus", "CancelSession"] + (["UiRequest"] if family == "apollo" else [])
+    host_timeout = 5.0 if family == "apollo" else 10.0  # psp-reference §9.1, requests but Auth/Commit/Void
+    match kind:
+        case "terminal_close":
+            return "close", 0.0
+        case "terminal_reboot":
+            return "reboot keep", 0.0
+        case "terminal_delay":
+            target = rng.choice([*short, "AuthSession", "CommitSession", "VoidSession"])
+            limit = (
+                host_timeout * 1.3 if target in short else 4.0
+            )  # past the host timeout, or a slow acquirer
+            seconds = round(rng.uniform(0.5, limit), 2)
+            return f"fault delay {seconds} {rng.randint(1, 2)} only={target}", seconds
+        case "terminal_drop":
+            return f"fault drop 1 only={rng.choice(short)}", 0.0
+        case "terminal_corrupt":
+            return f"fault corrupt 1 only={rng.choice(short)}", 0.0
+        case "terminal_split":
+            return f"fault split {rng.randint(1, 4)} {rng.randint(2, 8)}", 0.0
+        case _:  # terminal_not_ready: Not Ready on the next Synchronizes (a resync forced by close)
+            return f"fault not_ready {rng.randint(1, 3)}", 0.0
+
+
+def _faults(
+    rng: random.Random, size: Size, family: str, shared_broker: bool, script_s: float
+) -> tuple[Fault, ...]:
+    weights = {
+        "agent_kill": 3.0,
+        "broker_outage": 2.0,
+        "charger_broker_outage": 0.0 if shared_broker else 1.0,
+        "terminal_close": 1.0,
+        "terminal_reboot": 1.0,
+        "terminal_delay": 1.2,
+        "terminal_drop": 0.7,
+        "terminal_corrupt": 0.7,
+        "terminal_split": 0.6,
+        "terminal_not_ready": 0.5,
+        "charger_lost": 1.5,
+        "charger_reconnect": 1.0,
+        "charger_redeliver": 0.8,
+    }
+    kinds = list(weights)
+    count = rng.randint(1, 3) if size is Size.SMALL else rng.randint(2, 7)
+    faults: list[Fault] = []
+    for _ in range(count):
+        kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
+        at = round(rng.uniform(0.5, max(1.0, script_s * 0.9)), 2)
+        detail, duration = "", 0.0
+        inside = False
+        if kind == "agent_kill":
+            duration = round(rng.choice((0.0, 0.2, 1.0, 2.5)), 2)
+        elif kind in ("broker_outage", "charger_broker_outage"):
+            duration = round(rng.uniform(0.5, 4.0), 2)
+            inside = kind == "broker_outage" and rng.random() < 0.3
+        elif kind == "charger_lost":
+            duration = round(rng.uniform(0.3, 3.0), 2)
+        elif kind == "charger_reconnect":
+            duration = round(rng.choice((0.0, 0.3, 1.0)), 2)
+            detail = f"reconnect {duration}"
+        elif kind == "charger_redeliver":
+            detail = "redeliver"
+        elif kind in TERMINAL_FAULTS:
+            detail, duration = _terminal_fault(rng, kind, family)
+        faults.append(Fault(at, kind, duration, detail, inside))
+    faults.sort(key=lambda f: f.at_s)
+    return tuple(faults)
+
+
+def generate(seed: int, size: Size | str = Size.NORMAL) -> World:
+    """The world of ``seed`` (pure: the same arguments give an equal world)."""
+    size = Size(size)
+    rng = random.Random(seed)
+    family = rng.choice(("apollo", "p6x"))
+    if family == "apollo":
+        transport = "tcp" if rng.random() < 0.8 else "pty"
+        grants = rng.choice(APOLLO_GRANTS)
+    else:
+        transport, grants = "pty", P6X_GRANT
+    connectors = rng.randint(1, 2) if size is Size.SMALL else rng.choice((1, 1, 2, 2, 3))
+    start_modes, stop_modes = _modes(rng, family)
+    session = SessionWorld(
+        start_modes=start_modes,
+        stop_modes=stop_modes,
+        free_vend_when_offline="free_vend" if rng.random() < 0.15 else "refuse",
+        plug_in_timeout_s=rng.choice((30, 30, 40)),
+        card_decision_s=rng.choice((15, 25)),
+        final_meter_wait_s=rng.choice((1, 1, 2, 3)),
+        meter_interval_s=rng.choice((1, 2, 5, 10, 60)),
+        settlement_retry_s=rng.choice(((1,), (1, 2), (2, 1, 3))),
+        undisposed_alarm_after_s=rng.choice((60, 120)),
+    )
+    tariff = _tariff(rng)
+    auth = _authorization(rng, family, tariff.currency)
+    interval_world = rng.choice((1.0, 2.0, 5.0, 15.0, 30.0, 60.0))  # short and longer than a session
+    charger = ChargerWorld(
+        connectors=connectors,
+        meter_mode=rng.choice(("always", "flowing", "periodic")),
+        meter_interval_world_s=interval_world,
+        meter_retain=rng.random() < 0.6,
+        report_power=rng.random() < 0.75,
+        plug_order=rng.choice(("plug_first", "status_first")),
+        status_on_plug=rng.random() < 0.4,
+        duplicate_rate=rng.choice((0.0, 0.0, 0.05, 0.3)),
+        seed=rng.randrange(2**31),
+        initial_energy_wh=rng.choice((0, 1234, 987_654, 54_321_000)),
+        max_current_a=tuple(rng.choice((16, 32, 63, 500)) for _ in range(connectors)),
+        max_energy_wh=tuple(rng.choice((None, None, None, None, 150, 600)) for _ in range(connectors)),
+        shared_broker=rng.random() < 0.6,
+    )
+    plans = _plans(rng, seed, size, family, connectors, session, auth)
+    script_s = max(sum(p.planned_s for p in plans if p.connector == c) for c in range(1, connectors + 1))
+    longest = max(
+        [p.planned_s for p in plans]
+        + [
+            float(session.plug_in_timeout_s) + 5
+            for p in plans
+            if p.start != "plug_in" and p.plug_after_s is None
+        ]
+    )
+    terminal = TerminalWorld(
+        family=family,
+        transport=transport,
+        grant_options=grants,
+        boot_not_ready=rng.choice((0, 0, 1, 3)),
+        auth_delay_s=rng.choice((0.05, 0.05, 0.3, 1.0)),
+        keepalive_s=rng.choice((2, 5, 10, 15)),
+        session_timeout_s=SETUP_SESSION_TIMEOUT_S,
+        session_timeout_real_s=round(longest + ORPHAN_MARGIN_S),
+    )
+    faults = _faults(rng, size, family, charger.shared_broker, script_s)
+    armed = 0.15 if size is Size.SMALL else 0.3
+    crash_points = tuple(rng.choice(CRASH_POINTS) if rng.random() < armed else None for _ in range(4))
+    return World(
+        seed=seed,
+        size=size.value,
+        terminal=terminal,
+        charger=charger,
+        tariff=tariff,
+        authorization=auth,
+        session=session,
+        qr_receipts=family == "apollo" and rng.random() < 0.4,
+        plans=plans,
+        faults=faults,
+        crash_points=crash_points,
+        script_s=round(script_s, 2),
+    )
