@@ -66,10 +66,22 @@ def kv(fields: Mapping[str, object] | None = None, /, **more: object) -> str:
 QUIET_LIBRARIES = ("transitions",)
 
 
+class _AsDebug(logging.Filter):
+    """Lowers a quiet library's INFO and WARNING records to DEBUG: with ``log_level: debug`` they
+    are shown, but not as warnings (an ignored trigger is the rulebook working as designed)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        library = record.name.partition(".")[0]
+        if library in QUIET_LIBRARIES and record.levelno < logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def configure(level: str = "info") -> None:
     """Route the root logger to stderr with :class:`JournaldFormatter` at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournaldFormatter())
+    handler.addFilter(_AsDebug())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

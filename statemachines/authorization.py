@@ -3,7 +3,8 @@
 Pure decisions the connector machine takes: the amount reserved by the Start Session, whether to ask
 for an incremental authorization (Apollo Update Session, psp-reference §5.20: a *new total*, not a
 delta), the cap of a partially approved payment and the amount a Commit may capture.
-``agent.money.tariff`` re-exports this module; it lives here because ``statemachines`` may not import ``agent``.
+``agent.money.tariff`` re-exports this module; it lives here because ``statemachines`` may not
+import ``agent``.
 """
 
 from __future__ import annotations

@@ -343,6 +343,10 @@ class ConnectorMachine(Generic[P]):
         self.enabled = True
         self.terminal_online = True
         self.meter_wh: int | None = None
+        # the last meter value was taken with no energy flowing since: a valid start register for
+        # the next session (one taken while energy flowed may be behind the register by the energy
+        # delivered after it, which belongs to the previous session)
+        self._meter_at_rest = False
         # records
         self.session: Session | None = None
         self.payment: Payment | None = None
@@ -534,6 +538,12 @@ class ConnectorMachine(Generic[P]):
         if self.session is not None and self.session.stop_reason is None and self.session_active:
             self.session.stop_reason = reason
 
+    def _session_cost_minor(self) -> int:
+        """What the session costs at its end: the tariff's price, or 0 when it never started
+        (energy was never enabled: nothing was delivered, not even a flat fee is owed)."""
+        session = self.session
+        return self.running_cost_minor if session is not None and session.started else 0
+
     def _session_energy_wh(self) -> int:
         return self.session.usage.energy_wh if self.session else 0
 
@@ -687,19 +697,25 @@ class ConnectorMachine(Generic[P]):
         assert payment is not None
         assert self._at is not None
         if self._restored is None:
+            # Only a reading taken while no energy flowed is a fair start register; otherwise
+            # (None) the next reading is the start, so no earlier session's energy is billed.
+            start_wh = self.meter_wh if self._meter_at_rest else None
             session.last_at = self._at
-            session.last_meter_wh = self.meter_wh
+            session.last_meter_wh = start_wh
+        else:
+            start_wh = session.last_meter_wh  # ERR-5: continue from the journaled register
         session.energy_on = True
+        self._meter_at_rest = False
         first = not session.started
         session.started = True
         self._cancel_plug_timer()
         ref = self._ref()
         self._emit(
-            RecordEnergyOn(self.connector_id, ref, payment.method, self.meter_wh, first, session.usage),
+            RecordEnergyOn(self.connector_id, ref, payment.method, start_wh, first, session.usage),
             EnableEnergy(self.connector_id),
         )
         if first:
-            self._emit(PublishSessionStarted(self.connector_id, ref, payment.method, self.meter_wh))
+            self._emit(PublishSessionStarted(self.connector_id, ref, payment.method, start_wh))
         self._emit(ShowMessage(self.connector_id, MessageKey.CHARGING))
         self._pending_card = None
 
@@ -788,6 +804,7 @@ class ConnectorMachine(Generic[P]):
                 )
             )
         self.meter_wh = event.energy_wh
+        self._meter_at_rest = self.state not in ENERGY_STATES
         if self.state in ENERGY_STATES:
             self._check_limits(event.at)
         elif self.state is ConnectorMachineState.STOPPING:
@@ -843,6 +860,10 @@ class ConnectorMachine(Generic[P]):
         if payment is None or payment.session_id != event.session_id or not payment.increment_pending:
             return
         payment.increment_pending = False
+        if payment.disposal is not None:
+            # The commit amount is already decided (and within the old hold): a late grant changes
+            # nothing that is owed, and a payment.incremented after it would contradict the stream.
+            return
         old = payment.authorized_minor or 0
         granted = event.outcome in (UpdateOutcome.APPROVED, UpdateOutcome.PARTIALLY_APPROVED)
         if not granted or event.authorized_minor is None or event.authorized_minor <= old:
@@ -873,6 +894,7 @@ class ConnectorMachine(Generic[P]):
         session = self.session
         assert session is not None
         session.energy_on = False
+        self._meter_at_rest = False  # energy flowed after the last meter value
         reason = session.stop_reason or StopSource.LOCAL
         session.stop_reason = reason
         self._emit(
@@ -900,7 +922,9 @@ class ConnectorMachine(Generic[P]):
         assert payment is not None
         assert payment.session_id is not None
         self._cancel_plug_timer()
-        cost = self.running_cost_minor
+        # nothing is charged for a session that never started (STOP-7: Void when nothing was
+        # delivered), not even a flat session fee
+        cost = self._session_cost_minor()
         amount = capture_amount_minor(self._policy, cost, payment.authorized_minor)
         payment.final_minor = amount
         payment.disposal = Disposal.COMMIT if amount > 0 else Disposal.VOID
@@ -978,7 +1002,7 @@ class ConnectorMachine(Generic[P]):
         session = self.session
         if session is None:
             return
-        cost = self.running_cost_minor
+        cost = self._session_cost_minor()
         self._cancel_plug_timer()
         self._emit(
             RecordSessionEnded(self.connector_id, session.ref, self._session_energy_wh(), cost, session.usage)

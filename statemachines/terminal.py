@@ -32,7 +32,6 @@ from statemachines.effects import (
     Void,
 )
 from statemachines.events import (
-    AuthorizationOutcome,
     AuthorizationResult,
     CardAssigned,
     CardKind,
@@ -97,6 +96,7 @@ class TerminalArbiter:
         self._reference = 0  # Start Session reference numbers, deterministic
         self.read: ReadRequest | None = None
         self.authorizing_connector: int | None = None
+        self._auth_in_flight: set[int] = set()  # Auth Sessions sent and not yet answered
         self._held: CardToken | None = None
         self._ui_request: ReadRequest | None = None
         self._queue: list[Commit | Void | UpdateAuthorization] = []
@@ -157,6 +157,7 @@ class TerminalArbiter:
         return self._out
 
     def authorization_done(self, connector_id: int) -> None:
+        self._auth_in_flight.discard(connector_id)
         if self.state == "authorizing" and self.authorizing_connector == connector_id:
             self.authorizing_connector = None
             self._fire("authorized")
@@ -185,7 +186,9 @@ class TerminalArbiter:
         ):
             self._emit(CancelCardRead())
             self._end_read()
-        if self.state == "idle":
+        # no new read while an Auth Session of ours may still be on the terminal (its link went down
+        # and came back meanwhile): the terminal runs one transaction at a time
+        if self.state == "idle" and not self._auth_in_flight:
             request = self._ui_request
             self._ui_request = None
             if request is not None and not self._read_still_wanted(request, views):
@@ -218,14 +221,11 @@ class TerminalArbiter:
     def _on_link_down(self, at: datetime) -> None:
         if self.state == "holding":
             self._emit(CancelTimer(TimerKind.CARD_DECISION, None))
-        if self.state == "authorizing" and self.authorizing_connector is not None:
-            # the Auth Session's answer is lost; psp-reference §10.4 (the Setup void action covers orphans)
-            self._routes.append(
-                AuthorizationResult(
-                    self.authorizing_connector, at, AuthorizationOutcome.FAILED, reason="terminal_offline"
-                )
-            )
-            self.authorizing_connector = None
+        # An Auth Session in flight is not failed here: the link may only be re-set up (a command
+        # timed out, Reset + setup) and its answer still come — an approval the engine would then
+        # ignore is an orphan hold (found by the fuzzer, seed 19). The connector keeps waiting for
+        # the outcome its actor always posts (FAILED when the driver gives up, psp-reference §10.4).
+        self.authorizing_connector = None
         self.read, self._held, self._ui_request = None, None, None
         self._fire("link_down")
 
@@ -328,6 +328,7 @@ class TerminalArbiter:
             self._end_read()
         else:
             self.authorizing_connector = connector_id
+            self._auth_in_flight.add(connector_id)
             self.read = None
             self._held = None
             self._fire("authorize")

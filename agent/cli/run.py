@@ -23,7 +23,7 @@ from agent.app import App, AppOptions, build_app
 from agent.config.schema import DEFAULT_CONFIG_PATH, load_config
 from agent.errors import ConfigError
 from agent.logs import kv
-from agent.runtime import sdnotify
+from agent.runtime import loopguard, sdnotify
 from agent.runtime.shell import DEFAULT_DRAIN_S, DISPATCH_STALL_S, Runtime
 from agent.store.db import StoreError
 from agent.store.journal import JournalError
@@ -67,6 +67,7 @@ async def watchdog(runtime: Runtime, interval_s: float) -> None:
 async def serve(app: App) -> None:
     runtime = app.runtime
     loop = asyncio.get_running_loop()
+    loopguard.install(loop)
 
     def on_signal(signum: int) -> None:
         sdnotify.notify("STOPPING=1")

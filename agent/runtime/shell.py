@@ -914,7 +914,12 @@ class Runtime:
         self.post(CardReadEnded(self.clock()))
 
     async def _terminal_idle(self) -> bool:
-        """Poll Get Status (bounded) until the terminal is ENABLED: no transaction of its own."""
+        """Poll Get Status (bounded) until the terminal is ENABLED: no transaction of its own.
+
+        Still WAIT_CARD / WAIT_AUTH after ``READ_IDLE_WAIT_S``: a transaction nobody will finish —
+        e.g. a read started before the link was reset (the engine starts no read while an Auth
+        Session of its own may still run): it is cancelled (Cancel Session, psp-reference §5.13)
+        so that the next Start Session is taken, instead of being refused for ever (fuzzer seed 19)."""
         try:
             async with asyncio.timeout(READ_IDLE_WAIT_S):
                 while True:
@@ -924,8 +929,19 @@ class Runtime:
                     if state not in ("WAIT_CARD", "WAIT_AUTH"):
                         return False  # offline / disabled: the link recovery deals with it
                     await asyncio.sleep(READ_IDLE_POLL_S)
-        except (TimeoutError, DriverError):
+        except DriverError:
             return False
+        except TimeoutError:
+            pass
+        try:
+            cancelled = await self.terminal.cancel_read()
+        except DriverError as exc:
+            _LOGGER.warning("stale transaction not cancelled %s", kv(error=type(exc).__name__))
+            return False
+        _LOGGER.warning(
+            "card read: a stale transaction held the terminal; cancelled %s", kv(cancelled=cancelled)
+        )
+        return True
 
     # -- driver event pumps ----------------------------------------------------------------------
 

@@ -22,8 +22,9 @@ Bound: at most ``max_messages`` rows. Appending to a full outbox drops the oldes
 ``meter`` rows first; ``event``, ``receipt``, ``report`` and ``alarm`` rows are never dropped. When
 only those are left, a ``report`` or ``alarm`` is refused with :class:`OutboxFull`, while the
 session/payment stream (``event``, ``receipt``) is still stored beyond the bound — it is never
-lost — and :attr:`Outbox.full_alarm` is raised (cleared once the count falls below the bound). :attr:`Outbox.near_full` is true
-from ``near_full_ratio`` (80 %) of the bound, for the "outbox near full" alarm.
+lost — and :attr:`Outbox.full_alarm` is raised (cleared once the count falls below the bound).
+:attr:`Outbox.near_full` is true from ``near_full_ratio`` (80 %) of the bound, for the "outbox
+near full" alarm.
 
 Sequence counters (UP-2): :meth:`Outbox.next_seq` reads the next ``seq`` of a stream (e.g. the
 events of one session) and ``append(..., seq=(stream, value))`` stores ``value + 1`` as that
@@ -219,14 +220,16 @@ class Outbox:
         seq: tuple[str, int] | None = None,
         forget: Sequence[str] = (),
     ) -> int:
-        """Store one message durably (fsync'd before returning) and return its row id.
+        """Store one message durably (fsync'd before returning) and return its row id (``-1``: a
+        meter value dropped at once because the outbox is full of other kinds).
 
         ``seq=(stream, value)``: the payload carries ``seq`` ``value`` of ``stream``; the stream's
         next value becomes ``value + 1`` in the same transaction. ``forget``: streams whose counters
         are dropped in the same transaction (a finished session).
         Raises :class:`OutboxFull` when the bound is reached and no meter row can be dropped.
         """
-        return self.append_many([(topic, payload, kind, connector_id, qos)], seq=seq, forget=forget)[0]
+        ids = self.append_many([(topic, payload, kind, connector_id, qos)], seq=seq, forget=forget)
+        return ids[0] if ids else -1
 
     def next_seq(self, stream: str) -> int:
         """The next ``seq`` of ``stream`` (0 for a new stream); advanced by ``append(seq=…)``."""
@@ -251,13 +254,15 @@ class Outbox:
     ) -> list[int]:
         """Store several ``(topic, payload, kind, connector_id, qos)`` messages, in the given order,
         all or nothing: in the current transaction (an engine step's), or in one of their own (one
-        fsync). Returns their row ids. ``seq`` and ``forget``: see :meth:`append`."""
+        fsync). Returns the row ids of the stored ones (a meter value that finds the outbox full of
+        other kinds is dropped itself, never refused). ``seq`` and ``forget``: see :meth:`append`."""
         rows = [self._checked(*item) for item in items]
         if not rows:
             return []
         conn = self._conn
         ids: list[int] = []
-        dropped = 0
+        dropped = 0  # meter values dropped: older ones evicted, or this batch's own
+        evicted = 0
         now = self._wall_clock()
         # Periodic meter values need no fsync of their own (DESIGN.md §7: meter → broker budget):
         # committed with synchronous=NORMAL they reach the OS at once (a process crash loses
@@ -277,6 +282,10 @@ class Outbox:
                             conn.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
                             count -= 1
                             dropped += 1
+                            evicted += 1
+                        elif kind == DROPPABLE:  # no older meter value to drop: drop this one
+                            dropped += 1
+                            continue
                         elif kind in NEVER_REFUSED:
                             beyond_bound = True  # the session/payment stream is never lost
                         else:
@@ -299,7 +308,7 @@ class Outbox:
                     )
                 for stream in forget:
                     conn.execute("DELETE FROM outbox_seq WHERE stream = ?", (stream,))
-                delta = len(ids) - dropped
+                delta = len(ids) - evicted  # rows in the table after the commit, net
                 self._pending += delta
                 self.store.after_commit(lambda: self._committed(delta, len(ids), dropped, beyond_bound))
                 self.store.after_rollback(self._rolled_back)

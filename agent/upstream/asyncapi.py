@@ -25,6 +25,7 @@ from agent.upstream.contract import (
     Alarm,
     AuthRequest,
     AuthResponse,
+    ClearDiscrepancy,
     CommandErrorCode,
     CommandResult,
     ConnectorState,
@@ -514,6 +515,12 @@ EXAMPLES: Final[Mapping[type[msgspec.Struct], tuple[tuple[str, msgspec.Struct], 
         ),
     ),
     Reconcile: (("day", Reconcile(correlation_id="c-1007", date="2026-03-01")),),
+    ClearDiscrepancy: (
+        (
+            "orphan checked",
+            ClearDiscrepancy(correlation_id="c-1009", session_id=_REF, note="no hold in the portal"),
+        ),
+    ),
     GetSessions: (("open", GetSessions(correlation_id="c-1008")),),
     CommandResult: (
         ("accepted", CommandResult(correlation_id="c-1001", command="start", status="accepted", ts=_TS)),

@@ -351,6 +351,7 @@ class SessionEnded(_SessionEvent, frozen=True, kw_only=True, tag="session.ended"
 class PaymentAuthorized(_SessionEvent, frozen=True, kw_only=True, tag="payment.authorized"):
     """EMV approved in full (``terminal_session_id`` set) or RFID accepted by the back office."""
 
+    method: Annotated[PaymentMethod | None, Meta(description="emv or rfid (1.1)")] = None
     terminal_session_id: TerminalSessionId | None = None
     authorized_minor: Annotated[Minor | None, Meta(description="null: RFID without a limit")] = None
 

@@ -231,7 +231,13 @@ class Publisher:
         self._append(self.topics.events(cid), self._fit(payload, cid), "event", cid, seq=(stream, seq))
         _LOGGER.info(
             "upstream_event %s",
-            kv(name=payload.__struct_config__.tag, connector=cid, session=ref, seq=seq, offline=payload.offline),
+            kv(
+                name=payload.__struct_config__.tag,
+                connector=cid,
+                session=ref,
+                seq=seq,
+                offline=payload.offline,
+            ),
         )
 
     def _session_event(self, effect: UpstreamEvent, seq: int) -> contract.SessionEvent:
@@ -266,7 +272,10 @@ class Publisher:
                 )
             case PublishPaymentAuthorized():
                 return contract.PaymentAuthorized(
-                    **common, terminal_session_id=effect.session_id, authorized_minor=effect.authorized_minor
+                    **common,
+                    method=effect.method,
+                    terminal_session_id=effect.session_id,
+                    authorized_minor=effect.authorized_minor,
                 )
             case PublishPaymentPartiallyApproved():
                 return contract.PaymentPartiallyApproved(

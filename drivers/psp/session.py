@@ -678,8 +678,23 @@ class TerminalSession:
             if exc.reason is ResultCode.SESSION_ID_NOT_FOUND:
                 raise SessionNotFound(exc.request, exc.result, session_id) from exc
             # §10.3: without detailed codes (P6X) ask List Sessions whether it is still open
-            no_code = exc.reason is None and self.profile.list_sessions
-            if no_code and session_id not in await self.list_sessions():
+            if exc.reason is None and self.profile.list_sessions:
+                if session_id not in await self.list_sessions():
+                    raise SessionNotFound(exc.request, exc.result, session_id) from exc
+                raise
+            if exc.reason is None:
+                # §10.3 [I]: an Apollo that did not grant detailed result codes (Protocol option
+                # 0x08) answers a Commit/Void of a session it no longer holds (disposed before,
+                # e.g. when the reply was lost with the host, or voided by the Setup timeout) with
+                # a bare Not OK, and cannot list sessions. The state was checked above (a wrong
+                # state is repaired and the command sent again), and the host never commits above
+                # the authorization (AMT-4): a bare Not OK is the session being gone. Counted as
+                # disposed; the journal keeps outcome not_found, which reconciliation reports.
+                _LOGGER.warning(
+                    "%s: %s refused without a result code; counted as disposed (psp-reference §10.3)",
+                    self.url,
+                    request.name,
+                )
                 raise SessionNotFound(exc.request, exc.result, session_id) from exc
             raise
 

@@ -92,7 +92,9 @@ async def test_req_err_5_restart_commits_the_journaled_total(apollo_rig: Rig) ->
         assert row is not None
         assert row.state == "committed"
         assert row.recovered
-        assert row.final_minor == session["committed_minor"] > 0
+        committed = session["committed_minor"]
+        assert isinstance(committed, int)
+        assert row.final_minor == committed > 0
         assert row.energy_wh == open_row.energy_wh  # nothing delivered after the crash is priced
         assert len(rig.sessions()) == 1  # charged once
     finally:
@@ -138,7 +140,7 @@ async def test_req_ops_1_crashed_supervised_task_is_restarted(apollo_rig: Rig) -
         async with running_agent(rig.loaded) as agent:
             runtime = agent.runtime
             original = runtime._on_terminal_event
-            crashes = []
+            crashes: list[object] = []
 
             def crash_once(event: object) -> None:
                 if not crashes:
@@ -230,5 +232,53 @@ async def test_req_start_1_refused_read_is_resent_once_the_terminal_is_idle(apol
         assert terminal.polls == 3  # … as soon as Get Status said ENABLED
         assert took < 0.5, f"{took:.2f} s: the old 1 s penalty"
         assert runtime.inbox.empty()  # no CardReadEnded: the read runs
+    finally:
+        app.close()
+
+
+class _StaleReadTerminal(_BusyTerminal):
+    """Holds a read nobody will finish (WAIT_CARD) until it is cancelled; refuses Start Session."""
+
+    def __init__(self) -> None:
+        super().__init__(busy_polls=0)
+        self.cancelled = 0
+
+    async def start_card_read(self, amount_minor: int, reference: int) -> None:
+        self.starts += 1
+        if not self.cancelled:
+            raise UnexpectedState("StartSession", PspState.WAIT_CARD, (PspState.ENABLED,))
+
+    async def status(self) -> str:
+        self.polls += 1
+        return "ENABLED" if self.cancelled else "WAIT_CARD"
+
+    async def cancel_read(self) -> bool:
+        self.cancelled += 1
+        return True
+
+
+@pytest.mark.req("START-1", "ERR-8")
+async def test_req_start_1_a_stale_read_on_the_terminal_is_cancelled_and_the_read_started(
+    apollo_rig: Rig,
+) -> None:
+    """A read the agent lost track of (started before a link reset) keeps the terminal in WAIT_CARD
+    and every Start Session is refused: after the bounded wait it is cancelled and the read starts,
+    instead of being refused for ever (fuzzer seed 19)."""
+    app = make_app(apollo_rig.loaded)
+    try:
+        terminal = _StaleReadTerminal()
+        runtime = Runtime(
+            station_config=apollo_rig.loaded.config.to_station_config(),
+            tariff=apollo_rig.loaded.tariff,
+            store=app.store,
+            journal=app.journal,
+            publisher=app.publisher,
+            terminal=terminal,  # type: ignore[arg-type]
+            charger_driver=app.charger,
+        )
+        await runtime._start_read(StartCardRead(5000, 7, ReadPurpose.SCAN, None))
+        assert terminal.cancelled == 1
+        assert terminal.starts == 2
+        assert runtime.inbox.empty()  # the read runs: no CardReadEnded
     finally:
         app.close()

@@ -39,9 +39,7 @@ async def test_fresh_state_on_connect_is_typed_and_ordered(mosquitto: Broker) ->
         back = await events.next(ChargerBack)
         assert back.at.tzinfo is UTC
         assert driver.online
-        expected = {
-            (kind, c) for c in (1, 2) for kind in ("PlugChanged", "StatusChanged", "MeterReading")
-        }
+        expected = {(kind, c) for c in (1, 2) for kind in ("PlugChanged", "StatusChanged", "MeterReading")}
 
         def kinds() -> set[tuple[str, int | None]]:
             return {(type(e).__name__, getattr(e, "connector_id", None)) for e in events.seen[1:]}

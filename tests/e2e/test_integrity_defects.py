@@ -313,23 +313,26 @@ async def test_defect1_session_started_without_a_meter_value_before_the_start(
         "charger": {"prefix": prefix},
         "session": {"start_modes": ["plug_in"], "stop_modes": ["unplug"]},
     }
-    async with FlowOnlyCharger(e2e_broker, prefix) as charger, station_factory(config=config) as st:
-        async with recording(st) as rec:
-            await charger.plug(True)
-            await st.wait_connector(1, ("awaiting_card",))
-            await st.wait_terminal(("WAIT_CARD",))
-            await st.psp.tap_emv(**card(1))
-            await st.wait_connector(1, ("charging",))
-            await asyncio.sleep(0.5)  # some energy flows
-            await charger.plug(False)
-            await wait_event(rec, st, "payment.captured")
-            await wait_event(rec, st, "session.ended")
-            (sid,) = session_ids(rec)
-            names = rec.names(sid)
-            assert names.count("session.started") == 1, names
-            started = next(e for e in rec.events(sid) if e["event"] == "session.started")
-            assert started["meter_wh"] is None  # the register was unknown at the start
-            assert "upstream event not built" not in st.agent.proc.log_text()
+    async with (
+        FlowOnlyCharger(e2e_broker, prefix) as charger,
+        station_factory(config=config) as st,
+        recording(st) as rec,
+    ):
+        await charger.plug(True)
+        await st.wait_connector(1, ("awaiting_card",))
+        await st.wait_terminal(("WAIT_CARD",))
+        await st.psp.tap_emv(**card(1))
+        await st.wait_connector(1, ("charging",))
+        await asyncio.sleep(0.5)  # some energy flows
+        await charger.plug(False)
+        await wait_event(rec, st, "payment.captured")
+        await wait_event(rec, st, "session.ended")
+        (sid,) = session_ids(rec)
+        names = rec.names(sid)
+        assert names.count("session.started") == 1, names
+        started = next(e for e in rec.events(sid) if e["event"] == "session.started")
+        assert started["meter_wh"] is None  # the register was unknown at the start
+        assert "upstream event not built" not in st.agent.proc.log_text()
 
 
 @pytest.mark.req("UP-2", "ERR-5")
@@ -424,6 +427,43 @@ async def test_defect4_a_long_apollo_home_screen_is_shown(station_factory: Stati
         assert "Traceback" not in st.agent.proc.log_text()
 
 
+@pytest.mark.req("START-3", "START-8")
+async def test_defect4_without_the_extended_format_the_home_screen_is_fitted(
+    station_factory: StationFactory,
+) -> None:
+    """An Apollo that does not grant the extended block format (0x04, psp-reference §5.3): the
+    long home screen is fitted into the standard format — the start buttons stay — instead of
+    being refused by the terminal; no traceback and at most one WARNING per kind."""
+    config = {
+        "session": {"start_modes": ["ui", "plug_in"], "stop_modes": ["ui", "unplug"]},
+        "tariff": LONG_TARIFF,
+    }
+    async with station_factory(config=config, connectors=3, psp_args=("--grant-options", "0x1B")) as st:
+        screen = await st.wait_for_screen(
+            lambda s: s.get("screen_type") == "selection" or "selection" in json.dumps(s), within=10.0
+        )
+        text = json.dumps(screen)
+        for c in (1, 2, 3):
+            assert f"start_{c}" in text
+        # and a whole paid session shows its screens in the standard format too
+        async with recording(st) as rec:
+            await st.charger.plug(1)
+            await st.wait_connector(1, ("awaiting_card",))
+            await st.wait_terminal(("WAIT_CARD",))
+            await st.psp.tap_emv(**card(1))
+            await st.wait_connector(1, ("charging",))
+            await asyncio.sleep(0.5)
+            await st.charger.unplug(1)
+            await wait_event(rec, st, "payment.captured")
+            await wait_event(rec, st, "session.ended")
+        log = st.agent.proc.log_text()
+        assert "Traceback" not in log
+        warnings = [line[3:] for line in log.splitlines() if line.startswith("<4>")]  # agent/logs.py
+        kinds = [" ".join(w for w in line.split() if "=" not in w) for line in warnings]
+        assert len(kinds) == len(set(kinds)), warnings
+        assert not any(line.startswith(("<3>", "<2>")) for line in log.splitlines()), log
+
+
 @pytest.mark.req("START-1", "ERR-5")
 async def test_defect5_a_card_tapped_right_after_a_restart_is_not_refused(
     station_factory: StationFactory, e2e_broker: Broker
@@ -480,7 +520,9 @@ async def test_defect6_an_approval_the_journal_never_saw_raises_an_alarm(
             kinds = [d["kind"] for d in report["discrepancies"]]
             assert "possible_orphan_approval" in kinds, report["discrepancies"]
             # it stays a discrepancy until an operator clears it
-            result = await bo.command("clear_discrepancy", session_id=alarm["session_id"], note="voided in portal")
+            result = await bo.command(
+                "clear_discrepancy", session_id=alarm["session_id"], note="voided in portal"
+            )
             assert result["status"] == "accepted", result
             again = await bo.command("clear_discrepancy", session_id=alarm["session_id"])
             assert again["status"] == "rejected", again  # already cleared
@@ -489,6 +531,9 @@ async def test_defect6_an_approval_the_journal_never_saw_raises_an_alarm(
             (report,) = await wait_until(reports, bool, what="a second reconciliation report", within=10.0)
             assert "possible_orphan_approval" not in [d["kind"] for d in report["discrepancies"]]
             cleared = await wait_until(
-                alarms, lambda a: any(x["state"] == "cleared" for x in a), what="the alarm cleared", within=5.0
+                alarms,
+                lambda a: any(x["state"] == "cleared" for x in a),
+                what="the alarm cleared",
+                within=5.0,
             )
             assert cleared[-1]["session_id"] == alarm["session_id"]

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.req("ERR-7")
 
 u32 = st.integers(0, 0xFFFFFFFF)
 u8 = st.integers(0, 0xFF)
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
-short_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20)
+short_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=8)
 tags = st.sampled_from([t.value for t in m.Tag])
 dol = st.lists(st.tuples(tags, st.binary(max_size=300)), max_size=4).map(lambda items: m.Dol(tuple(items)))
 small_dol = st.lists(st.tuples(tags, st.binary(max_size=40)), max_size=4).map(

@@ -156,7 +156,9 @@ async def test_card_read_during_start_window_is_an_event(pair: tuple[PspLink, Pe
     await peer.send(card)
     await peer.receive()
     await peer.send(m.GetStatusResponse(m.PspState.WAIT_AUTH, False))
-    assert (await call).state is m.PspState.WAIT_AUTH
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.WAIT_AUTH
     assert await link.next_event() == card
 
 
@@ -171,7 +173,9 @@ async def test_split_garbage_and_corrupt_frames_resynchronise(pair: tuple[PspLin
     await peer.end.write(
         b"\x00\x13\xaa" + bytes(bad) + m.GetStatusResponse(m.PspState.ENABLED).to_bytes(WIRE)
     )
-    assert (await call).state is m.PspState.ENABLED
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.ENABLED
     assert link.decoder.stats.checksum_errors >= 1
 
 
@@ -183,7 +187,9 @@ async def test_stale_partial_frame_is_discarded_after_inter_byte_timeout(pair: t
     await peer.end.write(bytes([0xAA, 0x40, 0x3C, 0x00]))  # a frame that never completes
     await asyncio.sleep(FAST.timeouts.inter_byte_s * 3)
     await peer.send(m.GetStatusResponse(m.PspState.ENABLED))
-    assert (await call).state is m.PspState.ENABLED
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.ENABLED
     assert link.stats.partial_frames_discarded >= 1
 
 
@@ -240,7 +246,9 @@ async def test_undecodable_reply_fails_the_request_at_once(
     call = asyncio.create_task(link.request(m.GetStatus()))  # the link stays usable
     await peer.receive()
     await peer.send(m.GetStatusResponse(m.PspState.ENABLED))
-    assert (await call).state is m.PspState.ENABLED
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.ENABLED
 
 
 @pytest.mark.req("ERR-7")
@@ -274,7 +282,9 @@ async def test_rejected_start_followed_by_an_undecodable_status_reports_the_reje
     call = asyncio.create_task(link.request(m.GetStatus()))
     await peer.receive()
     await peer.send(m.GetStatusResponse(m.PspState.ENABLED))
-    assert (await call).state is m.PspState.ENABLED
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.ENABLED
 
 
 def test_reply_headers_follow_the_reply_table() -> None:
@@ -312,7 +322,9 @@ async def test_message_too_long_is_refused_before_anything_is_written(pair: tupl
     call = asyncio.create_task(link.request(m.GetStatus()))
     assert await peer.end.read() == m.GetStatus().to_bytes()  # the first bytes the terminal sees
     await peer.send(m.GetStatusResponse(m.PspState.ENABLED))
-    assert (await call).state is m.PspState.ENABLED
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.ENABLED
     call = asyncio.create_task(link.request(_screen(252)))  # at the limit: sent
     assert await peer.receive() == _screen(252)
     await peer.send(m.Result(True))
@@ -404,7 +416,9 @@ async def test_extended_format_after_protocol_echo(pair: tuple[PspLink, Peer]) -
     data = await peer.end.read()
     assert data == bytes.fromhex("CC 00 00 00 02 3C 26 30")  # §16: extended Get Status
     await peer.end.write(m.GetStatusResponse(m.PspState.ONLINE).to_bytes(m.WireFormat(extended=True)))
-    assert (await call).state is m.PspState.ONLINE
+    reply = await call
+    assert isinstance(reply, m.GetStatusResponse)
+    assert reply.state is m.PspState.ONLINE
 
 
 def test_command_timeouts_follow_the_spec_table() -> None:

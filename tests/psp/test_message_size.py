@@ -119,12 +119,10 @@ def test_contract_default_has_no_limit() -> None:
 
 
 screens = st.tuples(
-    st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=20
-    ),
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1, max_size=20),
     st.dictionaries(
-        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
-        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=120),
+        st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12),
+        st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=120),
         max_size=4,
     ),
 )

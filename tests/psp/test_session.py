@@ -78,7 +78,9 @@ async def test_echo_masking_extended_block_keeps_the_normal_format(caplog: pytes
     async with TerminalSession("memory://fake", fast(APOLLO), opener=fake.opener) as session:
         state = await session.wait_ready(3)
         assert state.protocol is not None
-        assert state.protocol["requested_options"] & m.ProtocolOption.EXTENDED_BLOCK
+        requested = state.protocol["requested_options"]
+        assert isinstance(requested, int)
+        assert requested & m.ProtocolOption.EXTENDED_BLOCK
         assert state.protocol["extended"] is False
         assert not session.wire.extended
         assert session.payload_limit == 252
@@ -210,6 +212,29 @@ async def test_payment_flow_and_events(apollo: tuple[TerminalSession, FakeTermin
     with pytest.raises(SessionNotFound) as info:
         await session.void(outcome.session_id)  # already disposed → 0x0C (§10.3)
     assert info.value.session_id == outcome.session_id
+
+
+@pytest.mark.req("STOP-7", "ERR-8")
+async def test_apollo_without_detailed_codes_counts_a_refused_repeat_commit_as_disposed() -> None:
+    """An Apollo that did not grant detailed result codes (option 0x08) answers a Commit of a
+    session it already committed — the reply was lost with the host — with a bare Not OK, and it
+    cannot list sessions (psp-reference §10.3): counted as disposed (``SessionNotFound``) instead of
+    being retried for ever (found by the fuzzer: seed 18, a kill right after ``psp_sent:CommitSession``)."""
+    fake = FakeTerminal(m.Family.APOLLO)
+    fake.detailed = False
+    async with TerminalSession(
+        "memory://fake", fast(APOLLO), opener=fake.opener, ready_timeout_s=3
+    ) as session:
+        await session.wait_ready()
+        await session.start_card_read(2500, 10)
+        await fake.tap()
+        outcome = await session.authorize()
+        assert isinstance(outcome, m.SessionApproved)
+        await session.commit(outcome.session_id, 1234)
+        with pytest.raises(SessionNotFound):
+            await session.commit(outcome.session_id, 1234)  # again: Not OK without a code
+        assert fake.sessions[outcome.session_id] == "committed"  # committed once
+    await fake.close_connection()
 
 
 async def test_cancel_read(apollo: tuple[TerminalSession, FakeTerminal]) -> None:

@@ -276,9 +276,15 @@ class StationMachine(RuleBasedStateMachine):
         active_before = {
             c: m.energy_on or m.state is State.AWAITING_PLUG for c, m in self.station.connectors.items()
         }
-        if isinstance(event, AuthorizationResult | CardReadEnded | TerminalLinkDown):
+        # the read ends with its authorization's answer — unless the link went down meanwhile and a
+        # new read runs by now (the late answer then only concerns its connector)
+        authorizing = self.station.arbiter.state == "authorizing"
+        if isinstance(event, CardReadEnded | TerminalLinkDown) or (
+            isinstance(event, AuthorizationResult) and authorizing
+        ):
             self.read_busy = self.card_shown = False
-        if isinstance(event, AuthorizationResult | TerminalLinkDown):
+        if isinstance(event, AuthorizationResult):
+            # a link-down does not end an Auth Session in flight: its actor always answers
             self.auth_for = None
         effects = self.station.handle(event)
         self.write_ahead.feed(effects)  # (8)

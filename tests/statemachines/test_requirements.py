@@ -16,10 +16,20 @@ from statemachines.effects import (
     Effect,
     IssueReceipt,
     PublishPaymentCaptured,
+    PublishPaymentDeclined,
+    PublishPaymentIncremented,
     PublishSessionEnded,
     RecordCardRead,
     RecordCommitConfirmed,
+    RecordCommitDecided,
+    RecordEnergyOn,
+    RecordPaymentApproved,
+    RecordPaymentDeclined,
+    RecordPaymentIncremented,
+    RecordSessionEnded,
     StartCardRead,
+    UpdateAuthorization,
+    Void,
 )
 from statemachines.events import (
     AuthorizationOutcome,
@@ -29,10 +39,15 @@ from statemachines.events import (
     Event,
     MeterReading,
     Plugged,
+    RemoteStart,
     SettlementOutcome,
     TerminalLinkDown,
     TerminalLinkUp,
+    TimerFired,
+    TimerKind,
     Unplugged,
+    UpdateAuthorizationResult,
+    UpdateOutcome,
 )
 from tests.statemachines.expected import EXPECTED
 from tests.statemachines.scenarios import CHARGING, PLUG_ONLY, SPECS
@@ -133,3 +148,130 @@ def test_req_stop_7_a_void_before_energy_ends_no_session_upstream() -> None:
     effects = run(make_station(1, spec[2]), spec[5])
     assert not any(isinstance(e, PublishSessionEnded) for e in effects)
     assert [e for e in effects if isinstance(e, IssueReceipt)] == [IssueReceipt(1, REF, 0)]
+
+
+@pytest.mark.req("STOP-7", "ERR-1", "START-6")
+@pytest.mark.parametrize("spec_name", ["plug_in_timeout_voids", "authorized_then_driver_aborts"])
+def test_req_stop_7_nothing_is_charged_for_a_session_that_never_started(spec_name: str) -> None:
+    """A tariff with a flat session fee prices even an empty usage; a payment whose session never
+    started (no energy was ever enabled) is voided all the same — no fee is captured (found by the
+    randomized-world fuzzer: seeds 15, 28, 30 committed the session fee)."""
+    (spec,) = [s for s in SPECS if s[1] == spec_name]
+    fee = LinearPricer(session_fee_minor=100)
+    effects = run(make_station(1, spec[2], fee), spec[5])
+    assert any(isinstance(e, Void) for e in effects)
+    assert not any(isinstance(e, Commit | RecordCommitDecided) for e in effects)
+    assert [e for e in effects if isinstance(e, IssueReceipt)] == [IssueReceipt(1, REF, 0)]
+
+
+@pytest.mark.req("START-4", "STOP-8")
+def test_req_start_4_an_unpaid_session_that_never_started_owes_nothing() -> None:
+    station = make_station(1, StationConfig(), LinearPricer(session_fee_minor=100))
+    effects = run(
+        station,
+        [
+            RemoteStart(1, t(5), "TOKEN-1"),  # authorized first, the vehicle never comes
+            TimerFired(TimerKind.PLUG_IN, 1, t(400)),
+        ],
+    )
+    (ended,) = [e for e in effects if isinstance(e, RecordSessionEnded)]
+    assert ended.cost_minor == 0
+    assert [e.amount_minor for e in effects if isinstance(e, IssueReceipt)] == [0]
+
+
+@pytest.mark.req("ERR-3", "ERR-7", "TERM-5")
+def test_req_err_3_an_approval_that_arrives_after_a_link_reset_is_honoured() -> None:
+    """The link is re-set up (a command timed out: Reset + setup) while an Auth Session is in flight,
+    and its approval still comes: the engine waited for it and the payment goes on — it is not
+    failed at the link-down and then ignored, which left an orphan hold (fuzzer seed 19)."""
+    station = make_station(2, PLUG_ONLY)  # connector 2 waits for a card too: a read would be wanted
+    run(station, [TerminalLinkUp(t(0)), Plugged(1, t(1)), CardRead(t(5), CARD_A), Plugged(2, t(5))])
+    assert state(station, 1) is ConnectorMachineState.AUTHORIZING
+
+    during = run(station, [TerminalLinkDown(t(6)), TerminalLinkUp(t(7))])
+    assert not any(isinstance(e, RecordPaymentDeclined | PublishPaymentDeclined) for e in during)
+    # and no new card read while that Auth Session may still be on the terminal
+    assert not any(isinstance(e, StartCardRead) for e in during)
+    effects = station.handle(AuthorizationResult(1, t(8), AuthorizationOutcome.APPROVED, "S1", 5000))
+    assert state(station, 1) is ConnectorMachineState.CHARGING
+    assert any(isinstance(e, RecordPaymentApproved) for e in effects)
+    # an answer that did fail is a decline as before (nothing to dispose of)
+    station = make_station(1, PLUG_ONLY)
+    run(station, [TerminalLinkUp(t(0)), Plugged(1, t(1)), CardRead(t(5), CARD_A), TerminalLinkDown(t(6))])
+    failed = station.handle(AuthorizationResult(1, t(9), AuthorizationOutcome.FAILED, reason="LinkLost"))
+    assert any(isinstance(e, RecordPaymentDeclined) for e in failed)
+    assert state(station, 1) is ConnectorMachineState.AWAITING_CARD
+
+
+@pytest.mark.req("STOP-8")
+def test_req_stop_8_a_register_read_while_energy_flowed_is_not_the_next_session_start() -> None:
+    """Session 1 ends without a reading at rest (the final-meter wait timed out), so its last
+    register was read while energy still flowed. Session 2 must not start from it — that billed
+    session 1's last minutes to the next driver (fuzzer seed 9). Its first reading is its start."""
+    station = make_station(1, PLUG_ONLY)
+    run(
+        station,
+        [
+            Plugged(1, t(0)),
+            CardRead(t(5), CARD_A),
+            AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1"),
+            MeterReading(1, t(7), 100_000, 0.0),
+            MeterReading(1, t(300), 102_000, 7200.0),  # mid-charge: energy flows on after this
+            Unplugged(1, t(600)),
+            TimerFired(TimerKind.FINAL_METER, 1, t(630)),  # no reading at rest ever came
+            CommitResult(1, t(631), "S1", SettlementOutcome.OK),
+        ],
+    )
+    assert state(station, 1) is ConnectorMachineState.AVAILABLE
+    effects = run(
+        station,
+        [
+            Plugged(1, t(700)),
+            CardRead(t(705), CARD_A),
+            AuthorizationResult(1, t(706), AuthorizationOutcome.APPROVED, "S2"),
+        ],
+    )
+    (on,) = [e for e in effects if isinstance(e, RecordEnergyOn)]
+    assert on.meter_wh is None  # unknown: the next reading is the start
+    station.handle(MeterReading(1, t(707), 103_000, 0.0))  # the register after session 1's tail
+    station.handle(MeterReading(1, t(900), 104_000, 7200.0))
+    assert station.connectors[1].running_cost_minor == 40  # 1 kWh at 0.40, not 2 kWh
+
+
+@pytest.mark.req("STOP-8")
+def test_req_stop_8_a_register_read_at_rest_is_the_session_start() -> None:
+    """A reading taken while the connector waited (no energy flowing) is a fair start register."""
+    station = make_station(1, PLUG_ONLY)
+    run(station, [Plugged(1, t(0)), MeterReading(1, t(1), 100_000, 0.0), CardRead(t(5), CARD_A)])
+    effects = station.handle(AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1"))
+    (on,) = [e for e in effects if isinstance(e, RecordEnergyOn)]
+    assert on.meter_wh == 100_000
+    station.handle(MeterReading(1, t(300), 101_000, 7200.0))
+    assert station.connectors[1].running_cost_minor == 40  # 1 kWh at 0.40
+
+
+@pytest.mark.req("AMT-2", "STOP-8")
+def test_req_amt_2_an_increment_granted_after_the_commit_was_decided_changes_nothing() -> None:
+    """The driver unplugs while an Update Authorization is in flight: the commit amount is decided
+    (within the old hold) before the grant comes back. The late grant is not recorded nor
+    published — a payment.incremented after the commit contradicted the stream (fuzzer finding)."""
+    (spec,) = [s for s in SPECS if s[1] == "increment_before_cap_then_stop_at_maximum"]
+    config, pricer = spec[2], spec[3]
+    assert pricer is not None
+    station = make_station(1, config, pricer)
+    asked = run(
+        station,
+        [
+            *CHARGING,
+            MeterReading(1, t(607), 101_000, 7200.0),
+            MeterReading(1, t(907), 101_500, 7200.0),  # asks for 3000
+        ],
+    )
+    assert any(isinstance(e, UpdateAuthorization) for e in asked)
+    decided = run(station, [Unplugged(1, t(910)), MeterReading(1, t(911), 101_600, 0.0)])
+    (commit,) = [e for e in decided if isinstance(e, Commit)]
+    assert commit.amount_minor == 1600
+    late = station.handle(UpdateAuthorizationResult(1, t(912), "S1", UpdateOutcome.APPROVED, 3000))
+    assert not any(isinstance(e, RecordPaymentIncremented | PublishPaymentIncremented) for e in late)
+    assert station.connectors[1].payment is not None
+    assert station.connectors[1].payment.authorized_minor == 2000

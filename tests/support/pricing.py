@@ -11,11 +11,13 @@ from statemachines.pricing import Usage, UsageKind
 @dataclass(frozen=True, slots=True)
 class LinearPricer:
     """``per_kwh_minor`` per kWh, ``per_minute_minor`` per minute plugged and authorized
-    (charging or suspended), ``idle_per_minute_minor`` per idle minute; rounded down."""
+    (charging or suspended), ``idle_per_minute_minor`` per idle minute, plus a flat
+    ``session_fee_minor`` (also for an empty usage, as a tariff's session fee); rounded down."""
 
     per_kwh_minor: int = 40
     per_minute_minor: int = 0
     idle_per_minute_minor: int = 0
+    session_fee_minor: int = 0
 
     def accumulate(
         self, usage: Usage, start: datetime, end: datetime, energy_wh: int, kind: UsageKind
@@ -30,4 +32,4 @@ class LinearPricer:
         active_ms = usage.duration_ms(UsageKind.CHARGING) + usage.duration_ms(UsageKind.SUSPENDED)
         time = active_ms * self.per_minute_minor // 60_000
         idle = usage.duration_ms(UsageKind.IDLE) * self.idle_per_minute_minor // 60_000
-        return energy + time + idle
+        return energy + time + idle + self.session_fee_minor
