@@ -2,7 +2,7 @@
 # Set up and run evpay-agent on a fresh Debian machine: `bash hil/bootstrap.sh demo|test`.
 #
 #   demo  the agent against the built-in terminal simulator, a complete paid session, decoded
-#   test  lint (ruff), types (mypy --strict on drivers/ and statemachines/) and the whole test suite
+#   test  lint (ruff), types (mypy --strict on the whole tree) and the whole test suite
 #
 # Creates .venv (python3 -m venv) with the project and its dev tools, and installs mosquitto and
 # socat with apt-get when they are missing and we may (root, or passwordless sudo).
@@ -58,8 +58,7 @@ case "$target" in
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
     log "mypy"
-    .venv/bin/mypy --strict drivers statemachines agent/money/tariff.py
-    .venv/bin/mypy agent hil
+    .venv/bin/mypy --strict agent drivers statemachines hil tests
     log "pytest"
     # -n 3: most end-to-end tests wait on processes and sockets, so three workers fit two cores
     exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-3}" "${@:2}"

@@ -14,7 +14,7 @@ import jsonschema
 import msgspec
 import pytest
 import yaml
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from agent.money.tariff import Tariff, TariffConfig
@@ -138,9 +138,7 @@ async def test_req_rec_1_daily_report_fires_once_a_day_for_the_previous_local_da
     assert all(r.correlation_id is None for r in reports)
     # the published payloads validate against the AsyncAPI document's schema (UP-1)
     doc = yaml.safe_load(ASYNCAPI_TEXT)
-    registry: Registry[Any] = Registry().with_resource(
-        "urn:asyncapi", Resource(doc, specification=DRAFT202012)
-    )
+    registry: Registry[Any] = Registry().with_resource("urn:asyncapi", DRAFT202012.create_resource(doc))
     validator = jsonschema.Draft202012Validator(
         {"$ref": "urn:asyncapi#/components/schemas/ReconciliationReport"}, registry=registry
     )

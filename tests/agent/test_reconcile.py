@@ -22,7 +22,31 @@ import agent.store.journal as journal_mod
 from agent.money.reconcile import build_report, day_window, has_discrepancy, render_text
 from agent.store.journal import Journal, JournalError
 from agent.upstream.contract import ReconciliationReport, encode
-from statemachines.effects import JournalRecord
+from statemachines.effects import (
+    JournalRecord,
+    RecordCardRead,
+    RecordCommitConfirmed,
+    RecordCommitDecided,
+    RecordEnergyOn,
+    RecordMeter,
+    RecordPaymentApproved,
+    RecordPaymentDeclined,
+    RecordPaymentRestored,
+    RecordSessionEnded,
+    RecordStop,
+    RecordVoidConfirmed,
+    RecordVoidDecided,
+)
+from statemachines.events import (
+    CardKind,
+    CardToken,
+    DeclineOutcome,
+    PaymentMethod,
+    RestoreResolution,
+    SettlementOutcome,
+    StopSource,
+)
+from statemachines.pricing import Usage
 
 ROOT = Path(__file__).resolve().parents[2]
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -30,6 +54,10 @@ DAY = date(2026, 3, 1)  # CET (UTC+1): the local day is 2026-02-28T23:00Z .. 202
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HASH = "0123456789ABCDEF0123456789ABCDEF01234567"
 PAN = "476173******0010"
+CARD = CardToken(CardKind.EMV, HASH, PAN, "VISA")
+EMV = PaymentMethod.EMV
+OK = SettlementOutcome.OK
+EMPTY = Usage()
 
 
 def _t(hh: int, mm: int = 0) -> datetime:
@@ -57,48 +85,55 @@ def journal(tmp_path: Path, clock: _Clock) -> Iterator[Journal]:
     j.close()
 
 
-def _rec(j: Journal, kind: str, conn: int, ref: str, at: datetime, **data: object) -> None:
-    j.record(JournalRecord(kind, conn, {"session_ref": ref, **data}), at=at)
+def _rec(j: Journal, record: JournalRecord, at: datetime) -> None:
+    j.record(record, at=at)
+
+
+def _card(j: Journal, ref: str, at: datetime, conn: int = 1, amount: int = 5000) -> None:
+    _rec(j, RecordCardRead(conn, ref, card=CARD, amount_minor=amount), at)
 
 
 def _approve(j: Journal, ref: str, sid: str, at: datetime, conn: int = 1, auth: int = 5000) -> None:
-    _rec(
-        j,
-        "card_read",
-        conn,
-        ref,
-        at,
-        card_kind="emv",
-        token=HASH,
-        masked_pan=PAN,
-        brand="VISA",
-        amount_minor=auth,
-    )
-    _rec(j, "payment_approved", conn, ref, at, session_id=sid, authorized_minor=auth, partial=False)
+    _card(j, ref, at, conn, auth)
+    _rec(j, RecordPaymentApproved(conn, ref, method=EMV, session_id=sid, authorized_minor=auth), at)
 
 
 def _charge(j: Journal, ref: str, at: datetime, energy: int, cost: int, conn: int = 1) -> None:
-    _rec(j, "energy_on", conn, ref, at, method="emv", meter_wh=100_000)
+    _rec(j, RecordEnergyOn(conn, ref, method=EMV, meter_wh=100_000, first=True, usage=EMPTY), at)
     _rec(
         j,
-        "meter",
-        conn,
-        ref,
+        RecordMeter(
+            conn,
+            ref,
+            meter_wh=100_000 + energy,
+            energy_wh=energy,
+            cost_minor=cost,
+            power_w=None,
+            periodic=True,
+            usage=EMPTY,
+        ),
         at + timedelta(minutes=5),
-        meter_wh=100_000 + energy,
-        energy_wh=energy,
-        cost_minor=cost,
     )
-    _rec(j, "stop", conn, ref, at + timedelta(minutes=10), reason="tap", energy_wh=energy, cost_minor=cost)
+    _rec(
+        j,
+        RecordStop(conn, ref, reason=StopSource.TAP, energy_wh=energy, cost_minor=cost, usage=EMPTY),
+        at + timedelta(minutes=10),
+    )
 
 
 def _commit(
     j: Journal, ref: str, sid: str, at: datetime, amount: int, energy: int, cost: int, *, confirm: bool = True
 ) -> None:
-    _rec(j, "commit", 1, ref, at, session_id=sid, amount_minor=amount, energy_wh=energy, cost_minor=cost)
+    _rec(
+        j,
+        RecordCommitDecided(
+            1, ref, session_id=sid, amount_minor=amount, energy_wh=energy, cost_minor=cost, usage=EMPTY
+        ),
+        at,
+    )
     j.disposal_sent(sid)
     if confirm:
-        _rec(j, "commit_confirmed", 1, ref, at + timedelta(seconds=2), session_id=sid, outcome="ok")
+        _rec(j, RecordCommitConfirmed(1, ref, session_id=sid, outcome=OK), at + timedelta(seconds=2))
 
 
 def _paid(
@@ -113,25 +148,41 @@ def _scenario(j: Journal, clock: _Clock) -> None:
     """Every case of the brief on 2026-03-01 (UTC times; local = +1 h)."""
     # I: resumed after a crash, then committed
     _approve(j, "1-I", "1009", _t(4))
-    _rec(j, "energy_on", 1, "1-I", _t(4), method="emv", meter_wh=0)
-    _rec(j, "meter", 1, "1-I", _t(4, 5), meter_wh=5000, energy_wh=5000, cost_minor=200)
-    _rec(j, "payment_restored", 1, "1-I", _t(4, 20), session_id="1009", plugged=True, energy_on=True)
-    _rec(j, "stop", 1, "1-I", _t(4, 30), reason="unplug", energy_wh=7500, cost_minor=300)
+    _rec(j, RecordEnergyOn(1, "1-I", method=EMV, meter_wh=0, first=True, usage=EMPTY), _t(4))
+    _rec(
+        j,
+        RecordMeter(
+            1, "1-I", meter_wh=5000, energy_wh=5000, cost_minor=200, power_w=None, periodic=True, usage=EMPTY
+        ),
+        _t(4, 5),
+    )
+    _rec(
+        j,
+        RecordPaymentRestored(
+            1, "1-I", session_id="1009", plugged=True, energy_on=True, resolution=RestoreResolution.RESUMED
+        ),
+        _t(4, 20),
+    )
+    _rec(
+        j,
+        RecordStop(1, "1-I", reason=StopSource.UNPLUG, energy_wh=7500, cost_minor=300, usage=EMPTY),
+        _t(4, 30),
+    )
     _commit(j, "1-I", "1009", _t(4, 31), 300, 7500, 300)
     # H: free vend (terminal offline): energy without a payment
     _rec(
         j,
-        "payment_approved",
-        2,
-        "2-H",
+        RecordPaymentApproved(
+            2, "2-H", method=PaymentMethod.FREE_VEND, session_id=None, authorized_minor=None
+        ),
         _t(5),
-        session_id=None,
-        authorized_minor=None,
-        partial=False,
-        method="free_vend",
     )
-    _rec(j, "energy_on", 2, "2-H", _t(5), method="free_vend", meter_wh=0)
-    _rec(j, "session_ended", 2, "2-H", _t(5, 30), energy_wh=3000, cost_minor=120)
+    _rec(
+        j,
+        RecordEnergyOn(2, "2-H", method=PaymentMethod.FREE_VEND, meter_wh=0, first=True, usage=EMPTY),
+        _t(5),
+    )
+    _rec(j, RecordSessionEnded(2, "2-H", energy_wh=3000, cost_minor=120, usage=EMPTY), _t(5, 30))
     # G: cost above the authorization: capped (info)
     _paid(j, "1-G", "1007", _t(6), energy=135_000, cost=5400, amount=5000)
     # F: captured differs from the computed cost
@@ -140,23 +191,16 @@ def _scenario(j: Journal, clock: _Clock) -> None:
     _paid(j, "1-A", "1001", _t(8), energy=10_000, cost=400)
     # B: voided (nothing delivered)
     _approve(j, "1-B", "1002", _t(8, 30))
-    _rec(j, "void", 1, "1-B", _t(8, 40), session_id="1002")
+    _rec(j, RecordVoidDecided(1, "1-B", session_id="1002", usage=EMPTY), _t(8, 40))
     j.disposal_sent("1002")
-    _rec(j, "void_confirmed", 1, "1-B", _t(8, 41), session_id="1002", outcome="ok")
+    _rec(j, RecordVoidConfirmed(1, "1-B", session_id="1002", outcome=OK), _t(8, 41))
     # C: declined
+    _card(j, "1-C", _t(9))
     _rec(
         j,
-        "card_read",
-        1,
-        "1-C",
+        RecordPaymentDeclined(1, "1-C", outcome=DeclineOutcome.DECLINED, reason="not_authorised"),
         _t(9),
-        card_kind="emv",
-        token=HASH,
-        masked_pan=PAN,
-        brand="VISA",
-        amount_minor=5000,
     )
-    _rec(j, "payment_declined", 1, "1-C", _t(9), outcome="declined", reason="not_authorised")
     # E: commit sent, never confirmed (90 min before NOW)
     _approve(j, "1-E", "1005", _t(10))
     _charge(j, "1-E", _t(10), 20_000, 800)
@@ -165,9 +209,9 @@ def _scenario(j: Journal, clock: _Clock) -> None:
     _approve(j, "2-D", "1004", _t(11), conn=2)
     # orphan: P6X List Sessions found a session the journal never saw
     clock.now = _t(3)
-    j.note("recovery_list_sessions", None, {"open": 1, "orphans": 1})
-    j.note("recovery_orphan_void", None, {"session_id": "99999"})
-    j.note("recovery_orphan_voided", None, {"session_id": "99999", "outcome": "ok"})
+    j.note("recovery_list_sessions", None, None, {"open": 1, "orphans": 1})
+    j.note("recovery_orphan_void", None, None, {"session_id": "99999"})
+    j.note("recovery_orphan_voided", None, None, {"session_id": "99999", "outcome": "ok"})
     clock.now = NOW
 
 
@@ -282,16 +326,16 @@ def test_commit_answered_session_not_found_is_unconfirmed(tmp_path: Path, journa
     _charge(journal, "1-A", _t(8), 1000, 40)
     _rec(
         journal,
-        "commit",
-        1,
-        "1-A",
+        RecordCommitDecided(
+            1, "1-A", session_id="1001", amount_minor=40, energy_wh=1000, cost_minor=40, usage=EMPTY
+        ),
         _t(8, 11),
-        session_id="1001",
-        amount_minor=40,
-        energy_wh=1000,
-        cost_minor=40,
     )
-    _rec(journal, "commit_confirmed", 1, "1-A", _t(8, 12), session_id="1001", outcome="not_found")
+    _rec(
+        journal,
+        RecordCommitConfirmed(1, "1-A", session_id="1001", outcome=SettlementOutcome.NOT_FOUND),
+        _t(8, 12),
+    )
     assert [d.kind for d in _report(tmp_path).discrepancies] == ["commit_unconfirmed"]
 
 
@@ -337,6 +381,63 @@ def test_open_payment_from_an_earlier_day_is_carried_over(tmp_path: Path, journa
     report = _report(tmp_path)
     assert [p.session_id for p in report.payments] == ["1-old"]
     assert [d.kind for d in report.discrepancies] == ["undisposed_payment"]
+
+
+def _orphan_kinds(report: ReconciliationReport) -> list[tuple[str, str | None]]:
+    return [(d.kind, d.session_id) for d in report.discrepancies]
+
+
+@pytest.mark.req("REC-1", "ERR-5")
+def test_req_rec_1_possible_orphan_approval_until_cleared(tmp_path: Path, journal: Journal) -> None:
+    """psp-reference §10.4: an EMV card read without an outcome at a restart may hold an approval
+    on the terminal. It is an error in its day's report and in every later day's until an operator
+    clears it; an RFID read without an outcome (nothing held on the terminal) is not."""
+    _card(journal, "1-O", _t(9, 30))
+    rfid = CardToken(CardKind.RFID, "04A1B2C3")
+    _rec(journal, RecordCardRead(2, "2-R", card=rfid, amount_minor=0), _t(9, 40))
+    for row in journal.open_payments():  # the restart recovery
+        journal.close_unapproved(row, orphan_suspected=row.card_kind == "emv")
+
+    report = _report(tmp_path)
+    assert _orphan_kinds(report) == [
+        ("possible_orphan_approval", "1-O"),
+        ("recovered_after_crash", "2-R"),
+    ]
+    orphan = report.discrepancies[0]
+    assert (orphan.severity, orphan.amount_minor, orphan.age_s, orphan.connector_id) == (
+        "error",
+        5000,
+        9000,
+        1,
+    )
+    assert PAN in orphan.detail
+    assert "clear_discrepancy" in orphan.detail
+    assert has_discrepancy(report)
+    assert "possible_orphan_approval" in render_text(report)
+    lines = {p.session_id: p for p in report.payments}
+    assert (lines["1-O"].status, lines["1-O"].recovery) == ("failed", "ended")
+    # not before it happened
+    assert _report(tmp_path, date(2026, 2, 28)).payments == ()
+
+    # carried into every later day's report, and only the orphan (a closed payment is not)
+    for later in (date(2026, 3, 2), date(2026, 3, 9)):
+        carried = build_report(
+            tmp_path / "state",
+            station_id="ST-1",
+            day=later,
+            tz=AMS,
+            now=NOW + timedelta(days=(later - DAY).days),
+        )
+        assert [p.session_id for p in carried.payments] == ["1-O"]
+        assert _orphan_kinds(carried) == [("possible_orphan_approval", "1-O")]
+        assert carried.discrepancies[0].age_s == 9000 + (later - DAY).days * 86_400
+
+    journal.clear_orphan("1-O", "cleared_by_operator", note="hold released in the Payter portal")
+    report = _report(tmp_path)
+    assert ("possible_orphan_approval", "1-O") not in _orphan_kinds(report)
+    assert _orphan_kinds(report) == [("recovered_after_crash", "1-O"), ("recovered_after_crash", "2-R")]
+    carried = build_report(tmp_path / "state", station_id="ST-1", day=date(2026, 3, 2), tz=AMS, now=NOW)
+    assert (carried.payments, carried.discrepancies) == ((), ())
 
 
 def test_missing_journal_and_bad_window(tmp_path: Path) -> None:

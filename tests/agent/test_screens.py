@@ -10,9 +10,9 @@ from agent.runtime import screens
 from agent.runtime.shell import parse_ui_button
 from statemachines.authorization import AuthorizationPolicy, AuthorizationStrategy
 from statemachines.config import ConnectorConfig, StartMode, StationConfig, StopMode
+from statemachines.connector import ConnectorMachineState
 from statemachines.effects import MessageKey, ShowMessage
 from statemachines.events import UiAction
-from statemachines.connector import ConnectorMachineState
 from statemachines.terminal import ConnectorView
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -37,9 +37,9 @@ def settings(**overrides: object) -> screens.ScreenSettings:
 
 
 VIEWS = [
-    ConnectorView(1, "available", True),
-    ConnectorView(2, "charging", True, card_token="tok"),
-    ConnectorView(3, "unavailable", False),
+    ConnectorView(1, ConnectorMachineState.AVAILABLE, True),
+    ConnectorView(2, ConnectorMachineState.CHARGING, True, card_token="tok"),
+    ConnectorView(3, ConnectorMachineState.UNAVAILABLE, False),
 ]
 
 
@@ -78,7 +78,9 @@ def test_home_screen_driver_cap_items() -> None:
 
 def test_busy_connector_without_ui_stop_is_disabled() -> None:
     s = screens.ScreenSettings(connector_ids=(1,), ui_start=True)
-    _, props = screens.home_screen(s, [ConnectorView(1, "charging", True, card_token="t")])
+    _, props = screens.home_screen(
+        s, [ConnectorView(1, ConnectorMachineState.CHARGING, True, card_token="t")]
+    )
     assert props["items.start_1.disabled"] == "true"
     assert props["items.start_1.label"] == "Connector 1 - Charging"
 
@@ -160,7 +162,8 @@ def test_optional_lines_and_the_qr_are_dropped_first_then_texts_shortened() -> N
     assert fitted[1] == {"title": "Thank you", "subtitle": "12.34 EUR", "advice": "Scan"}  # … only it
     tighter = screens.fit(final, _fits_within(40))
     assert tighter is not None
-    assert "advice" not in tighter[1] and tighter[1]["title"] == "Thank you"  # then the hint
+    assert "advice" not in tighter[1]  # then the hint
+    assert tighter[1]["title"] == "Thank you"
     long_title = ("notification", {"title": "A" * 300})
     shortened = screens.fit(long_title, _fits_within(100))
     assert shortened is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,7 +90,7 @@ async def test_charger_simulator_survives_a_broker_restart(
         assert "connected" in st.charger.proc.log_text()
 
 
-async def test_proc_kill_reports_sigkill_and_logs_are_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_proc_kill_reports_sigkill_and_logs_are_kept(tmp_path: Path) -> None:
     proc = Proc("sleeper", tmp_path / "sleeper.log")
     await proc.spawn([sys.executable, "-c", "import time; print('hello', flush=True); time.sleep(60)"])
     await wait_until(
@@ -104,7 +106,7 @@ async def test_proc_kill_reports_sigkill_and_logs_are_kept(tmp_path) -> None:  #
         await proc.kill()
 
 
-async def test_agent_self_kill_exit_code_is_minus_nine(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_agent_self_kill_exit_code_is_minus_nine(tmp_path: Path) -> None:
     """What a crash point looks like to the harness: a process that SIGKILLs itself."""
     agent = Agent(tmp_path, tmp_path / "unused.yaml")
     await agent.proc.spawn([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
@@ -126,17 +128,18 @@ def test_expected_cost_uses_the_tariff() -> None:
 
 
 def test_settlement_problems_flags_open_double_and_over_capture() -> None:
-    ok = {
+    history: list[dict[str, Any]] = [{"event": "approved"}, {"event": "committed", "amount_minor": 10}]
+    ok: dict[str, Any] = {
         "session_id": 1,
         "status": "committed",
         "authorized_minor": 50,
         "committed_minor": 10,
-        "history": [{"event": "approved"}, {"event": "committed", "amount_minor": 10}],
+        "history": history,
     }
     assert settlement_problems([ok]) == []
     still_open = {**ok, "status": "approved", "committed_minor": None, "history": [{"event": "approved"}]}
     assert "still approved" in settlement_problems([still_open])[0]
-    refused = {**ok, "history": [*ok["history"], {"event": "commit_refused", "amount_minor": 99}]}
+    refused = {**ok, "history": [*history, {"event": "commit_refused", "amount_minor": 99}]}
     assert "above the authorized" in settlement_problems([refused])[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from agent.upstream.asyncapi import EXAMPLES, render_asyncapi
-from agent.upstream.contract import COMMANDS, TOPICS, Receipt, encode
+from agent.upstream.contract import COMMANDS, CONTRACT_VERSION, TOPICS, Receipt, encode
 from tests.upstream.strategies import structs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,10 +33,14 @@ def doc() -> Any:
 
 
 def _validator(doc: Any, schema_name: str) -> jsonschema.Draft202012Validator:
-    registry: Registry[Any] = Registry().with_resource(_URI, Resource(doc, specification=DRAFT202012))
+    registry: Registry[Any] = Registry().with_resource(_URI, DRAFT202012.create_resource(doc))
     return jsonschema.Draft202012Validator(
         {"$ref": f"{_URI}#/components/schemas/{schema_name}"}, registry=registry
     )
+
+
+def _name(cls: type[Any]) -> str:
+    return cls.__name__
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -81,9 +86,7 @@ def test_cli_prints_the_document() -> None:
 @pytest.mark.req("UP-1")
 def test_document_shape(doc: Any) -> None:
     assert doc["asyncapi"] == "3.0.0"
-    assert doc["info"]["version"] == "1.0.0"
-    for ref in set(_refs(doc)):
-        _resolve(doc, ref)  # every $ref resolves
+    assert doc["info"]["version"] == CONTRACT_VERSION == "1.1.0"
     assert set(doc["channels"]) == {t.key for t in TOPICS}
     for spec in TOPICS:
         channel = doc["channels"][spec.key]
@@ -112,11 +115,26 @@ def test_document_shape(doc: Any) -> None:
     assert doc["operations"]["send_auth_request"]["reply"]["channel"]["$ref"] == "#/channels/auth_response"
 
 
-@pytest.mark.req("UP-1")
-def test_every_message_has_an_example_that_its_schema_accepts(doc: Any) -> None:
+def test_every_ref_resolves(doc: Any) -> None:
+    dangling = []
+    for ref in sorted(set(_refs(doc))):
+        try:
+            _resolve(doc, ref)
+        except KeyError:
+            dangling.append(ref)
+    assert dangling == []
+
+
+def test_every_published_or_received_payload_is_a_documented_message(doc: Any) -> None:
     messages = doc["components"]["messages"]
     published = {cls.__name__ for spec in TOPICS for cls in spec.payload}
     assert published == set(messages) == {cls.__name__ for cls in EXAMPLES}
+
+
+@pytest.mark.req("UP-1")
+def test_every_message_has_an_example_that_its_schema_accepts(doc: Any) -> None:
+    messages = doc["components"]["messages"]
+    assert set(messages) == {cls.__name__ for cls in EXAMPLES}
     for name, message in messages.items():
         assert message["examples"], name
         schema_name = message["payload"]["$ref"].rsplit("/", 1)[1]
@@ -138,10 +156,37 @@ def test_every_message_has_an_example_that_its_schema_accepts(doc: Any) -> None:
         ("Receipt", {"masked_pan": "4111111111111111"}),
         ("AuthResponse", {"request_id": "6f1c2a9e-0b1d-4c55-9a43-2f7d3e8b1c01", "status": "ok"}),
         ("AuthRequest", {"request_id": "x", "uid": "4111111111111111", "ts": "2026-03-01T10:00:00Z"}),
+        ("SessionUpdated", {"event": "session.updated", "reason": "restored"}),  # 1.0.0's reason
+        ("Alarm", {"alarm": "outbox_full"}),
+        pytest.param(
+            "ClearDiscrepancy",
+            {"correlation_id": "c", "session_id": "1-a", "kind": "undisposed_payment"},
+        ),
     ],
 )
 def test_schemas_reject_invalid_payloads(doc: Any, schema: str, payload: dict[str, object]) -> None:
     assert not _validator(doc, schema).is_valid(payload)
+
+
+def _example(cls_name: str) -> dict[str, Any]:
+    cls = next(c for c in EXAMPLES if c.__name__ == cls_name)
+    payload: dict[str, Any] = msgspec.json.decode(encode(EXAMPLES[cls][0][1]))
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("schema", "changes"),
+    [
+        ("SessionStarted", {"meter_wh": None}),  # 1.1.0: the meter register may be unknown at the start
+        ("MeterValue", {"power_w": None}),
+        ("ConnectorState", {"power_w": None}),
+        ("SessionUpdated", {"reason": "resumed"}),
+        ("Alarm", {"alarm": "charger_command_failed"}),
+        ("Alarm", {"alarm": "possible_orphan_approval"}),
+    ],
+)
+def test_contract_1_1_0_payloads_are_accepted(doc: Any, schema: str, changes: dict[str, object]) -> None:
+    assert _validator(doc, schema).is_valid({**_example(schema), **changes})
 
 
 def test_receipt_schema_rejects_a_full_pan_even_in_an_otherwise_valid_receipt(doc: Any) -> None:
@@ -151,7 +196,7 @@ def test_receipt_schema_rejects_a_full_pan_even_in_an_otherwise_valid_receipt(do
 
 
 @pytest.mark.req("UP-1")
-@pytest.mark.parametrize("cls", sorted(EXAMPLES, key=lambda t: t.__name__), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", sorted(EXAMPLES, key=attrgetter("__name__")), ids=_name)
 @settings(
     max_examples=15,
     deadline=None,

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
-from typing import get_args
+import tempfile
+import types
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
 
 import msgspec
+import msgspec.inspect as mi
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.store.outbox import Outbox
+from agent.upstream import contract
 from agent.upstream.asyncapi import EXAMPLES
 from agent.upstream.contract import (
     COMMANDS,
+    CONTRACT_VERSION,
     DEFAULT_MAX_COMMAND_BYTES,
     EVENT_TYPES,
     TOPICS,
@@ -21,12 +30,9 @@ from agent.upstream.contract import (
     CommandError,
     CommandErrorCode,
     ContractError,
-    PaymentAuthorized,
-    PaymentDeclined,
-    SessionEnded,
+    PaymentFailed,
     SessionEvent,
-    SessionStarted,
-    SessionUpdated,
+    SessionSummaryState,
     SetTariff,
     Start,
     Status,
@@ -38,11 +44,30 @@ from agent.upstream.contract import (
     decode_command,
     encode,
     masked_pan_ok,
-    session_event,
     utc_timestamp,
 )
-from statemachines.connector import STATES as CONNECTOR_STATES
-from statemachines.events import BackendAuthorizationStatus, PaymentMethod, StopSource
+from agent.upstream.publisher import Publisher
+from statemachines.connector import TRANSITIONS, ConnectorMachineState
+from statemachines.effects import (
+    PublishPaymentAuthorized,
+    PublishPaymentCaptured,
+    PublishPaymentDeclined,
+    PublishPaymentIncremented,
+    PublishPaymentPartiallyApproved,
+    PublishPaymentVoided,
+    PublishSessionEnded,
+    PublishSessionStarted,
+    PublishSessionUpdated,
+    UpdateReason,
+    UpstreamEvent,
+)
+from statemachines.events import (
+    BackendAuthorizationStatus,
+    DeclineOutcome,
+    PaymentMethod,
+    RestoreResolution,
+    StopSource,
+)
 from tests.upstream.strategies import structs
 
 C = CommandErrorCode
@@ -76,7 +101,7 @@ def test_topic_table_is_design_5_3() -> None:
     }
     assert expected_fixed <= rows
     names = {"start", "stop", "set_availability", "set_tariff", "set_local_auth_list", "display_message"}
-    names |= {"reconcile", "get_sessions"}
+    names |= {"reconcile", "clear_discrepancy", "get_sessions"}
     assert set(COMMANDS) == names
     for name in names:
         assert (f"cmd/{name}", "receive", False, False, 1) in rows
@@ -115,24 +140,149 @@ def test_birth_and_last_will_payloads() -> None:
     assert birth == {
         "state": "online",
         "version": "0.1.0",
-        "contract": "1.0.0",
+        "contract": "1.1.0",
         "started_at": "2026-03-01T10:00:00.000Z",
     }
     assert isinstance(msgspec.json.decode(b'{"state":"offline"}', type=Status), StatusOffline)
+    assert CONTRACT_VERSION == "1.1.0"
 
 
-def test_connector_states_match_the_machine() -> None:
-    from agent.upstream import contract
+# --------------------------------------------------------------------------------------------------
+# enums: the engine's are the contract's (types end to end)
+# --------------------------------------------------------------------------------------------------
 
-    assert set(get_args(contract.ConnectorMachineState)) == set(CONNECTOR_STATES)
+# every enum-typed field of every payload the agent sends or receives, and the enum it uses
+ENUM_FIELDS: dict[str, type[Enum]] = {
+    "ConnectorState.state": ConnectorMachineState,
+    "ConnectorState.method": PaymentMethod,
+    "SessionStarted.method": PaymentMethod,
+    "PaymentAuthorized.method": PaymentMethod,
+    "SessionUpdated.reason": UpdateReason,
+    "SessionUpdated.resolution": RestoreResolution,
+    "SessionUpdated.method": PaymentMethod,
+    "SessionEnded.reason": StopSource,
+    "PaymentDeclined.outcome": DeclineOutcome,
+    "Receipt.method": PaymentMethod,
+    "ReconciledPayment.method": PaymentMethod,
+    "SessionSummary.state": SessionSummaryState,
+    "SessionSummary.method": PaymentMethod,
+    "CommandResult.code": CommandErrorCode,
+}
+ENGINE_ENUMS: tuple[type[Enum], ...] = (
+    PaymentMethod,
+    ConnectorMachineState,
+    StopSource,
+    DeclineOutcome,
+    RestoreResolution,
+    UpdateReason,
+)
 
 
-def test_enums_match_the_engine() -> None:
-    """The contract's literals cover the engine's values (payment methods, stop reasons, RFID)."""
-    from agent.upstream import contract
+def _enums(t: mi.Type) -> Iterator[type[Enum]]:
+    match t:
+        case mi.Metadata():
+            yield from _enums(t.type)
+        case mi.EnumType():
+            yield t.cls
+        case mi.UnionType():
+            for option in t.types:
+                yield from _enums(option)
+        case mi.VarTupleType() | mi.ListType():
+            yield from _enums(t.item_type)
 
-    assert set(get_args(contract.PaymentMethod)) == {m.value for m in PaymentMethod}
-    assert set(get_args(contract.StopReason)) == {s.value for s in StopSource}
+
+def _enum_fields(cls: type[msgspec.Struct], seen: set[type[Any]]) -> Iterator[tuple[str, type[Enum]]]:
+    if cls in seen:
+        return
+    seen.add(cls)
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    for f in info.fields:
+        for enum in _enums(f.type):
+            yield f"{cls.__name__}.{f.name}", enum
+        for nested in _structs(f.type):
+            yield from _enum_fields(nested, seen)
+
+
+def _structs(t: mi.Type) -> Iterator[type[msgspec.Struct]]:
+    match t:
+        case mi.Metadata():
+            yield from _structs(t.type)
+        case mi.StructType():
+            yield t.cls
+        case mi.UnionType():
+            for option in t.types:
+                yield from _structs(option)
+        case mi.VarTupleType() | mi.ListType():
+            yield from _structs(t.item_type)
+
+
+_CONTRACT_TYPES = tuple({cls for spec in TOPICS for cls in spec.payload})
+
+
+def test_contract_enums_are_the_engines() -> None:
+    assert contract.PaymentMethod is PaymentMethod
+    assert contract.ConnectorMachineState is ConnectorMachineState
+    assert contract.StopReason is StopSource
+    assert contract.DeclineOutcome is DeclineOutcome
+    assert contract.RestoreResolution is RestoreResolution  # type: ignore[attr-defined]
+    assert contract.UpdateReason is UpdateReason  # type: ignore[attr-defined]
+
+
+def test_every_enum_field_uses_the_engines_enum() -> None:
+    """No payload field re-spells an engine enum as its own Literal or str: mypy then checks that a
+    value the engine produces is one the contract accepts."""
+    seen: set[type[Any]] = set()
+    found = dict(f for cls in _CONTRACT_TYPES for f in _enum_fields(cls, seen))
+    found = {k: v for k, v in found.items() if not k.startswith(("TariffConfig.", "TariffBand."))}
+    assert found == ENUM_FIELDS
+
+
+def test_the_published_schemas_list_exactly_the_engines_values() -> None:
+    _, schemas = msgspec.json.schema_components(list(_CONTRACT_TYPES))
+    for enum in {*ENGINE_ENUMS, SessionSummaryState, CommandErrorCode}:
+        assert set(schemas[enum.__name__]["enum"]) == {m.value for m in enum}, enum.__name__  # type: ignore[attr-defined]
+
+
+def test_connector_states_are_the_rulebooks() -> None:
+    """Every state the connector machine's rulebook (``transitions``) names is a contract value,
+    and every contract value is a state of the rulebook."""
+    named: set[str] = set()
+    for t in TRANSITIONS:
+        source = t["source"]
+        named |= {source} if isinstance(source, str) else set(source)
+        if t.get("dest") is not None:
+            named.add(t["dest"])
+    named -= {"*", "="}
+    assert named == {s.value for s in contract.ConnectorMachineState}
+    assert {s.value for s in SessionSummaryState} == named | {"ended"}
+
+
+@pytest.mark.parametrize(("field", "enum"), list(ENUM_FIELDS.items()), ids=list(ENUM_FIELDS))
+def test_every_enum_value_round_trips_and_nothing_else_decodes(field: str, enum: type[Enum]) -> None:
+    cls_name, name = field.split(".")
+    candidates: list[type[msgspec.Struct]] = [*EXAMPLES, contract.SessionSummary, contract.ReconciledPayment]
+    cls = next(c for c in candidates if c.__name__ == cls_name)
+    base = msgspec.json.decode(encode(next(iter(_example_of(cls)))))
+    for member in enum:
+        payload = json.dumps({**base, name: member.value}).encode()
+        assert getattr(msgspec.json.decode(payload, type=cls), name) is member
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(json.dumps({**base, name: "bogus"}).encode(), type=cls)
+
+
+def _example_of(cls: type[msgspec.Struct]) -> Iterator[msgspec.Struct]:
+    if cls in EXAMPLES:
+        yield from (example for _, example in EXAMPLES[cls])
+    for examples in EXAMPLES.values():  # nested in another example
+        for _, example in examples:
+            for value in msgspec.structs.asdict(example).values():
+                for item in value if isinstance(value, tuple) else (value,):
+                    if isinstance(item, cls):
+                        yield item
+
+
+def test_auth_statuses_are_the_engines_but_unavailable() -> None:
     statuses = {s.value for s in BackendAuthorizationStatus} - {"unavailable"}
     assert set(get_args(contract.AuthStatus)) == statuses
 
@@ -185,79 +335,130 @@ def test_session_events_decode_through_their_tag(event: msgspec.Struct) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# engine events → contract events
+# engine events → contract events (agent/upstream/publisher.py)
 # --------------------------------------------------------------------------------------------------
 
-_COMMON = {"msg_id": _MSG, "connector_id": 1, "seq": 3, "ts": "2026-03-01T10:00:00.000Z"}
+_AT = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+_COMMON = {"msg_id", "connector_id", "session_id", "seq", "ts", "offline"}
+# engine field → contract field (the engine's ``session_ref`` is the contract's ``session_id``,
+# the engine's ``session_id`` the terminal's: ``terminal_session_id``); other names are equal
+_RENAMED = {"session_ref": "session_id", "session_id": "terminal_session_id"}
+PUBLISH_TYPES: tuple[type[Any], ...] = get_args(UpstreamEvent)
+# engine fields the contract event does not carry (none: every engine fact reaches the back office)
+_NOT_IN_CONTRACT: dict[type[Any], set[str]] = {}
 
 
-@pytest.mark.parametrize(
-    ("name", "data", "expected"),
-    [
-        (
-            "payment.authorized",
-            {"session_ref": "1-a", "session_id": "77", "authorized_minor": 5000},
-            PaymentAuthorized(session_id="1-a", terminal_session_id="77", authorized_minor=5000, **_COMMON),  # type: ignore[arg-type]
-        ),
-        (
-            "payment.authorized",  # RFID: no terminal session, maybe no limit
-            {"session_ref": "1-a", "session_id": None, "authorized_minor": None},
-            PaymentAuthorized(session_id="1-a", **_COMMON),  # type: ignore[arg-type]
-        ),
-        (
-            "payment.declined",
-            {"session_ref": "1-a", "outcome": "no_credit", "reason": None},
-            PaymentDeclined(session_id="1-a", outcome="no_credit", **_COMMON),  # type: ignore[arg-type]
-        ),
-        (
-            "session.started",
-            {"session_ref": "1-a", "method": "emv", "meter_wh": 1000},
-            SessionStarted(session_id="1-a", method="emv", meter_wh=1000, **_COMMON),  # type: ignore[arg-type]
-        ),
-        (
-            "session.ended",
-            {"session_ref": "1-a", "reason": "unplug", "energy_wh": 5, "cost_minor": 2, "amount_minor": 2},
-            SessionEnded(
-                session_id="1-a", reason="unplug", energy_wh=5, cost_minor=2, amount_minor=2, **_COMMON
-            ),  # type: ignore[arg-type]
-        ),
-        (
-            "session.updated",
-            {
-                "session_ref": "1-a",
-                "reason": "restored",
-                "resolution": "void",
-                "session_id": "77",
-                "method": "emv",
-                "plugged": False,
-                "authorized_minor": 5000,
-            },
-            SessionUpdated(
-                session_id="1-a",
-                reason="restored",
-                resolution="void",
-                terminal_session_id="77",
-                method="emv",
-                plugged=False,
-                authorized_minor=5000,
-                **_COMMON,  # type: ignore[arg-type]
-            ),
-        ),
-    ],
-)
-def test_engine_upstream_events_map_onto_the_contract(
-    name: str, data: dict[str, object], expected: msgspec.Struct
-) -> None:
-    assert session_event(name, data, **_COMMON) == expected  # type: ignore[arg-type]
+class _Client:
+    def __init__(self, *, connected: bool) -> None:
+        self.is_connected = connected
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        raise AssertionError("events never go to retained state")
 
 
-def test_engine_event_mismatch_is_a_contract_error() -> None:
-    with pytest.raises(ContractError) as info:
-        session_event("payment.teleported", {"session_ref": "1-a"}, **_COMMON)  # type: ignore[arg-type]
-    assert info.value.code is C.UNKNOWN_COMMAND
-    with pytest.raises(ContractError) as info:
-        session_event("payment.captured", {"session_ref": "1-a"}, **_COMMON)  # type: ignore[arg-type]
-    assert info.value.code is C.MISSING_FIELD
+def _field_strategy(name: str, hint: Any) -> st.SearchStrategy[Any]:
+    """Values the engine can produce that fit the contract (degrading is tests/upstream/test_degrade.py)."""
+    options = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in options:
+        (inner,) = (o for o in options if o is not type(None))
+        return st.none() | _field_strategy(name, inner)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return st.sampled_from(list(hint))
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return st.integers(1, 255) if name == "connector_id" else st.integers(0, 2**53)
+    assert hint is str, (name, hint)
+    return st.text(min_size=1, max_size={"session_ref": 64, "session_id": 32}.get(name, 256))
+
+
+def _effects(cls: type[Any]) -> st.SearchStrategy[Any]:
+    hints = get_type_hints(cls)
+    return st.builds(cls, **{name: _field_strategy(name, hint) for name, hint in hints.items()})
+
+
+def _vars_of(effect: Any) -> dict[str, Any]:
+    return {name: getattr(effect, name) for name in get_type_hints(type(effect))}
+
+
+def _publish(effect: Any, *, connected: bool) -> tuple[Publisher, msgspec.Struct, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = Outbox(Path(tmp))
+        try:
+            publisher = Publisher(
+                outbox, _Client(connected=connected), Topics("ST-1"), "ST-1", clock=lambda: _AT
+            )
+            publisher.event(effect)
+            (row,) = outbox.pending()
+        finally:
+            outbox.close()
+    assert (row.kind, row.topic) == ("event", Topics("ST-1").events(effect.connector_id))
+    return publisher, msgspec.json.decode(row.payload, type=SessionEvent), row
+
+
+@pytest.mark.req("UP-1", "UP-2")
+@pytest.mark.parametrize("cls", PUBLISH_TYPES, ids=lambda c: c.__name__)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_engine_event_is_published_as_its_contract_event(cls: type[Any], data: st.DataObject) -> None:
+    """Each engine ``Publish*`` effect becomes one contract event through the publisher, every
+    engine field carried (renamed by ``_RENAMED`` only), nothing degraded."""
+    effect = data.draw(_effects(cls))
+    connected = data.draw(st.booleans())
+    publisher, event, _ = _publish(effect, connected=connected)
+    assert publisher.errors == 0
+    assert (event.connector_id, event.session_id, event.seq, event.ts, event.offline) == (  # type: ignore[attr-defined]
+        effect.connector_id,
+        effect.session_ref,
+        0,
+        utc_timestamp(_AT),
+        not connected,
+    )
+    dropped = _NOT_IN_CONTRACT.get(cls, set())
+    carried = {_RENAMED.get(n, n): v for n, v in _vars_of(effect).items() if n not in dropped}
+    del carried["connector_id"]
+    fields = {f.name for f in msgspec.structs.fields(type(event))} - _COMMON
+    assert fields == set(carried) - {"session_id"}  # no contract field without its engine field
+    for name, value in carried.items():
+        assert getattr(event, name) == value, name
+
+
+_SAMPLES: dict[type[Any], Any] = {
+    PublishSessionStarted: PublishSessionStarted(1, "1-a", PaymentMethod.EMV, meter_wh=None),
+    PublishSessionUpdated: PublishSessionUpdated(
+        1,
+        "1-a",
+        reason=UpdateReason.RESUMED,
+        resolution=RestoreResolution.VOID,
+        session_id="77",
+        method=PaymentMethod.EMV,
+        plugged=False,
+        authorized_minor=5000,
+    ),
+    PublishSessionEnded: PublishSessionEnded(
+        1, "1-a", reason=StopSource.UNPLUG, energy_wh=5, cost_minor=2, amount_minor=2
+    ),
+    PublishPaymentAuthorized: PublishPaymentAuthorized(
+        1, "1-a", PaymentMethod.RFID, session_id=None, authorized_minor=None
+    ),
+    PublishPaymentPartiallyApproved: PublishPaymentPartiallyApproved(1, "1-a", "77", authorized_minor=2000),
+    PublishPaymentDeclined: PublishPaymentDeclined(1, "1-a", DeclineOutcome.NO_CREDIT, reason=None),
+    PublishPaymentIncremented: PublishPaymentIncremented(1, "1-a", "77", authorized_minor=7000),
+    PublishPaymentCaptured: PublishPaymentCaptured(1, "1-a", "77", amount_minor=60),
+    PublishPaymentVoided: PublishPaymentVoided(1, "1-a", "77"),
+}
+
+
+@pytest.mark.req("UP-1")
+def test_every_engine_event_type_maps_to_exactly_one_contract_event_class() -> None:
+    assert set(_SAMPLES) == set(PUBLISH_TYPES)
+    mapped = {cls: type(_publish(effect, connected=True)[1]) for cls, effect in _SAMPLES.items()}
+    assert len(set(mapped.values())) == len(mapped)  # one contract class per engine type
+    assert set(mapped.values()) <= set(EVENT_TYPES.values())
+    # the contract's only event the engine does not produce (the runtime has no payment.failed)
+    assert set(EVENT_TYPES.values()) - set(mapped.values()) == {PaymentFailed}
+    names = {cls.__name__.removeprefix("Publish"): event.__name__ for cls, event in mapped.items()}
+    assert all(engine == contract_name for engine, contract_name in names.items())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,7 +711,7 @@ def test_arbitrary_json_objects_raise_only_command_error(
         command = decode_command(name, json.dumps(fields).encode())
     except CommandError:
         return
-    assert type(command).name == name  # type: ignore[attr-defined]
+    assert type(command).name == name
 
 
 @settings(max_examples=100, deadline=None)

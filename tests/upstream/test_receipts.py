@@ -23,6 +23,7 @@ from agent.money.receipts import (
 )
 from agent.money.tariff import Quote, Tariff, TariffConfig
 from agent.upstream.contract import Receipt, SignedMeterData, encode
+from statemachines.events import PaymentMethod
 from statemachines.pricing import Usage, UsageKind
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -66,7 +67,7 @@ def emv_with_idle_fee() -> Receipt:
     receipt = build_receipt(
         **_common(),  # type: ignore[arg-type]
         status="captured",
-        method="emv",
+        method=PaymentMethod.EMV,
         quote=_quote(22_000, 60, idle_min=25),
         stopped_at=T0 + timedelta(minutes=85),
         meter_start_wh=1_234_567,
@@ -154,7 +155,7 @@ def test_declined_payment_gets_a_receipt_charging_nothing() -> None:
     r = build_receipt(
         **_common(),  # type: ignore[arg-type]
         status="declined",
-        method="emv",
+        method=PaymentMethod.EMV,
         quote=NOTHING,
         masked_pan="************4242",
         brand="MASTERCARD",
@@ -181,7 +182,7 @@ def test_voided_with_no_energy() -> None:
     r = build_receipt(
         **_common(),  # type: ignore[arg-type]
         status="voided",
-        method="emv",
+        method=PaymentMethod.EMV,
         quote=_quote(0, 5),
         stopped_at=T0 + timedelta(minutes=5),
         meter_start_wh=1000,
@@ -201,7 +202,7 @@ def test_rfid_with_limit_is_capped_with_an_itemised_adjustment() -> None:
     r = build_receipt(
         **_common(),  # type: ignore[arg-type]
         status="account",
-        method="rfid",
+        method=PaymentMethod.RFID,
         quote=_quote(30_000, 90),
         stopped_at=T0 + timedelta(minutes=90),
         energy_wh=30_000,
@@ -226,7 +227,7 @@ def test_free_vend_shows_the_energy_and_charges_nothing() -> None:
     r = build_receipt(
         **_common(),  # type: ignore[arg-type]
         status="free_vend",
-        method="free_vend",
+        method=PaymentMethod.FREE_VEND,
         quote=_quote(5_000, 30),
         stopped_at=T0 + timedelta(minutes=30),
         meter_start_wh=0,
@@ -269,7 +270,7 @@ def test_apollo_final_screen_shows_amount_and_qr() -> None:
 )
 def test_a_full_pan_is_refused_without_being_echoed(pan: str) -> None:
     with pytest.raises(ReceiptError) as info:
-        build_receipt(**_common(), status="declined", method="emv", quote=NOTHING, masked_pan=pan)  # type: ignore[arg-type]
+        build_receipt(**_common(), status="declined", method=PaymentMethod.EMV, quote=NOTHING, masked_pan=pan)  # type: ignore[arg-type]
     assert not re.search(r"[0-9]{5}", str(info.value))
 
 

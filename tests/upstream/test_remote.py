@@ -64,6 +64,9 @@ class FakePort:
     calls: list[tuple[str, object]] = field(default_factory=list)
     payments: list[dict[str, object]] = field(default_factory=list)
     reconcile_wired: bool = True
+    # the journal's payments (session refs) and, among them, the open possible orphan approvals
+    known: set[str] = field(default_factory=lambda: {"S-2", "S-4", "1-orphan", "1-cleared"})
+    orphans: set[str] = field(default_factory=lambda: {"1-orphan"})
 
     def post(self, event: RemoteStart | StopRequest | SetAvailability) -> None:
         self.calls.append(("post", event))
@@ -82,6 +85,14 @@ class FakePort:
 
     def recent_payments(self, limit: int) -> Sequence[Mapping[str, object]]:
         return self.payments[:limit]
+
+    def clear_orphan(self, session_id: str, *, note: str | None) -> None:
+        if session_id not in self.known:
+            raise KeyError(session_id)
+        if session_id not in self.orphans:
+            raise ValueError(f"{session_id} is not an open possible orphan approval")
+        self.orphans.discard(session_id)
+        self.calls.append(("clear_orphan", (session_id, note)))
 
     async def reconcile(self, day: date | None, *, correlation_id: str) -> ReconciliationReport:
         if not self.reconcile_wired:
@@ -261,6 +272,27 @@ async def test_reconcile_returns_the_report_id(tmp_path: Path) -> None:
     assert result.status == "accepted"
     assert result.data == {"report_id": "R-1", "date": "2026-02-28", "payments": 2, "discrepancies": 0}
     assert port.calls == [("reconcile", date(2026, 2, 28))]
+
+
+@pytest.mark.req("REC-1", "ERR-5")
+async def test_clear_discrepancy_clears_the_possible_orphan_approval(tmp_path: Path) -> None:
+    handler, port, published = make(tmp_path)
+    payload = cmd(correlation_id="cd", session_id="1-orphan", note="hold released in the portal")
+    result = await handler.handle("clear_discrepancy", payload)
+    assert (result.status, result.code) == ("accepted", None)
+    assert result.data == {"session_id": "1-orphan", "kind": "possible_orphan_approval"}
+    assert port.calls == [("clear_orphan", ("1-orphan", "hold released in the portal"))]
+    assert port.orphans == set()
+    [(topic, body, _)] = published.messages
+    assert (topic, body["status"]) == (TOPICS.command_result("clear_discrepancy"), "accepted")
+    # a QoS 1 redelivery is answered again, not executed again (it would now be a conflict)
+    assert await handler.handle("clear_discrepancy", payload) == result
+    assert len(port.calls) == 1
+    # without a note
+    port.orphans.add("1-cleared")
+    result = await handler.handle("clear_discrepancy", cmd(correlation_id="cd2", session_id="1-cleared"))
+    assert result.status == "accepted"
+    assert port.calls[-1] == ("clear_orphan", ("1-cleared", None))
 
 
 async def test_get_sessions_open_and_all(tmp_path: Path) -> None:
@@ -451,6 +483,15 @@ BAD: list[tuple[str, str, bytes, dict[str, Any], str, str, str | None]] = [
     ("sessions-limit-0", "get_sessions", cmd(correlation_id="c", limit=0), {}, "error", "invalid_value", "c"),
     ("sessions-bad-scope", "get_sessions", cmd(correlation_id="c", scope="mine"), {}, "error",
      "invalid_value", "c"),
+    ("clear-unknown-session", "clear_discrepancy", cmd(correlation_id="c", session_id="9-nowhere"), {},
+     "error", "invalid_value", "c"),
+    ("clear-not-an-orphan", "clear_discrepancy", cmd(correlation_id="c", session_id="1-cleared"), {},
+     "rejected", "conflict", "c"),
+    ("clear-other-kind", "clear_discrepancy", cmd(correlation_id="c", session_id="1-orphan",
+     kind="undisposed_payment"), {}, "error", "invalid_value", "c"),
+    ("clear-no-session", "clear_discrepancy", cmd(correlation_id="c"), {}, "error", "missing_field", "c"),
+    ("clear-long-note", "clear_discrepancy", cmd(correlation_id="c", session_id="1-orphan", note="x" * 257),
+     {}, "error", "invalid_value", "c"),
 ]  # fmt: skip
 
 
@@ -511,6 +552,7 @@ def test_every_contract_command_has_a_handler_case() -> None:
         "set_local_auth_list",
         "display_message",
         "reconcile",
+        "clear_discrepancy",
         "get_sessions",
     }
     decode_command("get_sessions", cmd(correlation_id="c"))  # the default payload is valid
