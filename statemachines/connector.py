@@ -301,6 +301,7 @@ class Payment:
     authorized_minor: int | None = None
     increment_pending: bool = False
     increments_exhausted: bool = False
+    settle_after_increment: bool = False  # the session ended while an increment was in flight
     disposal: Disposal | None = None
     final_minor: int = 0
     attempts: int = 0
@@ -345,8 +346,12 @@ class ConnectorMachine(Generic[P]):
         self.meter_wh: int | None = None
         # the last meter value was taken with no energy flowing since: a valid start register for
         # the next session (one taken while energy flowed may be behind the register by the energy
-        # delivered after it, which belongs to the previous session)
+        # delivered after it, which belongs to the previous session). At rest means: live (not a
+        # retained, possibly old, message), no session energized, the charger not reporting
+        # `charging` and no power. The charger's own word counts, not only ours: a charger that
+        # lost contact may have gone on delivering (fuzzer seeds 117, 138).
         self._meter_at_rest = False
+        self._charger_charging = False  # the charger's last status was `charging` (or unknown)
         # records
         self.session: Session | None = None
         self.payment: Payment | None = None
@@ -727,6 +732,9 @@ class ConnectorMachine(Generic[P]):
     # --- energy flow, meter, limits ------------------------------------------------------------------
 
     def _on_charger_status(self, event: ChargerStatus) -> None:
+        self._charger_charging = event.state is ChargerState.CHARGING
+        if self._charger_charging:
+            self._meter_at_rest = False
         match event.state:
             case ChargerState.FAULT:
                 self.faulted = True
@@ -762,6 +770,8 @@ class ConnectorMachine(Generic[P]):
     def _on_charger_lost(self) -> None:
         """ERR-2: stop and commit the last known total (no final meter value will come)."""
         self.charger_online = False
+        self._charger_charging = True  # unknown until the charger reports again
+        self._meter_at_rest = False
         self._stop_reason(StopSource.CHARGER_LOST)
         if self.state in ENERGY_STATES:
             self._fire("stop")
@@ -804,12 +814,25 @@ class ConnectorMachine(Generic[P]):
                 )
             )
         self.meter_wh = event.energy_wh
-        self._meter_at_rest = self.state not in ENERGY_STATES
+        self._meter_at_rest = (
+            self.state not in ENERGY_STATES
+            and not self._charger_charging
+            and not event.retained
+            and not (event.power_w is not None and event.power_w > 0)
+        )
         if self.state in ENERGY_STATES:
             self._check_limits(event.at)
-        elif self.state is ConnectorMachineState.STOPPING:
+        elif self.state is ConnectorMachineState.STOPPING and not self._may_still_flow(event):
             self._emit(CancelTimer(TimerKind.FINAL_METER, self.connector_id))
             self._fire("conclude")
+
+    def _may_still_flow(self, event: MeterReading) -> bool:
+        """STOP-8: a reading the charger sent while it still said ``charging`` and drew power (or
+        did not say) may predate its acting on ``disable`` — a periodic value already on its way.
+        It is recorded, but the final value is the next one (docs/charger-bridge.md: ``status``
+        changes on disable, and a ``meter`` follows every status change), or the last one known
+        when the final-meter wait runs out."""
+        return self._charger_charging and not (event.power_w is not None and event.power_w == 0)
 
     def _check_limits(self, at: datetime) -> None:
         """AMT-2, STOP-6: increment before the cap, or stop before the cost would exceed it."""
@@ -861,20 +884,23 @@ class ConnectorMachine(Generic[P]):
             return
         payment.increment_pending = False
         if payment.disposal is not None:
-            # The commit amount is already decided (and within the old hold): a late grant changes
-            # nothing that is owed, and a payment.incremented after it would contradict the stream.
+            # Defensive: the amount is decided only once no increment is in flight (``_settle``),
+            # and a payment.incremented after the commit would contradict the stream.
             return
         old = payment.authorized_minor or 0
         granted = event.outcome in (UpdateOutcome.APPROVED, UpdateOutcome.PARTIALLY_APPROVED)
         if not granted or event.authorized_minor is None or event.authorized_minor <= old:
             payment.increments_exhausted = True  # stop at the cap instead (AMT-2)
-            return
-        payment.authorized_minor = event.authorized_minor
-        ref = self._ref()
-        self._emit(
-            RecordPaymentIncremented(self.connector_id, ref, event.session_id, event.authorized_minor),
-            PublishPaymentIncremented(self.connector_id, ref, event.session_id, event.authorized_minor),
-        )
+        else:
+            payment.authorized_minor = event.authorized_minor
+            ref = self._ref()
+            self._emit(
+                RecordPaymentIncremented(self.connector_id, ref, event.session_id, event.authorized_minor),
+                PublishPaymentIncremented(self.connector_id, ref, event.session_id, event.authorized_minor),
+            )
+        if payment.settle_after_increment:
+            payment.settle_after_increment = False
+            self._settle()
 
     # --- stop and settle ---------------------------------------------------------------------------
 
@@ -922,6 +948,13 @@ class ConnectorMachine(Generic[P]):
         assert payment is not None
         assert payment.session_id is not None
         self._cancel_plug_timer()
+        if payment.increment_pending:
+            # AMT-2, AMT-4: the hold the commit is capped at is the one the terminal ends up with.
+            # The shell answers every Update Authorization (a failure too), so this waits at most
+            # one request timeout. Deciding now capped a session at the old hold while the terminal
+            # granted more (fuzzer seed 141: 50 committed, 100 owed, 300 held).
+            payment.settle_after_increment = True
+            return
         # nothing is charged for a session that never started (STOP-7: Void when nothing was
         # delivered), not even a flat session fee
         cost = self._session_cost_minor()

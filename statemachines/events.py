@@ -162,6 +162,8 @@ class MeterReading:
     at: datetime
     energy_wh: int  # meter register
     power_w: float | None = None  # None: the meter reports no power
+    # delivered from the broker's store (published before the agent subscribed): possibly old
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)

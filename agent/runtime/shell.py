@@ -1155,8 +1155,8 @@ def map_charger_event(event: charger.ChargerEvent) -> Event | None:
             return Plugged(cid, at) if plugged else Unplugged(cid, at)
         case charger.StatusChanged(connector_id=cid, state=state, fault=fault, at=at):
             return ChargerStatus(cid, at, ChargerState(state.value), fault)
-        case charger.MeterReading(connector_id=cid, energy_wh=wh, power_w=w, at=at):
-            return MeterReading(cid, at, wh, w)
+        case charger.MeterReading(connector_id=cid, energy_wh=wh, power_w=w, at=at, retained=retained):
+            return MeterReading(cid, at, wh, w, retained)
         case charger.ChargerLost(at=at):
             return ChargerLost(at)
         case charger.ChargerBack(at=at):

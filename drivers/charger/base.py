@@ -127,13 +127,15 @@ class StatusChanged:
 class MeterReading:
     """A meter reading: ``energy_wh`` is the meter register (monotonic, Wh), ``power_w`` the
     present active power (W; ``None`` when the meter reports none); ``signed`` the signed meter data
-    as the charger sent it (e.g. OCMF)."""
+    as the charger sent it (e.g. OCMF). ``retained``: delivered from the broker's store when the
+    driver subscribed — published earlier, so the register may be behind the meter by now."""
 
     connector_id: int
     energy_wh: int
     power_w: float | None
     at: datetime
     signed: str | None = None
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

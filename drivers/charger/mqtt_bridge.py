@@ -598,6 +598,7 @@ class MqttBridgeDriver(ChargerDriver):
                         power_w=meter.power_w,
                         at=self._timestamp(meter.ts, received),
                         signed=meter.signed,
+                        retained=bool(message.retain),
                     )
                 )
         except msgspec.ValidationError as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
@@ -48,6 +48,10 @@ __all__ = [
 TIME_SCALE: Final = 0.1  # real seconds per world second (meter periods, session lengths)
 SETUP_SESSION_TIMEOUT_S: Final = 3600  # terminal.session_timeout_s: the schema's minimum
 ORPHAN_MARGIN_S: Final = 30.0  # session timeout on the simulator beyond the longest planned session
+# TERM-2: the session timeout is longer than the longest charge *plus settlement time*. A fault can
+# hold a settlement back by this much: a terminal fault by a PSP reply timeout (30 s, §10.1) with
+# the Reset and setup after it; an agent kill by its restart and recovery.
+SETTLEMENT_DELAY_S: Final = {"terminal": 35.0, "agent_kill": 10.0}
 
 # Apollo Protocol options granted (psp-reference §5.3): all; without 0x04 (extended block format);
 # without 0x08 (detailed result codes); without both. A P6X never grants 0x04/0x08/0x10.
@@ -697,6 +701,15 @@ def generate(seed: int, size: Size | str = Size.NORMAL) -> World:
         session_timeout_real_s=round(longest + ORPHAN_MARGIN_S),
     )
     faults = _faults(rng, size, family, charger.shared_broker, script_s)
+    # drawn above (the order of draws is the seed's contract); the timeout also covers what the
+    # faults may add to a session's life — a planned time is not the time a session lives once
+    # reads wait for the terminal — and to its settlement (seeds 71, 87 voided good sessions)
+    delay = sum(
+        SETTLEMENT_DELAY_S["terminal"] if f.kind in TERMINAL_FAULTS else SETTLEMENT_DELAY_S.get(f.kind, 0.0)
+        for f in faults
+    )
+    timeout_s = math.ceil(max(longest, script_s) + ORPHAN_MARGIN_S + delay)
+    terminal = replace(terminal, session_timeout_real_s=timeout_s)
     armed = 0.15 if size is Size.SMALL else 0.3
     crash_points = tuple(rng.choice(CRASH_POINTS) if rng.random() < armed else None for _ in range(4))
     return World(

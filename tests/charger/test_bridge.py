@@ -302,3 +302,21 @@ async def test_a_meter_without_power_is_a_reading_with_power_unknown(mosquitto: 
         assert reading.power_w is None
         assert reading.energy_wh >= 0
         assert driver.stats.invalid == 0
+
+
+@pytest.mark.req("STOP-8")
+async def test_a_retained_meter_value_is_marked_retained(mosquitto: Broker) -> None:
+    """The meter value the broker kept (published before the driver subscribed) is marked
+    ``retained``: it may be behind the meter by now, so the engine never takes it as a session's
+    start register (fuzzer seed 117 billed a stale register's difference). Live values are not."""
+    sim = ChargerSimulator(mosquitto.url, connectors=1, meter_interval_s=METER_INTERVAL_S, meter_retain=True)
+    async with sim:
+        sim.plug(1)  # a plugged connector reports its meter every interval
+        await asyncio.sleep(METER_INTERVAL_S * 4)  # the broker now holds a retained meter value
+        driver = make_driver(mosquitto, connectors=1)
+        async with driver:
+            events = EventWaiter(driver)
+            first = await events.next(MeterReading, _for(1))
+            assert first.retained is True
+            live = await events.next(MeterReading, _for(1))
+            assert live.retained is False

@@ -176,6 +176,23 @@ def test_energy_billed_above_the_delivered_energy() -> None:
     assert any(f.startswith("energy:") and "billed 1000 Wh" in f for f in found), found
 
 
+def test_a_session_belongs_to_the_plug_cycle_open_when_it_started() -> None:
+    """Session ``1-a`` starts at T0 + 2 inside the first plug cycle; the next plug-in follows 0.5 s
+    later, within the clocks' slack. Billing 1000 Wh of 1200 delivered in the first cycle is
+    fine; assigning it to the second (200 Wh) was a false finding (seed 172)."""
+    stream = Stream()
+    _paid_session(stream, amount=74)
+    cycles = [PlugCycle(1, T0 + 0.5, 1000, T0 + 2.2, 2200), PlugCycle(1, T0 + 2.5, 2200, T0 + 10, 200)]
+    assert _rules(_evidence(stream, [_sim(7, "committed", committed=74)], cycles=cycles)) == []
+    # between cycles (the two clocks differ): the next plug-in within the slack
+    late = [PlugCycle(1, T0 - 5, 0, T0 + 1.5, 0), PlugCycle(1, T0 + 2.5, 1000, T0 + 10, 1200)]
+    assert _rules(_evidence(stream, [_sim(7, "committed", committed=74)], cycles=late)) == []
+    # and a session billed above the cycle it belongs to is still found
+    short = [PlugCycle(1, T0 + 0.5, 1000, T0 + 2.2, 900), PlugCycle(1, T0 + 2.5, 2200, T0 + 10, 5000)]
+    found = _rules(_evidence(stream, [_sim(7, "committed", committed=74)], cycles=short))
+    assert any(f.startswith("energy:") and "billed 1000 Wh" in f for f in found), found
+
+
 def test_terminal_rules() -> None:
     twice = _sim(7, "committed", committed=74)
     twice["history"].append({"event": "voided"})

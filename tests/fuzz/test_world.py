@@ -13,7 +13,7 @@ import yaml
 
 from agent.config.schema import load_config
 from hil.fuzz.runner import replay_command
-from hil.fuzz.world import CRASH_POINTS, TIME_SCALE, Size, World, generate
+from hil.fuzz.world import CRASH_POINTS, ORPHAN_MARGIN_S, TERMINAL_FAULTS, TIME_SCALE, Size, World, generate
 
 SEEDS = range(1, 61)
 
@@ -108,6 +108,10 @@ def test_worlds_keep_to_the_contracts() -> None:
         assert "unplug" in w.session.stop_modes
         # the terminal's scaled Setup timeout outlives every planned session (TERM-2)
         assert w.terminal.session_timeout_real_s > max(p.planned_s for p in w.plans)
+        # … and every settlement a fault can hold back: a terminal fault costs a reply timeout
+        # (30 s, psp-reference §10.1) and the reset after it (seeds 71, 87 voided good sessions)
+        held_back = sum(35 for f in w.faults if f.kind in TERMINAL_FAULTS)
+        assert w.terminal.session_timeout_real_s >= w.script_s + ORPHAN_MARGIN_S + held_back, seed
         assert w.terminal.session_timeout_s >= 3600
         assert all(0 <= f.at_s <= w.script_s for f in w.faults)
         assert all(p.charge_s >= 15 * TIME_SCALE for p in w.plans)

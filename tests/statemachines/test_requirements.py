@@ -35,12 +35,18 @@ from statemachines.events import (
     AuthorizationOutcome,
     AuthorizationResult,
     CardRead,
+    ChargerBack,
+    ChargerLost,
+    ChargerState,
+    ChargerStatus,
     CommitResult,
     Event,
     MeterReading,
     Plugged,
     RemoteStart,
     SettlementOutcome,
+    StopRequest,
+    StopSource,
     TerminalLinkDown,
     TerminalLinkUp,
     TimerFired,
@@ -250,11 +256,8 @@ def test_req_stop_8_a_register_read_at_rest_is_the_session_start() -> None:
     assert station.connectors[1].running_cost_minor == 40  # 1 kWh at 0.40
 
 
-@pytest.mark.req("AMT-2", "STOP-8")
-def test_req_amt_2_an_increment_granted_after_the_commit_was_decided_changes_nothing() -> None:
-    """The driver unplugs while an Update Authorization is in flight: the commit amount is decided
-    (within the old hold) before the grant comes back. The late grant is not recorded nor
-    published — a payment.incremented after the commit contradicted the stream (fuzzer finding)."""
+def _asking_for_an_increment() -> tuple[Any, list[Effect]]:
+    """A session that has just asked for an increment (2000 held, 3000 asked; 1 minor per Wh)."""
     (spec,) = [s for s in SPECS if s[1] == "increment_before_cap_then_stop_at_maximum"]
     config, pricer = spec[2], spec[3]
     assert pricer is not None
@@ -267,11 +270,151 @@ def test_req_amt_2_an_increment_granted_after_the_commit_was_decided_changes_not
             MeterReading(1, t(907), 101_500, 7200.0),  # asks for 3000
         ],
     )
+    return station, asked
+
+
+@pytest.mark.req("AMT-2", "AMT-4", "STOP-8")
+def test_req_amt_2_a_session_ending_while_an_increment_is_in_flight_settles_after_its_result() -> None:
+    """The driver unplugs while an Update Authorization is in flight. The commit waits for its
+    result, so the incremented event precedes the capture and the commit is capped at the hold
+    the terminal really has (a payment.incremented after the commit contradicted the stream)."""
+    station, asked = _asking_for_an_increment()
     assert any(isinstance(e, UpdateAuthorization) for e in asked)
-    decided = run(station, [Unplugged(1, t(910)), MeterReading(1, t(911), 101_600, 0.0)])
-    (commit,) = [e for e in decided if isinstance(e, Commit)]
+    ended = run(station, [Unplugged(1, t(910)), MeterReading(1, t(911), 101_600, 0.0)])
+    assert not any(isinstance(e, Commit | Void | RecordCommitDecided) for e in ended)
+    assert state(station, 1) is ConnectorMachineState.SETTLING
+    granted = station.handle(UpdateAuthorizationResult(1, t(912), "S1", UpdateOutcome.APPROVED, 3000))
+    kinds = [type(e) for e in granted]
+    assert kinds.index(RecordPaymentIncremented) < kinds.index(PublishPaymentIncremented)
+    assert kinds.index(PublishPaymentIncremented) < kinds.index(RecordCommitDecided) < kinds.index(Commit)
+    (commit,) = [e for e in granted if isinstance(e, Commit)]
     assert commit.amount_minor == 1600
-    late = station.handle(UpdateAuthorizationResult(1, t(912), "S1", UpdateOutcome.APPROVED, 3000))
-    assert not any(isinstance(e, RecordPaymentIncremented | PublishPaymentIncremented) for e in late)
-    assert station.connectors[1].payment is not None
-    assert station.connectors[1].payment.authorized_minor == 2000
+    assert_write_ahead(granted)
+
+    station, _ = _asking_for_an_increment()
+    run(station, [Unplugged(1, t(910)), MeterReading(1, t(911), 101_600, 0.0)])
+    failed = station.handle(UpdateAuthorizationResult(1, t(921), "S1", UpdateOutcome.FAILED))
+    assert not any(isinstance(e, PublishPaymentIncremented) for e in failed)
+    (commit,) = [e for e in failed if isinstance(e, Commit)]
+    assert commit.amount_minor == 1600
+
+
+@pytest.mark.req("AMT-2", "AMT-3", "AMT-4", "STOP-6")
+def test_req_amt_2_a_cap_stop_with_an_increment_in_flight_commits_within_the_granted_hold() -> None:
+    """The cost passes the hold before the increment's answer is back: the session stops at the
+    cap (STOP-6), and the commit is capped at the hold the terminal ends up with — the granted
+    one, or the old one when refused (fuzzer seed 141: a 50 partial approval, 100 owed, 300
+    granted, and 50 was committed)."""
+    for outcome, hold, expected in (
+        (UpdateOutcome.APPROVED, 3000, 2150),
+        (UpdateOutcome.DECLINED, None, 2000),
+    ):
+        station, _ = _asking_for_an_increment()
+        stopped = station.handle(MeterReading(1, t(1000), 102_100, 7200.0))  # 2100 > 2000 held
+        assert state(station, 1) is ConnectorMachineState.STOPPING
+        assert not any(isinstance(e, UpdateAuthorization) for e in stopped)  # one in flight
+        run(station, [MeterReading(1, t(1001), 102_150, 0.0)])
+        assert state(station, 1) is ConnectorMachineState.SETTLING
+        result = station.handle(UpdateAuthorizationResult(1, t(1002), "S1", outcome, hold))
+        (commit,) = [e for e in result if isinstance(e, Commit)]
+        assert commit.amount_minor == expected
+
+
+@pytest.mark.req("STOP-8")
+def test_req_stop_8_a_retained_register_is_not_the_session_start() -> None:
+    """A retained meter value (kept by the broker, delivered at the agent's (re)subscribe) may be
+    minutes old — taken mid-charge of the previous vehicle. It is no start register (fuzzer
+    seed 117: 30 Wh of the previous plug cycle billed to the next driver)."""
+    station = make_station(1, PLUG_ONLY)
+    run(
+        station,
+        [
+            Plugged(1, t(0)),
+            MeterReading(1, t(1), 100_000, 0.0, retained=True),
+            CardRead(t(5), CARD_A),
+        ],
+    )
+    effects = station.handle(AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1"))
+    (on,) = [e for e in effects if isinstance(e, RecordEnergyOn)]
+    assert on.meter_wh is None
+    station.handle(MeterReading(1, t(7), 100_750, 0.0))  # the real register: the start
+    station.handle(MeterReading(1, t(300), 101_750, 7200.0))
+    assert station.connectors[1].running_cost_minor == 40  # 1 kWh, not 1.75
+
+
+@pytest.mark.req("STOP-8", "ERR-2")
+def test_req_stop_8_a_register_read_while_the_charger_says_charging_is_not_the_session_start() -> None:
+    """After contact with the charger was lost, the agent ended the session, but the charger went
+    on delivering and says so when it is back (`charging`). Its readings then are not at rest,
+    whatever the connector's own state (fuzzer seed 138); once it reports idle, they are."""
+    station = make_station(1, PLUG_ONLY)
+    run(
+        station,
+        [
+            Plugged(1, t(0)),
+            CardRead(t(5), CARD_A),
+            AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1"),
+            MeterReading(1, t(7), 100_000, 0.0),
+            MeterReading(1, t(50), 100_500, 7200.0),
+            ChargerLost(t(100)),
+            CommitResult(1, t(101), "S1", SettlementOutcome.OK),
+            ChargerBack(t(200)),
+            ChargerStatus(1, t(200), ChargerState.CHARGING),
+            MeterReading(1, t(200), 101_000, 0.0),  # power unknown (0.0 reported), still flowing
+        ],
+    )
+    assert station.connectors[1].session is None
+    run(station, [ChargerStatus(1, t(210), ChargerState.IDLE), CardRead(t(220), CARD_A)])
+    effects = station.handle(AuthorizationResult(1, t(221), AuthorizationOutcome.APPROVED, "S2"))
+    (on,) = [e for e in effects if isinstance(e, RecordEnergyOn)]
+    assert on.meter_wh is None  # 101_000 was read while the charger delivered
+
+    station = make_station(1, PLUG_ONLY)
+    run(
+        station,
+        [
+            Plugged(1, t(0)),
+            ChargerStatus(1, t(0), ChargerState.IDLE),
+            MeterReading(1, t(1), 100_000, 0.0),
+            CardRead(t(5), CARD_A),
+        ],
+    )
+    effects = station.handle(AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1"))
+    (on,) = [e for e in effects if isinstance(e, RecordEnergyOn)]
+    assert on.meter_wh == 100_000  # idle, live, no power: at rest
+
+
+@pytest.mark.req("STOP-8")
+def test_req_stop_8_a_periodic_reading_sent_before_the_charger_acted_on_disable_is_not_final() -> None:
+    """The charger's periodic meter value, already on its way when the agent sent ``disable``,
+    still says ``charging`` at 7.2 kW: energy flowed after it. Concluding on it under-billed the
+    driver (CI: 206 Wh committed, 207 Wh delivered). The final value is the one that follows the
+    charger's status change; it is recorded and settled, the early one only recorded."""
+    station = make_station(1, PLUG_ONLY)
+    run(
+        station,
+        [
+            *CHARGING,
+            ChargerStatus(1, t(8), ChargerState.CHARGING),
+            MeterReading(1, t(300), 102_000, 7200.0),
+            StopRequest(1, t(400), StopSource.LOCAL),
+        ],
+    )
+    early = station.handle(MeterReading(1, t(400), 102_200, 7200.0))
+    assert not any(isinstance(e, Commit) for e in early)
+    assert state(station, 1) is ConnectorMachineState.STOPPING
+    final = run(
+        station,
+        [ChargerStatus(1, t(401), ChargerState.SUSPENDED_EVSE), MeterReading(1, t(401), 102_201, 7200.0)],
+    )
+    (commit,) = [e for e in final if isinstance(e, Commit)]
+    assert commit.amount_minor == 88  # 2.201 kWh at 0.40 EUR/kWh = 88.04 cents
+
+    # a reading of 0 W is final even while the status still says charging
+    station = make_station(1, PLUG_ONLY)
+    run(
+        station,
+        [*CHARGING, ChargerStatus(1, t(8), ChargerState.CHARGING), StopRequest(1, t(400), StopSource.LOCAL)],
+    )
+    (commit,) = [e for e in station.handle(MeterReading(1, t(401), 102_000, 0.0)) if isinstance(e, Commit)]
+    assert commit.amount_minor == 80  # 2 kWh
