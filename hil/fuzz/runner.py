@@ -343,7 +343,11 @@ class SeedRun:
         self.workdir = workdir
         self.tree = tree
         self.mutant = mutant
-        workdir.mkdir(parents=True, exist_ok=True)
+        # a fresh directory: a journal, logs or a capture left by an earlier run of this seed would
+        # be restored, read as this run's addresses, and judged as this run's evidence
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
         self.note = _Notes(workdir / "script.log")
         self.figures = Figures(seeds=1, plans=len(world.plans))
         self.rig_problems: list[str] = []

@@ -144,6 +144,7 @@ class Proc:
         self.proc: asyncio.subprocess.Process | None = None
         self.returncode: int | None = None
         self.starts = 0
+        self._log_start = 0  # where the log of the latest start begins (the file is appended to)
 
     async def spawn(
         self,
@@ -157,6 +158,7 @@ class Proc:
             raise HarnessError(f"{self.name} already running")
         self.starts += 1
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             log.write(f"=== harness: start #{self.starts}: {' '.join(argv)}\n".encode())
             log.flush()
             self.proc = await asyncio.create_subprocess_exec(
@@ -231,6 +233,16 @@ class Proc:
         except OSError:
             return ""
 
+    def log_since_start(self) -> str:
+        """The log of the latest start only (an earlier start's lines, or an earlier run's in a
+        reused directory, name other addresses)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
@@ -241,10 +253,11 @@ class Proc:
 
 
 async def first_json_line(proc: Proc, within: float = START_TIMEOUT_S) -> dict[str, Any]:
-    """The first line of the log that parses as a JSON object (the simulators' "where" line)."""
+    """The first line of the latest start's log that parses as a JSON object (the simulators'
+    "where" line)."""
     deadline = time.monotonic() + within
     while True:
-        for line in proc.log_text().splitlines():
+        for line in proc.log_since_start().splitlines():
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     data = json.loads(line)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.config.schema import load_config
-from hil.fuzz.runner import replay_command
+from hil.fuzz.runner import SeedRun, replay_command
 from hil.fuzz.world import CRASH_POINTS, ORPHAN_MARGIN_S, TERMINAL_FAULTS, TIME_SCALE, Size, World, generate
 
 SEEDS = range(1, 61)
@@ -158,3 +158,15 @@ def test_replay_command_names_seed_size_and_mutant() -> None:
     assert (
         replay_command(3, "small", "defect1") == "python -m hil.fuzz --seed 3 --size small --mutant defect1"
     )
+
+
+def test_a_seed_runs_in_a_fresh_directory(tmp_path: Path) -> None:
+    """``--out DIR`` reused: an earlier run's journal would be restored by this run's agent and
+    its logs judged as this run's evidence; the seed's directory starts empty."""
+    workdir = tmp_path / "seed-3"
+    (workdir / "state").mkdir(parents=True)
+    (workdir / "state" / "journal.sqlite3").write_bytes(b"an earlier run")
+    (workdir / "agent.log").write_text("Traceback (most recent call last):\n", encoding="utf-8")
+    SeedRun(generate(3, Size.SMALL), workdir)
+    assert not (workdir / "state").exists()
+    assert not (workdir / "agent.log").exists()
