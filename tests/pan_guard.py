@@ -31,11 +31,19 @@ def luhn_ok(digits: bytes) -> bool:
     return total % 10 == 0
 
 
+# a compact ISO 8601 date and "T" (session refs ``1-20261202T201538471551``): the time after it
+# is no PAN, but in a binary SQLite page the byte after the ref may be a digit (a record header),
+# making a 13-digit run from 20:00 UTC on that passed Luhn one time in ten (a flaky guard)
+_COMPACT_DATE_T = re.compile(rb"[0-9]{8}T")
+
+
 def find_pans(data: bytes) -> list[str]:
     """PAN-like runs in ``data``, shown masked (first 6, last 4) so the report leaks nothing."""
     hits = []
     for mo in _DIGIT_RUN.finditer(data):
         run = mo.group()
+        if _COMPACT_DATE_T.fullmatch(data, max(0, mo.start() - 9), mo.start()):
+            continue
         if luhn_ok(run):
             text = run.decode()
             hits.append(text[:6] + "*" * (len(text) - 10) + text[-4:])

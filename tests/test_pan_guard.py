@@ -33,10 +33,18 @@ def test_finds_a_pan_and_reports_it_masked() -> None:
         "1795000000000",  # a millisecond timestamp
         "session 93509420 ref 1 amount 2500",
         "4761739001010011",  # right length and brand, wrong check digit
+        # a session ref in a SQLite page, a record-header digit behind it (13 digits, Luhn-valid)
+        "\x011-20261202T2015384715518\x1b",
     ],
 )
 def test_ignores_what_is_not_a_pan(text: str) -> None:
     assert find_pans(text.encode()) == []
+
+
+@pytest.mark.req("OPS-2")
+def test_a_pan_right_after_other_text_is_still_found() -> None:
+    assert find_pans(b"T4761739001010010") == ["476173******0010"]
+    assert find_pans(b"1202T4761739001010010") == ["476173******0010"]
 
 
 @pytest.mark.req("OPS-2")
