@@ -882,11 +882,7 @@ class ConnectorMachine(Generic[P]):
         payment = self.payment
         if payment is None or payment.session_id != event.session_id or not payment.increment_pending:
             return
-        payment.increment_pending = False
-        if payment.disposal is not None:
-            # Defensive: the amount is decided only once no increment is in flight (``_settle``),
-            # and a payment.incremented after the commit would contradict the stream.
-            return
+        payment.increment_pending = False  # (``_settle`` decides nothing while it is set)
         old = payment.authorized_minor or 0
         granted = event.outcome in (UpdateOutcome.APPROVED, UpdateOutcome.PARTIALLY_APPROVED)
         if not granted or event.authorized_minor is None or event.authorized_minor <= old:

@@ -398,15 +398,20 @@ class PspSim:
         return await self.control.ok(line)
 
     async def close(self) -> None:
-        with contextlib.suppress(HarnessError, ConnectionError, OSError):
-            if self.proc.running and self.control._writer is not None:
-                await self.control.command("quit")
-        await self.control.close()
-        if self.proc.running:
-            try:
-                await self.proc.wait(3.0)
-            except HarnessError:
-                await self.proc.kill()
+        await _quit_and_reap(self.proc, self.control)
+
+
+async def _quit_and_reap(proc: Proc, control: LineClient) -> None:
+    """A simulator's close: ``quit`` over its control channel, then reap (SIGKILL after 3 s)."""
+    with contextlib.suppress(HarnessError, ConnectionError, OSError):
+        if proc.running and control._writer is not None:
+            await control.command("quit")
+    await control.close()
+    if proc.running:
+        try:
+            await proc.wait(3.0)
+        except HarnessError:
+            await proc.kill()
 
 
 class ChargerSim:
@@ -479,15 +484,7 @@ class ChargerSim:
         return await self.control.ok(line)
 
     async def close(self) -> None:
-        with contextlib.suppress(HarnessError, ConnectionError, OSError):
-            if self.proc.running and self.control._writer is not None:
-                await self.control.command("quit")
-        await self.control.close()
-        if self.proc.running:
-            try:
-                await self.proc.wait(3.0)
-            except HarnessError:
-                await self.proc.kill()
+        await _quit_and_reap(self.proc, self.control)
 
 
 class TerminalLink:
