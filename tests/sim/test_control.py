@@ -139,12 +139,24 @@ async def test_cli_subprocess_start_connect_quit() -> None:
         async with asyncio.timeout(10):
             where = json.loads(await proc.stdout.readline())
         assert where["pty"].startswith("/dev/")
+        host_name, port = where["control"].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host_name, int(port))
         transport = await open_transport(f"tcp://{where['tcp']}")
         try:
             host = RawHost(transport, m.WireFormat(family=m.Family.P6X))
             assert await host.call(m.Synchronize()) == m.SynchronizeEcho()
         finally:
             await transport.close()
+        # §1.3: the simulator sees the TCP close on its own time and goes OFFLINE then; wait for
+        # that, or it could land after the pty's Synchronize below (the CI failure of stop 14).
+        async with asyncio.timeout(10):
+            while True:
+                writer.write(b"state\n")
+                await writer.drain()
+                state = json.loads(await reader.readline())
+                if state["state"] == "OFFLINE":
+                    break
+                await asyncio.sleep(0.01)
         serial = await open_transport(f"serial://{where['pty']}")
         try:
             host = RawHost(serial, m.WireFormat(family=m.Family.P6X))
@@ -152,8 +164,6 @@ async def test_cli_subprocess_start_connect_quit() -> None:
             assert (await host.status()).state is m.PspState.ONLINE
         finally:
             await serial.close()
-        host_name, port = where["control"].rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host_name, int(port))
         writer.write(b"quit\n")
         await writer.drain()
         assert await reader.readline() == b"ok bye\n"
