@@ -14,6 +14,7 @@ The graph (DESIGN.md §2)::
     PspTerminal, charger driver
     Runtime (the pure Station, actors, recovery) ── RuntimeAdapter ── CommandHandler
     DailyReconciliation
+    StatusView ── ControlSocket ({state_dir}/control.sock, ``evpay-agent status``)
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from pathlib import Path
 from agent import __version__, crashpoints
 from agent.config.schema import LoadedConfig
 from agent.logs import kv
+from agent.runtime.control import ControlSocket, socket_path
 from agent.runtime.psptap import crashpoint_opener
 from agent.runtime.shell import DEFAULT_DRAIN_S, DEFAULT_RECOVERY_WAIT_S, Runtime, RuntimeOptions, TaskFactory
+from agent.runtime.status import STATUS_REQUEST, StatusView
 from agent.store.db import Store
 from agent.store.journal import Journal
 from agent.store.outbox import Outbox
@@ -51,6 +54,7 @@ from statemachines.events import BackendAuthorizationResult, CardToken
 _LOGGER = logging.getLogger(__name__)
 
 COMMANDS_TASK = "commands"
+CONTROL_TASK = "control"
 DAILY_REPORT_TASK = "daily-reconciliation"
 UPSTREAM_TASK = "upstream"
 
@@ -100,6 +104,8 @@ class App:
     port: RuntimeAdapter
     commands: CommandHandler
     daily: DailyReconciliation
+    status: StatusView
+    control: ControlSocket
 
     def tasks(self) -> dict[str, TaskFactory]:
         """The supervised tasks besides the runtime's own."""
@@ -107,10 +113,18 @@ class App:
             UPSTREAM_TASK: self.upstream.run,
             COMMANDS_TASK: self._commands,
             DAILY_REPORT_TASK: self.daily.run,  # REC-1
+            CONTROL_TASK: self.control.serve,  # OPS-3: evpay-agent status
         }
 
     async def run(self) -> None:
-        await self.runtime.run(self.tasks())
+        """Open the control socket (already open when ``evpay-agent run`` opened it before the
+        event loop; raises ``ControlSocketInUse`` when another daemon listens there), run the
+        runtime, and remove the socket again."""
+        self.control.open()
+        try:
+            await self.runtime.run(self.tasks())
+        finally:
+            self.control.close()
 
     async def _commands(self) -> None:
         """Subscribe the command and auth-response filters (kept across reconnections by the
@@ -121,6 +135,7 @@ class App:
         await self.commands.run()
 
     def close(self) -> None:
+        self.control.close()
         self.store.close()
 
 
@@ -245,6 +260,15 @@ def _build(loaded: LoadedConfig, opts: AppOptions, store: Store) -> App:
             local_list_entries=len(local_list),
         ),
     )
+    status = StatusView(
+        runtime=runtime,
+        port=port,
+        publisher=publisher,
+        outbox=outbox,
+        upstream=upstream,
+        station_id=config.station_id,
+        clock=opts.clock,
+    )
     return App(
         loaded=loaded,
         store=store,
@@ -259,6 +283,8 @@ def _build(loaded: LoadedConfig, opts: AppOptions, store: Store) -> App:
         port=port,
         commands=commands,
         daily=DailyReconciliation(port),
+        status=status,
+        control=ControlSocket(socket_path(config.state_dir), {STATUS_REQUEST: status.document}),
     )
 
 

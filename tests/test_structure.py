@@ -25,6 +25,8 @@ GRAPH_CLASSES = {
     "DailyReconciliation",
     "PspTerminal",
     "MqttBridgeDriver",
+    "StatusView",
+    "ControlSocket",
 }
 COMPOSITION_ROOT = ROOT / "agent" / "app.py"
 

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.cli.tariff",
     "agent.cli.config",
     "agent.cli.run",
+    "agent.cli.status",
     "agent.cli.sessions",
     "agent.cli.reconcile",
 )

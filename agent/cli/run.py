@@ -2,12 +2,14 @@
 
 Order: load the config (exit 2 with ``FILE:LINE: PATH: REASON`` — never start half-configured),
 configure logging for journald, build the agent (:func:`agent.app.build_app`, the one composition
-root; exit 1 when the journal in ``state_dir`` cannot be opened), start the drivers and the
-runtime, send ``READY=1`` (sd_notify) once the tasks are up — not gated on the terminal. Under a
-systemd watchdog (``WATCHDOG_USEC``) the ``sd-watchdog`` task sends ``WATCHDOG=1`` every half
-interval while :meth:`Runtime.health` is good, and withholds it otherwise so systemd restarts the
-agent. SIGTERM/SIGINT: ``STOPPING=1``, no new sessions, settlements in flight finished within
-``--drain-timeout`` seconds, journal closed, exit 0.
+root; exit 1 when the journal in ``state_dir`` cannot be opened), create the control socket
+``{state_dir}/control.sock`` for ``evpay-agent status`` (exit 1 when another agent listens there,
+:mod:`agent.runtime.control`), start the drivers and the runtime, send ``READY=1`` (sd_notify)
+once the tasks are up — not gated on the terminal. Under a systemd watchdog (``WATCHDOG_USEC``)
+the ``sd-watchdog`` task sends ``WATCHDOG=1`` every half interval while :meth:`Runtime.health`
+is good, and withholds it otherwise so systemd restarts the agent. SIGTERM/SIGINT:
+``STOPPING=1``, no new sessions, settlements in flight finished within ``--drain-timeout``
+seconds, control socket removed, journal closed, exit 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from agent.config.schema import DEFAULT_CONFIG_PATH, load_config
 from agent.errors import ConfigError
 from agent.logs import kv
 from agent.runtime import loopguard, sdnotify
+from agent.runtime.control import ControlError
 from agent.runtime.shell import DEFAULT_DRAIN_S, DISPATCH_STALL_S, Runtime
 from agent.store.db import StoreError
 from agent.store.journal import JournalError
@@ -114,6 +117,11 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_JOURNAL) from None
     except (UpstreamError, OutboxError) as exc:
         raise CliError(f"upstream: {exc}", EXIT_CONFIG) from None
+    try:
+        app.control.open()  # before the event loop: a second agent on this state_dir stops here
+    except ControlError as exc:
+        app.close()
+        raise CliError(str(exc), EXIT_JOURNAL) from None
     try:
         asyncio.run(serve(app))
     finally:

@@ -625,28 +625,33 @@ class Runtime:
 
     # -- upstream retained state (agent/upstream/publisher.py; ERR-6: never raises into the engine) --
 
-    def _publish_connector_state(self, cid: int) -> None:
+    def connector_snapshot(self, cid: int) -> ConnectorSnapshot | None:
+        """Connector ``cid`` as the engine sees it now (``None``: no such connector); what the
+        retained ``connectors/{id}/state`` and ``evpay-agent status`` show."""
         machine = self.station.connectors.get(cid)
         if machine is None:
-            return
+            return None
         session, payment = machine.session, machine.payment
         power = session.power_w if session is not None else None
+        return ConnectorSnapshot(
+            connector_id=cid,
+            state=machine.state,
+            plugged=machine.plugged,
+            available=machine.enabled,
+            session_id=session.ref if session is not None else None,
+            terminal_session_id=payment.session_id if payment is not None else None,
+            method=payment.method if payment is not None else None,
+            energy_wh=session.usage.energy_wh if session is not None else 0,
+            power_w=round(power) if power is not None else None,
+            cost_minor=machine.running_cost_minor,
+            authorized_minor=machine.authorized_minor,
+        )
+
+    def _publish_connector_state(self, cid: int) -> None:
         try:
-            self.publisher.connector_state(
-                ConnectorSnapshot(
-                    connector_id=cid,
-                    state=machine.state,
-                    plugged=machine.plugged,
-                    available=machine.enabled,
-                    session_id=session.ref if session is not None else None,
-                    terminal_session_id=payment.session_id if payment is not None else None,
-                    method=payment.method if payment is not None else None,
-                    energy_wh=session.usage.energy_wh if session is not None else 0,
-                    power_w=round(power) if power is not None else None,
-                    cost_minor=machine.running_cost_minor,
-                    authorized_minor=machine.authorized_minor,
-                )
-            )
+            snapshot = self.connector_snapshot(cid)
+            if snapshot is not None:
+                self.publisher.connector_state(snapshot)
         except Exception:
             _LOGGER.exception("upstream: connector %s state not published", cid)
 

@@ -38,7 +38,10 @@ Alarms (TERM-6, DESIGN.md §5.3): ``terminal_offline`` is raised when the termin
 ready for ``terminal_offline_alarm_after_s`` (counted from the last ready → not-ready change, or
 from the start) and cleared when it is ready again; ``outbox_near_full`` is raised when the outbox
 reaches its high-water mark and cleared below it (checked on every append and every
-``check_interval_s`` by :meth:`Publisher.run`).
+``check_interval_s`` by :meth:`Publisher.run`). :meth:`Publisher.active_alarms` holds the alarms
+raised and not cleared, for ``evpay-agent status`` (:mod:`agent.runtime.status`), which also
+shows the retained payloads as of now (:meth:`Publisher.connector_state_payload`,
+:meth:`Publisher.terminal_state_payload`): one representation for MQTT and the local status.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_OFFLINE_ALARM_AFTER_S: Final = 60.0  # agent/config/schema.py TerminalConfig.offline_alarm_after_s
 CHECK_INTERVAL_S: Final = 1.0
+MAX_ACTIVE_ALARMS: Final = 100  # active_alarms() keeps at most this many (the oldest go first)
 
 _SEVERITY: Final[Mapping[contract.AlarmName, Literal["warning", "critical"]]] = {
     "terminal_offline": "warning",
@@ -121,6 +125,7 @@ _ALARM_TEXT: Final[Mapping[contract.AlarmName, str]] = {
     "possible_orphan_approval": "a card read without an outcome: the terminal may hold an approval "
     "(check the payment portal; void it there, then clear the discrepancy)",
 }
+_SETTLEMENT_ALARMS: Final[tuple[contract.AlarmName, ...]] = ("undisposed_payment", "commit_failing")
 _ACCOUNT_METHODS: Final = frozenset({PaymentMethod.RFID, PaymentMethod.REMOTE})
 _PSP_STATES: Final = frozenset({"offline", "online", "disabled", "enabled", "wait_card", "wait_auth"})
 _LINKS: Final = frozenset({"down", "connecting", "setting_up", "ready"})
@@ -217,6 +222,7 @@ class Publisher:
         self._terminal_ready = False
         self._terminal_down_since = monotonic()
         self._since: dict[int, tuple[ConnectorMachineState, datetime]] = {}  # connector → (state, entered)
+        self._active: dict[tuple[str, int | None, str | None], contract.Alarm] = {}  # active_alarms()
         self.errors = 0  # messages degraded to fit the contract, or not stored
 
     # -- the session/payment events ----------------------------------------------------------------
@@ -229,6 +235,8 @@ class Publisher:
         seq = self.outbox.next_seq(stream)
         payload = self._session_event(effect, seq)
         self._append(self.topics.events(cid), self._fit(payload, cid), "event", cid, seq=(stream, seq))
+        if isinstance(effect, PublishPaymentCaptured | PublishPaymentVoided):
+            self._resolve(cid, ref)
         _LOGGER.info(
             "upstream_event %s",
             kv(
@@ -403,12 +411,37 @@ class Publisher:
             ts=utc_timestamp(self.clock()),
         )
         _LOGGER.warning("alarm %s %s", state, kv(alarm=name, connector=connector_id))
+        self._track(payload)
         try:
             self._append(
                 self.topics.alarms, self._fit(payload, connector_id), "alarm", connector_id, check=False
             )
         except OutboxFull as exc:  # an alarm may be refused by a full outbox; it is logged above
             self._error("alarm not stored", alarm=name, error=str(exc))
+
+    def _track(self, alarm: contract.Alarm) -> None:
+        """Keep the raised alarms (:meth:`active_alarms`): one per alarm, connector and session, the
+        latest raise; a clearing removes it. Bounded: the oldest goes first."""
+        key = (alarm.alarm, alarm.connector_id, alarm.session_id)
+        self._active.pop(key, None)
+        if alarm.state == "raised":
+            self._active[key] = alarm
+            while len(self._active) > MAX_ACTIVE_ALARMS:
+                del self._active[next(iter(self._active))]
+
+    def _resolve(self, connector_id: int, session_ref: str) -> None:
+        """The payment of ``session_ref`` was captured or voided: its settlement alarms are over
+        (the contract has no clearing for them)."""
+        for name in _SETTLEMENT_ALARMS:
+            self._active.pop((name, connector_id, session_ref), None)
+
+    def active_alarms(self) -> list[contract.Alarm]:
+        """The alarms raised since the start and not cleared (or resolved), oldest first: what a
+        reader of ``alarms`` folding raised/cleared holds, plus what the outbox could not store.
+        ``undisposed_payment`` / ``commit_failing`` end with the payment's capture or void;
+        ``journal_error`` and ``charger_command_failed`` (never cleared by the contract) stay, the
+        latest per connector, until the agent restarts."""
+        return list(self._active.values())
 
     def _set_alarm(self, name: contract.AlarmName, raised: bool, **data: str | int | bool | None) -> None:
         """Raise/clear a level alarm once per change."""
@@ -436,13 +469,20 @@ class Publisher:
 
     def connector_state(self, snapshot: ConnectorSnapshot) -> None:
         """Retained ``connectors/{id}/state`` (published on change and with every meter value)."""
+        payload = self.connector_state_payload(snapshot)
+        cid = snapshot.connector_id
+        self.client.set_retained(self.topics.connector_state(cid), self._fit(payload, cid))
+
+    def connector_state_payload(self, snapshot: ConnectorSnapshot) -> ConnectorState:
+        """The ``connectors/{id}/state`` payload of ``snapshot`` as of now (``since``: when the
+        connector entered its state). Also the connector part of ``evpay-agent status``."""
         now = self.clock()
         cid = snapshot.connector_id
         previous = self._since.get(cid)
         if previous is None or previous[0] != snapshot.state:
             self._since[cid] = (snapshot.state, now)
         since = self._since[cid][1]
-        payload = ConnectorState(
+        return ConnectorState(
             connector_id=cid,
             state=snapshot.state,
             plugged=snapshot.plugged,
@@ -458,7 +498,6 @@ class Publisher:
             since=utc_timestamp(since),
             ts=utc_timestamp(now),
         )
-        self.client.set_retained(self.topics.connector_state(cid), self._fit(payload, cid))
 
     def terminal_state(
         self,
@@ -473,27 +512,19 @@ class Publisher:
         software_version: str | None = None,
     ) -> None:
         """Retained ``terminal`` (TERM-6) and the terminal-offline alarm timing."""
-        now_mono = self._monotonic()
         if ready != self._terminal_ready:
             self._terminal_ready = ready
             if not ready:
-                self._terminal_down_since = now_mono
-        now = self.clock()
-        since = now
-        if since_monotonic is not None:
-            since = now - timedelta(seconds=max(0.0, now_mono - since_monotonic))
-        psp = (psp_state or "").lower() or None
+                self._terminal_down_since = self._monotonic()
         try:
-            payload = contract.TerminalState(
-                link=link if link in _LINKS else "down",  # type: ignore[arg-type]
-                psp_state=psp if psp in _PSP_STATES else None,  # type: ignore[arg-type]
-                family=self.terminal_family,
+            payload = self.terminal_state_payload(
+                link,
+                since_monotonic=since_monotonic,
+                psp_state=psp_state,
+                last_error=last_error,
                 model=model,
                 serial=serial,
                 software_version=software_version,
-                since=utc_timestamp(since),
-                last_error=(last_error or None) and last_error[:256],
-                ts=utc_timestamp(now),
             )
         except ValueError as exc:
             self._error("terminal state not built", error=str(exc))
@@ -501,6 +532,38 @@ class Publisher:
         self.client.set_retained(self.topics.terminal, encode(payload))
         if ready:
             self._set_alarm("terminal_offline", False)
+
+    def terminal_state_payload(
+        self,
+        link: str,
+        *,
+        since_monotonic: float | None = None,
+        psp_state: str | None = None,
+        last_error: str | None = None,
+        model: str | None = None,
+        serial: str | None = None,
+        software_version: str | None = None,
+    ) -> contract.TerminalState:
+        """The ``terminal`` payload as of now (``since_monotonic``: when ``link`` last changed, on
+        this publisher's monotonic clock). Also the terminal part of ``evpay-agent status``.
+        Raises ``ValueError`` when the clock is not timezone-aware."""
+        now_mono = self._monotonic()
+        now = self.clock()
+        since = now
+        if since_monotonic is not None:
+            since = now - timedelta(seconds=max(0.0, now_mono - since_monotonic))
+        psp = (psp_state or "").lower() or None
+        return contract.TerminalState(
+            link=link if link in _LINKS else "down",  # type: ignore[arg-type]
+            psp_state=psp if psp in _PSP_STATES else None,  # type: ignore[arg-type]
+            family=self.terminal_family,
+            model=model,
+            serial=serial,
+            software_version=software_version,
+            since=utc_timestamp(since),
+            last_error=(last_error or None) and last_error[:256],
+            ts=utc_timestamp(now),
+        )
 
     # -- receipts (RCPT-1, RCPT-2) -----------------------------------------------------------------
 

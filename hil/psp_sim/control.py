@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from drivers.psp.messages import DeclineReason, describe
+from drivers.psp.messages import DeclineReason, UiRequest, describe
 from hil.psp_sim.cards import Card, CardBehaviour, Outcome
 from hil.psp_sim.simulator import REQUEST_NAMES, screen_buttons
 
@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 MAX_LINE = 4096  # a control line longer than this is refused
+MAX_SCREENS = 200  # ``screens`` answers with at most this many (one reply line stays small)
 
 HELP = (
     "commands: help | state | tap emv [hash=H40] [pan=MASKED] [brand=B] "
     "[decline=REASON|partial=N|pin_delay=S|limit=N] [limit_action=partial|decline] "
-    "[update=approve|partial:N|decline:REASON] | tap rfid uid=HEX | remove | press ID | screen | "
+    "[update=approve|partial:N|decline:REASON] | tap rfid uid=HEX | remove | press ID | screen | screens | "
     "sessions | received | faults | fault drop [N] [only=REQUEST] | fault corrupt [N] [only=REQUEST] | "
     "fault split [CHUNK] [N] | "
     "fault delay SECONDS [N] [only=REQUEST] | fault not_ready N | fault silent on|off | fault clear | "
@@ -86,6 +87,13 @@ def _cmd_sessions(sim: Simulator, args: list[str]) -> str:
 def _cmd_received(sim: Simulator, args: list[str]) -> str:
     _no_args(args, "received")
     return json.dumps([m.name for m in sim.received])
+
+
+def _cmd_screens(sim: Simulator, args: list[str]) -> str:
+    """Every UI Request received so far (oldest first, at most the last ``MAX_SCREENS``), described."""
+    _no_args(args, "screens")
+    shown = [describe(m) for m in sim.received if isinstance(m, UiRequest)]
+    return json.dumps(shown[-MAX_SCREENS:])
 
 
 def _cmd_faults(sim: Simulator, args: list[str]) -> str:
@@ -294,6 +302,7 @@ _COMMANDS: dict[str, Callable[[Simulator, list[str]], str]] = {
     "received": _cmd_received,
     "faults": _cmd_faults,
     "screen": _cmd_screen,
+    "screens": _cmd_screens,
     "tap": _cmd_tap,
     "remove": _cmd_remove,
     "press": _cmd_press,

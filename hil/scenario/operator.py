@@ -1,0 +1,78 @@
+"""Operator prompts: the steps of a rig run that a machine cannot do (docs/hil-rig.md).
+
+A :class:`Prompt` says what to do ("Tap the VISA test card", "Unplug connector 2") and how long the
+runner waits. An :class:`Operator` answers it: ``True`` when done (or, for a question, yes), ``False``
+when the operator cannot (or no). :class:`ConsoleOperator` asks on the console; :class:`ScriptedOperator`
+answers through a callback (tests, a tapping robot). A prompt that times out fails its step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TextIO
+
+__all__ = ["ConsoleOperator", "Operator", "Prompt", "PromptTimeout", "ScriptedOperator"]
+
+PromptKind = Literal["do", "confirm"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """``action``: what the step is (``tap``, ``plug``, ``unplug``, ``press``, ``ev_pause``,
+    ``ev_resume``, ``terminal_reboot``, ``screen``); ``args`` its details (card name, connector …)."""
+
+    action: str
+    text: str
+    timeout_s: float
+    kind: PromptKind = "do"
+    args: Mapping[str, object] = field(default_factory=dict)
+
+
+class PromptTimeout(Exception):
+    """Nobody answered the prompt in time."""
+
+
+class Operator(Protocol):
+    async def ask(self, prompt: Prompt) -> bool: ...
+
+
+class ConsoleOperator:
+    """Prompts on ``output``, answers read from ``input`` (Enter or ``y`` = done/yes, ``n`` = no)."""
+
+    def __init__(self, input: TextIO | None = None, output: TextIO | None = None) -> None:
+        self._input = input or sys.stdin
+        self._output = output or sys.stdout
+
+    async def ask(self, prompt: Prompt) -> bool:
+        hint = "[y/n]" if prompt.kind == "confirm" else "Enter when done, n if you cannot"
+        self._output.write(f"\n>>> OPERATOR: {prompt.text}  ({hint}; {prompt.timeout_s:g} s)\n")
+        self._output.flush()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(prompt.timeout_s):
+                line = await loop.run_in_executor(None, self._input.readline)
+        except TimeoutError:
+            raise PromptTimeout(f"no answer to {prompt.text!r} within {prompt.timeout_s:g} s") from None
+        if line == "":
+            raise PromptTimeout(f"no answer to {prompt.text!r}: the console input is closed")
+        return line.strip().lower() in ("", "y", "yes", "done", "ok")
+
+
+@dataclass
+class ScriptedOperator:
+    """Answers with ``handler`` (e.g. performing the action on simulators that stand in for the rig's
+    hardware); records every prompt shown, in order."""
+
+    handler: Callable[[Prompt], Awaitable[bool]]
+    shown: list[Prompt] = field(default_factory=list)
+
+    async def ask(self, prompt: Prompt) -> bool:
+        self.shown.append(prompt)
+        try:
+            async with asyncio.timeout(prompt.timeout_s):
+                return await self.handler(prompt)
+        except TimeoutError:
+            raise PromptTimeout(f"no answer to {prompt.text!r} within {prompt.timeout_s:g} s") from None
