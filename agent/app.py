@@ -222,6 +222,7 @@ def _build(loaded: LoadedConfig, opts: AppOptions, store: Store) -> App:
             max_current_a={c.id: c.max_current_a for c in config.connectors},
             ui_screens=apollo,
             final_screen=apollo and bool(config.receipts.qr_url_template),  # RCPT-2
+            price_on_payment_screen=apollo and config.terminal.price_on_payment_screen,  # START-8
             connector_labels={c.id: c.label for c in config.connectors if c.label},
             list_sessions=not apollo,
             timer_scale=opts.timer_scale,

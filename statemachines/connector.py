@@ -12,6 +12,7 @@ session is priced and capped by its payment (AMT-2).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -607,6 +608,9 @@ class ConnectorMachine(Generic[P]):
             self._maybe_offline_start()
             return
         partial = event.outcome is AuthorizationOutcome.PARTIALLY_APPROVED
+        learned_brand = event.brand if event.brand and not card.brand else None
+        if learned_brand is not None:  # RCPT-1: the approval names the brand the card read did not
+            card = dataclasses.replace(card, brand=learned_brand)
         authorized = self._pending_amount_minor
         if partial:  # AMT-3
             authorized = partial_cap_minor(self._pending_amount_minor, event.authorized_minor or 0)
@@ -627,6 +631,7 @@ class ConnectorMachine(Generic[P]):
                 authorized,
                 partial=partial,
                 host_reference=event.host_reference,
+                card_brand=learned_brand,
             )
         )
         if partial:

@@ -210,6 +210,7 @@ class RecordPaymentApproved:
     partial: bool = False
     host_reference: str | None = None
     card: CardToken | None = None  # the id token of a remote start (no card read before it)
+    card_brand: str | None = None  # the brand the approval named when the card read had none (RCPT-1)
 
 
 @dataclass(frozen=True, slots=True)

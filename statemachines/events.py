@@ -234,6 +234,9 @@ class AuthorizationResult:
     authorized_minor: int | None = None  # the approved amount for a partial approval
     reason: str | None = None
     host_reference: str | None = None  # the acquirer's reference (receipts), when the terminal gives one
+    # the card brand the approval names (DFCA0A, an Auth-stage tag, psp-reference §6.4): the Card
+    # Read before it usually has none (RCPT-1: the receipt shows the brand)
+    brand: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,15 @@ def test_requirements_coverage_table_is_current() -> None:
 
 
 def test_render_lists_uncovered_requirements() -> None:
-    text = render({"STOP-7": {"tests/x.py::test_a"}}, [("STOP-7", "settle"), ("UP-1", "contract")])
-    assert "| STOP-7 | settle | `tests/x.py::test_a` |" in text
-    assert "| UP-1 | contract | — |" in text
-    assert "1 of 2 requirements have tests." in text
+    text = render(
+        {"STOP-7": {"tests/x.py::test_a"}},
+        [("STOP-7", "settle"), ("UP-1", "contract"), ("START-1", "tap")],
+        {"STOP-7": {"stop-tap", "start-tap"}, "START-1": {"start-tap"}},
+    )
+    assert "| STOP-7 | settle | `tests/x.py::test_a` | `start-tap`<br>`stop-tap` |" in text
+    assert "| UP-1 | contract | — | — |" in text
+    assert "| START-1 | tap | — | `start-tap` |" in text
+    assert "1 of 3 requirements have tests; 2 are shown by scenarios." in text
 
 
 def test_requirement_ids_are_read_from_requirements_md() -> None:

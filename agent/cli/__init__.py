@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.cli.status",
     "agent.cli.sessions",
     "agent.cli.reconcile",
+    "agent.cli.simulate",
 )
 
 

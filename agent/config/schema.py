@@ -222,6 +222,14 @@ class TerminalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     offline_alarm_after_s: Annotated[
         int, Meta(ge=1, description="raise the terminal-offline alarm after this long offline; TERM-6")
     ] = 60
+    price_on_payment_screen: Annotated[
+        bool,
+        Meta(
+            description="Apollo: the tariff text in the Start Session's reference strings, the text "
+            "the payment screen shows while it waits for a card and hides every other screen; "
+            "START-8, psp-reference §3.3, §5.9",
+        ),
+    ] = True
     quirks: Annotated[QuirksConfig, Meta(description="protocol quirk switches; psp-reference §4.3, §12")] = (
         msgspec.field(default_factory=QuirksConfig)
     )

@@ -296,6 +296,60 @@ def notification(settings: ScreenSettings, message: ShowMessage) -> Screen:
     return "notification", props
 
 
+# --- the payment screen (Start Session, psp-reference §5.9) ---------------------------------------
+
+REFERENCE_STRING_BYTES: Final = 0x40 - 1  # §5.9: a reference string is ≤ 0x40 bytes with its NUL
+_PART_SEPARATOR: Final = " · "  # between the parts of the tariff text (Tariff.describe)
+
+
+def payment_screen_texts(settings: ScreenSettings) -> tuple[str, str] | None:
+    """START-8 while the terminal waits for a card: the price on the payment screen itself.
+
+    During a card read the payment flow owns the Apollo display and every UI screen stays hidden
+    (psp-reference §3.3), so a tariff notification sent before the read is never seen. The Start
+    Session's *session reference string* and *second reference string* (§5.9, 63 bytes of text
+    each) are shown on that payment screen: the tariff text goes there, its parts (``0.39 EUR/kWh``,
+    ``idle 0.20 EUR/min after 15 min`` …) packed into the two lines in order, a part that does not
+    fit shortened with ``…``. ``None`` when there is no tariff text."""
+    if not settings.tariff_text:
+        return None
+    parts = settings.tariff_text.split(_PART_SEPARATOR)
+    lines = ["", ""]
+    taken = 0
+    for n in range(2):
+        while taken < len(parts):
+            joined = f"{lines[n]}{_PART_SEPARATOR}{parts[taken]}" if lines[n] else parts[taken]
+            if _utf8_len(joined) <= REFERENCE_STRING_BYTES:
+                lines[n], taken = joined, taken + 1
+            elif not lines[n]:  # one part longer than a line
+                lines[n], taken = _shorten(parts[taken], REFERENCE_STRING_BYTES), taken + 1
+            else:
+                break
+    if taken < len(parts):  # more prices than two lines hold: say so
+        lines[1] = _with_ellipsis(lines[1], REFERENCE_STRING_BYTES)
+    return lines[0], lines[1]
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _with_ellipsis(text: str, limit: int) -> str:
+    """``text … `` within ``limit`` UTF-8 bytes (cut further when needed)."""
+    while text and _utf8_len(text + " …") > limit:
+        text = text[:-1]
+    return text.rstrip() + " …"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes, ending in ``…`` when cut."""
+    if _utf8_len(text) <= limit:
+        return text
+    while text and _utf8_len(text + "…") > limit:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
 # --- fitting a screen into what the terminal can take (psp-reference §2.2, §2.3) -----------------
 
 # optional properties, dropped first, in this order: the QR code of the final screen, hints, the

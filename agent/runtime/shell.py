@@ -203,6 +203,7 @@ class RuntimeOptions:
     max_current_a: Mapping[int, int] = field(default_factory=dict)
     ui_screens: bool = False  # Apollo: render ShowMessage as UI Request screens
     final_screen: bool = False  # Apollo with a receipt QR template: the final receipt screen (RCPT-2)
+    price_on_payment_screen: bool = False  # Apollo: the tariff in the Start Session's reference strings
     connector_labels: Mapping[int, str] = field(default_factory=dict)  # names on the Apollo screens
     list_sessions: bool = False  # P6X: reconcile with List Sessions after a restart
     timer_scale: float = 1.0
@@ -718,6 +719,7 @@ class Runtime:
                     session_id=str(sid),
                     authorized_minor=amount,
                     host_reference=host_ref,
+                    brand=card.brand,
                 )
             case Approved(session_id=sid, amount_minor=amount, card=card, host_reference=host_ref):
                 _LOGGER.info(
@@ -730,6 +732,7 @@ class Runtime:
                     session_id=str(sid),
                     authorized_minor=amount,
                     host_reference=host_ref,
+                    brand=card.brand,
                 )
             case Declined(reason=reason):
                 name = reason.name.lower() if reason is not None else None
@@ -816,8 +819,12 @@ class Runtime:
             self._request_home()
 
     def _request_home(self) -> None:
-        """Queue one home screen render (coalesced: at most one queued at a time)."""
+        """Queue one home screen render (coalesced: at most one queued at a time). Not before the
+        start-up recovery has opened the terminal to the drivers: a choice made on a home screen
+        shown earlier would only be answered "Terminal busy" (HIL scenario stop-ui)."""
         if not (self.options.ui_screens and self.screens.home_enabled) or self._stopping:
+            return
+        if not self._terminal_gate_open:
             return
         if not self._home_pending:
             self._home_pending = True
@@ -890,6 +897,10 @@ class Runtime:
         (TERM-3/START-1: always scanning) instead of reporting the read ended after 1 s.
         """
         purpose, cid, amount = effect.purpose, effect.connector_id, effect.amount_minor
+        price: dict[str, str] = {}
+        texts = screens.payment_screen_texts(self.screens) if self.options.price_on_payment_screen else None
+        if texts is not None:  # START-8: the payment screen hides every UI screen (§3.3)
+            price = {"reference_string": texts[0], "second_reference_string": texts[1]}
         error = ""
         for attempt in range(1, READ_START_ATTEMPTS + 1):
             outcomes = self._read_outcomes
@@ -897,7 +908,7 @@ class Runtime:
                 if purpose is ReadPurpose.UI_STOP:
                     await self.terminal.read_card(effect.reference)  # Apollo Read Card (STOP-4)
                 else:
-                    await self.terminal.start_card_read(amount, effect.reference)
+                    await self.terminal.start_card_read(amount, effect.reference, **price)
                 _LOGGER.info(
                     "card read started %s",
                     kv(purpose=purpose, connector=cid, amount_minor=amount, attempt=attempt),
@@ -1020,6 +1031,7 @@ class Runtime:
         if self.options.list_sessions:
             await self._reconcile_when_ready()
         self._terminal_gate_open = True
+        self._request_home()
         self._feed_link_state()
 
     async def _wait_for_charger_state(self) -> None:

@@ -586,6 +586,8 @@ class Journal:
                 )
                 if record.card is not None:
                     changes.update(card_kind=record.card.kind.value, card_token=record.card.token)
+                if record.card_brand is not None:
+                    changes["brand"] = record.card_brand
             case RecordPaymentIncremented(authorized_minor=authorized):
                 changes["authorized_minor"] = authorized
             case RecordEnergyOn():

@@ -106,7 +106,9 @@ def _cmd_screen(sim: Simulator, args: list[str]) -> str:
     screen = sim.current_screen
     if screen is None:
         hidden = sim.last_screen is not None
-        return json.dumps({"visible": False, "hidden_screen": hidden})
+        payment = sim.payment_screen
+        extra = {} if payment is None else {"payment": payment}
+        return json.dumps({"visible": False, "hidden_screen": hidden, **extra})
     out = describe(screen)
     out["visible"] = True
     out["buttons"] = screen_buttons(screen)

@@ -221,6 +221,7 @@ class _Transaction:
     reference: int
     dol_tags: tuple[int, ...] | None
     card: Card | None = None
+    request: StartSession | ReadCard | None = None  # what the payment screen shows (§5.9, §5.10)
     detect_timer: asyncio.TimerHandle | None = None
     decision_timer: asyncio.TimerHandle | None = None
     auth_timer: asyncio.TimerHandle | None = None
@@ -295,6 +296,23 @@ class Simulator:
     def current_screen(self) -> UiRequest | None:
         """The visible UI screen (Apollo); hidden, but kept, during WAIT_CARD/WAIT_AUTH (§3.3)."""
         return None if self._state in _PAYMENT_STATES else self._screen
+
+    @property
+    def payment_screen(self) -> dict[str, object] | None:
+        """What the payment flow shows in WAIT_CARD/WAIT_AUTH (Apollo, §3.3): the amount unless
+        hidden, the session reference (or the reference string that replaces it), the second
+        reference string and the QR code URL of the Start Session / Read Card (§5.9, §5.10)."""
+        txn = self._txn
+        if self._state not in _PAYMENT_STATES or txn is None or txn.request is None:
+            return None
+        request = txn.request
+        hide = isinstance(request, ReadCard) or bool(request.hide_amount)
+        return {
+            "amount_minor": None if hide else txn.amount_minor,
+            "reference": request.reference_string or str(request.reference),
+            "second_reference": request.second_reference_string or None,
+            "qr_url": request.qr_url or None,
+        }
 
     @property
     def last_screen(self) -> UiRequest | None:
@@ -827,10 +845,11 @@ class Simulator:
     # -- handlers: card flow (§5.9 to §5.15) -------------------------------------------------
 
     def _on_start_session(self, link: _Link, msg: StartSession) -> None:
-        self._begin_transaction(link, _Transaction(msg.amount_minor, msg.reference, msg.dol_tags or None))
+        txn = _Transaction(msg.amount_minor, msg.reference, msg.dol_tags or None, request=msg)
+        self._begin_transaction(link, txn)
 
     def _on_read_card(self, link: _Link, msg: ReadCard) -> None:
-        self._begin_transaction(link, _Transaction(None, msg.reference, msg.dol_tags or None))
+        self._begin_transaction(link, _Transaction(None, msg.reference, msg.dol_tags or None, request=msg))
 
     def _begin_transaction(self, link: _Link, txn: _Transaction) -> None:
         self._txn = txn

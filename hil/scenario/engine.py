@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,7 +36,15 @@ from hil.scenario.schema import CardSpec, Scenario, step_name
 from hil.scenario.station import Station
 from statemachines.pricing import Usage, UsageBucket, UsageKind
 
-__all__ = ["ScenarioResult", "rig_skip_reason", "run_scenario", "sim_family"]
+__all__ = [
+    "ScenarioResult",
+    "StepFailed",
+    "StepRunner",
+    "rig_skip_reason",
+    "run_scenario",
+    "sim_family",
+    "sync_read",
+]
 
 _LOGGER = logging.getLogger(__name__)
 Status = Literal["passed", "failed", "skipped"]
@@ -112,9 +121,35 @@ def _fields_match(station: Station, payload: object, want: Mapping[str, Any]) ->
                 station.config["tariff"], energy
             ):
                 return False
-        elif payload.get(key) != value:
+        elif isinstance(value, dict) and set(value) == {"re"}:  # a pattern: ``qr_url: {re: "^https://"}``
+            got = _field(payload, key)
+            if not isinstance(got, str) or re.search(str(value["re"]), got) is None:
+                return False
+        elif _field(payload, key) != value:
             return False
     return True
+
+
+def _field(payload: Mapping[str, Any], key: str) -> Any:
+    """``payload[key]``; a dotted key (``totals.payments``) looks into nested objects, a number
+    in it picks a list item (``lines.0.kind``)."""
+    if key in payload or "." not in key:
+        return payload.get(key)
+    value: Any = payload
+    for part in key.split("."):
+        if isinstance(value, list) and part.isdigit():  # a list item by index: ``lines.0.kind``
+            value = value[int(part)] if int(part) < len(value) else None
+            continue
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _shows(screen: Mapping[str, Any], text: str) -> bool:
+    """The simulated terminal's display shows ``text``: its visible UI screen or, during a card
+    read (psp-reference §3.3), the payment screen (amount, reference strings, QR code)."""
+    if screen.get("visible"):
+        return text in json.dumps(screen, ensure_ascii=False)
+    return text in json.dumps(screen.get("payment") or {}, ensure_ascii=False)
 
 
 def _button_for(screen: Mapping[str, Any], *, connector: int | None, label: str | None) -> str | None:
@@ -143,7 +178,7 @@ def _button_for(screen: Mapping[str, Any], *, connector: int | None, label: str 
     return None
 
 
-class _Runner:
+class StepRunner:
     def __init__(self, station: Station, result: ScenarioResult, operator: Operator | None) -> None:
         self.st = station
         self.result = result
@@ -307,6 +342,16 @@ class _Runner:
                 got = Counter(str(x["status"]) for x in await st.psp.sessions())
                 if dict(got) != {k: v for k, v in want.items() if v}:
                     raise StepFailed(f"terminal sessions: expected {want}, got {dict(got)}")
+            case s.WaitReceived(sequence=sequence, new=new, within=within) if st.psp is not None:
+                await self._wait_received(sequence, new, within, step.without)
+            case s.ExpectTerminalStatus(fields=want) if st.psp is not None:
+                got_status = await st.psp.state()
+                if not _fields_match(st, got_status, want):
+                    raise StepFailed(
+                        f"terminal status: expected {json.dumps(want)}, got {json.dumps(got_status)}"
+                    )
+            case s.WaitReceived() | s.ExpectTerminalStatus():
+                self.result.say(f"  (rig) {step_name(step)} not checked: only the simulator can answer it")
             case s.ExpectJournal(disposals=disposals, methods=methods):
                 await self._expect_journal(disposals, methods)
             case s.ExpectCharger(connector=c, enabled=enabled) if st.charger is not None:
@@ -314,7 +359,7 @@ class _Runner:
                 if got is not enabled:
                     raise StepFailed(f"charger connector {c}: expected enabled={enabled}, got {got}")
             case s.ExpectScreenShown(contains=text) if st.psp is not None:
-                shown = json.loads(await st.psp.command("screens"))
+                shown = list(await st.psp.control.json("screens"))
                 if not any(text in json.dumps(x, ensure_ascii=False) for x in shown):
                     raise StepFailed(
                         f"no screen containing {text!r} was sent to the terminal ({len(shown)} screens)"
@@ -333,7 +378,7 @@ class _Runner:
     async def _wait_connector(self, step: s.WaitConnector) -> None:
         st, c = self.st, step.connector
         await self._wait(
-            _sync(lambda: st.connector_state(c)),
+            sync_read(lambda: st.connector_state(c)),
             lambda v: v in step.state,
             f"connector {c} in {step.state}",
             step.within,
@@ -342,15 +387,38 @@ class _Runner:
     async def _wait_energy(self, step: s.WaitEnergy) -> None:
         st, c = self.st, step.connector
         await self._wait(
-            _sync(lambda: st.session_energy_wh(c)),
+            sync_read(lambda: st.session_energy_wh(c)),
             lambda v: v >= step.wh,
             f"≥ {step.wh} Wh in the session on connector {c} (retained connector state)",
             step.within,
         )
 
+    async def _wait_received(
+        self, sequence: list[str], new: bool, within: float, without: list[str] | None = None
+    ) -> None:
+        psp = self.st.psp
+        assert psp is not None
+        skip = len(await psp.received()) if new else 0
+
+        def received_in_order(names: list[str]) -> bool:
+            got, end = 0, len(names)  # greedy, in order; ``end``: just after the sequence completed
+            for i in range(skip, len(names)):
+                if names[i] == sequence[got]:
+                    got += 1
+                    if got == len(sequence):
+                        end = i + 1
+                        break
+            unwanted = [name for name in names[skip:end] if name in (without or ())]
+            if unwanted:
+                raise StepFailed(f"the terminal received {unwanted[0]} before {' → '.join(sequence)}")
+            return got == len(sequence)
+
+        what = f"the terminal to receive {' → '.join(sequence)}{' (new)' if new else ''}"
+        await self._wait(psp.received, received_in_order, what, within)
+
     async def _wait_message(self, step: s.WaitMessage) -> None:
         await self._wait(
-            _sync(lambda: self._matching(step.topic, step.fields)),
+            sync_read(lambda: self._matching(step.topic, step.fields)),
             lambda n: n >= step.count,
             f"{step.count} message(s) on {step.topic} with {json.dumps(step.fields)}",
             step.within,
@@ -393,18 +461,30 @@ class _Runner:
                 psp.state, lambda x: x["connected"] and x["state"] in states, f"terminal in {states}", within
             )
             return
-        await self._wait(_sync(st.terminal_psp_state), lambda v: v in states, f"terminal in {states}", within)
+        # a rig's terminal answers only the agent: the agent's retained ``terminal`` state says it is
+        # set up (``link: ready``), and its log says when it started a card read (the terminal then
+        # waits for a card); other PSP states are not observable without the simulator
+        await self._wait(
+            sync_read(lambda: (st.retained("terminal") or {}).get("link")),
+            lambda v: v == "ready",
+            "the terminal set up (retained terminal state link=ready)",
+            within,
+        )
+        if "WAIT_CARD" in states:
+            await self._wait(
+                sync_read(lambda: "card read started" in st.agent.proc.log_since_start()),
+                bool,
+                "the agent to start a card read (the terminal waiting for a card)",
+                within,
+            )
+        elif not {"ENABLED", "IDLE"} & set(states):
+            self.result.say(f"  (rig) terminal state {states} not checked: only the simulator reports it")
 
     async def _wait_screen(self, text: str, within: float) -> None:
         st = self.st
         if st.psp is not None:
             psp = st.psp
-            await self._wait(
-                psp.screen,
-                lambda x: x.get("visible") and text in json.dumps(x, ensure_ascii=False),
-                f"a screen showing {text!r}",
-                within,
-            )
+            await self._wait(psp.screen, lambda x: _shows(x, text), f"a screen showing {text!r}", within)
             return
         assert self.rig is not None
         if self.rig.terminal.family != "apollo":
@@ -453,7 +533,9 @@ class _Runner:
         journal = await st.journal()
         if st.psp is not None:
             sim = await st.psp.sessions()
-            problems = settlement_problems(sim) + journal_problems(journal, sim)
+            # a P6X restart voids approvals the journal never saw (List Sessions, docs/runtime.md)
+            orphans = st.family == "p6x"
+            problems = settlement_problems(sim) + journal_problems(journal, sim, orphans_voided=orphans)
             if problems:
                 raise StepFailed("terminal vs journal: " + "; ".join(problems[:10]))
         await asyncio.sleep(0.5)  # the last outbox messages reach the capture
@@ -466,7 +548,7 @@ class _Runner:
             raise StepFailed("the agent's log has a traceback")
 
 
-def _sync(read: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+def sync_read(read: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
     """``wait_until`` polls an async fetch; this one calls ``read`` at each poll."""
 
     async def fetch() -> Any:
@@ -519,7 +601,7 @@ async def run_scenario(
     try:
         async with asyncio.timeout(scenario.timeout_s):
             async with station:
-                runner = _Runner(station, result, operator)
+                runner = StepRunner(station, result, operator)
                 for index, step in enumerate(scenario.parsed_steps, 1):
                     current = f"step {index} ({step_name(step)}, {scenario.file}:{step.line})"
                     result.say(f"{current}")
@@ -540,6 +622,11 @@ async def run_scenario(
         result.agent_log = (
             station.agent.proc.log_text()[-50_000:] if station.agent.proc.log_path.exists() else ""
         )
+    if station.left_open:
+        held = "; ".join(station.left_open)
+        result.say(f"  WARNING: payments left open on the terminal (void at its session timeout): {held}")
+        if result.status == "passed":
+            result.status, result.message = "failed", f"teardown: payments left open: {held}"
     if result.status == "failed":
         result.say(f"FAILED {result.message}")
     return result

@@ -9,7 +9,9 @@ answers through a callback (tests, a tapping robot). A prompt that times out fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TextIO
@@ -45,20 +47,47 @@ class ConsoleOperator:
     def __init__(self, input: TextIO | None = None, output: TextIO | None = None) -> None:
         self._input = input or sys.stdin
         self._output = output or sys.stdout
+        self._reading: asyncio.Future[str] | None = None  # a read still waiting for its line
 
     async def ask(self, prompt: Prompt) -> bool:
         hint = "[y/n]" if prompt.kind == "confirm" else "Enter when done, n if you cannot"
         self._output.write(f"\n>>> OPERATOR: {prompt.text}  ({hint}; {prompt.timeout_s:g} s)\n")
         self._output.flush()
-        loop = asyncio.get_running_loop()
+        reading = self._next_line()
         try:
             async with asyncio.timeout(prompt.timeout_s):
-                line = await loop.run_in_executor(None, self._input.readline)
+                line = await asyncio.shield(reading)
         except TimeoutError:
             raise PromptTimeout(f"no answer to {prompt.text!r} within {prompt.timeout_s:g} s") from None
+        self._reading = None
         if line == "":
             raise PromptTimeout(f"no answer to {prompt.text!r}: the console input is closed")
         return line.strip().lower() in ("", "y", "yes", "done", "ok")
+
+    def _next_line(self) -> asyncio.Future[str]:
+        """The next input line, read by a daemon thread: a prompt that timed out leaves no reader
+        behind that would take the next prompt's answer or hold up the runner's exit. A line that
+        arrived after its prompt had timed out answers nothing and is dropped."""
+        if self._reading is not None and not self._reading.done():
+            return self._reading  # the reader of a prompt that timed out is still waiting: share it
+        loop = asyncio.get_running_loop()
+        reading: asyncio.Future[str] = loop.create_future()
+
+        def deliver(line: str) -> None:
+            if not reading.done():
+                reading.set_result(line)
+
+        def read() -> None:
+            try:
+                line = self._input.readline()
+            except (OSError, ValueError):  # closed or unreadable input: no answer
+                line = ""
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is asking any more
+                loop.call_soon_threadsafe(deliver, line)
+
+        threading.Thread(target=read, name="hil-console-input", daemon=True).start()
+        self._reading = reading
+        return reading
 
 
 @dataclass

@@ -123,7 +123,7 @@ class TerminalFault(_Step, frozen=True, kw_only=True):
 
     kind: Literal["drop", "corrupt", "split", "delay", "not_ready", "silent", "clear"]
     count: Annotated[int, Meta(ge=1, le=1000)] = 1
-    only: Annotated[str, Meta(pattern=r"^[a-z_]{1,40}$")] | None = None
+    only: Annotated[str, Meta(pattern=r"^[A-Za-z_]{1,40}$")] | None = None  # e.g. GetStatus (the class)
     seconds: Annotated[float, Meta(gt=0, le=120)] | None = None
     chunk: Annotated[int, Meta(ge=1, le=64)] | None = None
     on: bool = True
@@ -154,7 +154,8 @@ class Agent(_Step, frozen=True, kw_only=True):
     next start (``agent/crashpoints.py``), the agent then dies there by itself."""
 
     action: Literal["kill", "start", "restart", "stop"]
-    crash_at: Annotated[str, Meta(pattern=r"^[a-z0-9_.:-]{1,64}$")] | None = None
+    # a crash point: ``journal:payment_approved``, ``psp_sent:CommitSession``, ``journal:meter#8``
+    crash_at: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:#-]{1,64}$")] | None = None
 
 
 # --- the back office --------------------------------------------------------------------------------
@@ -211,7 +212,9 @@ class WaitTerminal(_Step, frozen=True, kw_only=True):
 
 
 class WaitScreen(_Step, frozen=True, kw_only=True):
-    """A visible Apollo screen whose text contains ``contains`` (on a rig the operator confirms)."""
+    """A visible Apollo screen whose text contains ``contains`` — a UI screen or, during a card read,
+    the payment screen (amount, reference strings, QR code; psp-reference §3.3) — (on a rig the
+    operator confirms)."""
 
     contains: Annotated[str, Meta(min_length=1, max_length=128)]
     within: Seconds = 10.0
@@ -220,7 +223,9 @@ class WaitScreen(_Step, frozen=True, kw_only=True):
 class Match(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Upstream messages on ``topic`` (relative to the station prefix, ``+`` matches one level) whose
     payload contains ``fields``; the value ``tariff`` of ``amount_minor``/``cost_minor`` stands for the
-    tariff applied to the message's ``energy_wh``."""
+    tariff applied to the message's ``energy_wh``; a dotted key (``totals.payments``) looks into
+    nested objects, a number in it picks a list item (``lines.0.kind``); a value ``{re: PATTERN}``
+    matches a string field that contains the regular expression."""
 
     topic: Annotated[str, Meta(pattern=r"^[a-z0-9_+/{}.]{1,64}$")]
     fields: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -254,6 +259,25 @@ class ExpectTerminal(_Step, frozen=True, kw_only=True):
     (``committed``, ``voided``, ``approved``, ``declined`` …); exactly these, nothing else."""
 
     sessions: dict[Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")], Annotated[int, Meta(ge=0)]]
+
+
+class WaitReceived(_Step, frozen=True, kw_only=True):
+    """The simulated terminal has received the requests ``sequence`` in this order (others may come
+    between; ``drivers.psp.messages`` class names: ``Synchronize``, ``Setup``, ``GetStatus`` …);
+    ``new: true`` counts only requests received after the step began (simulator only); ``without``:
+    none of these requests may come (after the step began, if ``new``) before the sequence is complete."""
+
+    sequence: Annotated[list[Annotated[str, Meta(pattern=r"^[A-Za-z]{1,40}$")]], Meta(min_length=1)]
+    new: bool = False
+    without: list[Annotated[str, Meta(pattern=r"^[A-Za-z]{1,40}$")]] = msgspec.field(default_factory=list)
+    within: Seconds = 10.0
+
+
+class ExpectTerminalStatus(_Step, frozen=True, kw_only=True):
+    """The simulated terminal's status (its ``state`` control command: ``state``,
+    ``session_timeout_s``, ``timeout_action``, ``open_sessions`` …) has ``fields`` (simulator only)."""
+
+    fields: Annotated[dict[str, Any], Meta(min_length=1)]
 
 
 class ExpectJournal(_Step, frozen=True, kw_only=True):
@@ -319,6 +343,8 @@ Step = (
     | ExpectMessages
     | WaitSettled
     | ExpectTerminal
+    | WaitReceived
+    | ExpectTerminalStatus
     | ExpectJournal
     | ExpectCharger
     | ExpectScreenShown
@@ -352,6 +378,8 @@ STEP_TYPES: Final[Mapping[str, tuple[type[_Step], str | None]]] = {
     "expect_messages": (ExpectMessages, None),
     "wait_settled": (WaitSettled, None),
     "expect_terminal": (ExpectTerminal, "sessions"),
+    "wait_received": (WaitReceived, "sequence"),
+    "expect_terminal_status": (ExpectTerminalStatus, "fields"),
     "expect_journal": (ExpectJournal, None),
     "expect_charger": (ExpectCharger, None),
     "expect_screen_shown": (ExpectScreenShown, "contains"),

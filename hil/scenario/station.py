@@ -29,6 +29,7 @@ import yaml
 
 from hil.rig.broker import Mosquitto, TcpGate
 from hil.rig.config import base_config, deep_merge
+from hil.rig.invariants import payment_is_open
 from hil.rig.procs import Agent, ChargerSim, HarnessError, PspSim, wait_until
 from hil.scenario.rig import RigConfig
 from hil.scenario.schema import Scenario
@@ -39,6 +40,7 @@ __all__ = ["Station", "topic_matches"]
 
 _numbers = itertools.count(1)
 READY_S = 20.0  # the agent up and the terminal set up (TERM-1), from the process start
+RELEASE_S = 30.0  # a rig run's teardown: settling what the run left open (a Commit/Void round trip each)
 _STATE_LINE = re.compile(r"connector state connector=(\d+) old=\S+ new=(\S+)")
 
 
@@ -81,6 +83,8 @@ class Station:
         self._backend: aiomqtt.Client | None = None
         self._backend_stack = contextlib.AsyncExitStack()
         self._answered_auth: set[str] = set()
+        self._started_at = 0  # the capture's length when the agent process last started
+        self.left_open: list[str] = []  # rig: payments still open after the teardown's release
 
     async def __aenter__(self) -> Station:
         try:
@@ -136,6 +140,10 @@ class Station:
         if self.rig is not None:
             config = deep_merge(config, self.rig.agent_config)
         self.config = deep_merge(config, self.scenario.config)
+        if self.rig is not None:  # the teardown's release_holds stops sessions through the back office
+            stop_modes = self.config["session"].setdefault("stop_modes", [])
+            if "remote" not in stop_modes:
+                stop_modes.append("remote")
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
         self.capture = StreamCapture(self.broker.host, self.broker.port, self.prefix, self.capture_path)
         await self.capture.__aenter__()
@@ -148,12 +156,15 @@ class Station:
             await self.start_agent()
 
     async def start_agent(self, *, crash_at: str | None = None) -> None:
+        # what the agent publishes from now on: a killed agent's retained ``terminal: ready`` is not
+        # the new process having set the terminal up
+        self._started_at = len(self.capture.messages) if self.capture is not None else 0
         await self.agent.start(crash_at=crash_at)
         if crash_at is None:
             await self.wait_ready()
 
     async def wait_ready(self, within: float = READY_S) -> None:
-        """The terminal is set up (TERM-1): the agent's retained ``terminal`` state says ``ready``."""
+        """The terminal is set up (TERM-1): the running agent's ``terminal`` state says ``ready``."""
         await wait_until(
             self._terminal_link,
             lambda link: link == "ready",
@@ -163,10 +174,14 @@ class Station:
         )
 
     async def _terminal_link(self) -> str | None:
-        state = self.retained("terminal")
-        return None if state is None else str(state.get("link"))
+        assert self.capture is not None
+        since = self.capture.messages[self._started_at :]
+        found = [m.payload for m in since if self.relative(m) == "terminal" and isinstance(m.payload, dict)]
+        return str(found[-1].get("link")) if found else None
 
     async def close(self) -> None:
+        if self.rig is not None and self.agent.running:
+            await self.release_holds()
         if self.agent.running:
             await self.agent.kill()
         closers = [sim.close() for sim in (self.psp, self.charger) if sim is not None]
@@ -181,6 +196,32 @@ class Station:
             with contextlib.suppress(Exception):
                 await capture.__aexit__(None, None, None)
         await self.broker.stop()
+
+    async def release_holds(self, within: float = RELEASE_S) -> None:
+        """Before a rig run ends (a failed step, a timeout, Ctrl-C): a real terminal keeps what the
+        run left authorized until its session timeout (TERM-2, hours), so every session that still
+        holds a payment is stopped through the back office (``stop``, STOP-5) and settled; what stays
+        open is listed in :attr:`left_open` for the report."""
+        with contextlib.suppress(Exception):  # best effort: the run's own result is already decided
+            async with asyncio.timeout(within):
+                open_payments = [p for p in await self.journal() if payment_is_open(p)]
+                for c in sorted({int(p["connector_id"]) for p in open_payments}):
+                    with contextlib.suppress(HarnessError):
+                        await self.command("stop", {"connector_id": c, "session_id": None}, within=5.0)
+                await wait_until(
+                    self.journal,
+                    lambda ps: not any(payment_is_open(p) for p in ps),
+                    what="the run's open payments settled",
+                    within=within,
+                    interval=0.5,
+                )
+        with contextlib.suppress(Exception):
+            self.left_open = [
+                f"{p['payment_id']} (connector {p['connector_id']}, {p['state']}, terminal session "
+                f"{p.get('terminal_session_id')})"
+                for p in await self.journal()
+                if payment_is_open(p)
+            ]
 
     # -- the upstream stream ---------------------------------------------------------------------------
 

@@ -184,3 +184,32 @@ def test_home_screen_items_are_never_dropped_and_an_unfittable_screen_is_none() 
     if fitted is not None:
         assert [k for k in fitted[1] if k.startswith("items.") and k.count(".") == 1] == items
     assert screens.fit(home, _fits_within(20)) is None  # cannot fit: the caller skips it and warns
+
+
+@pytest.mark.req("START-8")
+def test_payment_screen_texts_pack_the_tariff_into_two_reference_strings() -> None:
+    """While the Apollo waits for a card its payment screen hides every UI screen (psp-reference
+    §3.3): the price goes into the Start Session's two reference strings, 63 bytes each (§5.9)."""
+    short = screens.ScreenSettings(tariff_text="0.39 EUR/kWh · incl. 21% VAT")
+    assert screens.payment_screen_texts(short) == ("0.39 EUR/kWh · incl. 21% VAT", "")
+    two = screens.ScreenSettings(
+        tariff_text="0.39 EUR/kWh · 0.05 EUR/min · idle 0.20 EUR/min after 15 min · incl. 21% VAT"
+    )
+    assert screens.payment_screen_texts(two) == (
+        "0.39 EUR/kWh · 0.05 EUR/min · idle 0.20 EUR/min after 15 min",
+        "incl. 21% VAT",
+    )
+    long = screens.ScreenSettings(
+        tariff_text=" · ".join(f"band {n} 22:00-06:00: 0.{n}9 EUR/kWh" for n in range(6))
+    )
+    first, second = screens.payment_screen_texts(long) or ("", "")
+    assert first == "band 0 22:00-06:00: 0.09 EUR/kWh"
+    assert second.startswith("band 1 22:00-06:00: 0.19 EUR/kWh")
+    assert second.endswith(" …")  # more prices than two lines hold: the driver is told so
+    for text in (first, second):
+        assert len(text.encode("utf-8")) <= 63
+    huge = screens.payment_screen_texts(screens.ScreenSettings(tariff_text="é" * 100))
+    assert huge is not None
+    assert len(huge[0].encode("utf-8")) <= 63
+    assert huge[0].endswith("…")
+    assert screens.payment_screen_texts(screens.ScreenSettings(tariff_text="")) is None

@@ -104,7 +104,16 @@ async def test_control_over_tcp_with_malformed_commands() -> None:
                 assert await host.message() == m.Result(True)  # allowed in WAIT_AUTH (§3.3) …
                 assert sim.current_screen is None  # … but hidden while the card is held
                 assert (await ask("press stop")).startswith("error: ")
-                assert json.loads(await ask("screen")) == {"visible": False, "hidden_screen": True}
+                assert json.loads(await ask("screen")) == {
+                    "visible": False,
+                    "hidden_screen": True,
+                    "payment": {  # the payment flow's own screen (§3.3, §5.9)
+                        "amount_minor": 500,
+                        "reference": "1",
+                        "second_reference": None,
+                        "qr_url": None,
+                    },
+                }
             finally:
                 await transport.close()
             await until(lambda: sim.state is m.PspState.OFFLINE)  # the TCP client left
