@@ -98,7 +98,11 @@ async def drive_session(st: Station, scenario: str, n: int, *, energy_wh: int = 
         # for an earlier one)
         await st.wait_connector(c, ("awaiting_card",))
         await st.wait_terminal(("WAIT_CARD",))
-        await st.psp.tap_emv(**card(n))
+        if await st.psp.tap_emv(**card(n)) == "ok queued":
+            # the terminal left WAIT_CARD in between: the agent died at its crash point and the
+            # simulator saw the link close first (a loaded machine); the driver takes the card
+            # away instead of leaving it on the reader for the restarted agent's next read
+            await st.psp.command("remove")
         await st.wait_energy(c, energy_wh)
         await st.charger.unplug(c)
     else:

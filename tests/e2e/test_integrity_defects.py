@@ -478,7 +478,9 @@ async def test_defect5_a_card_tapped_right_after_a_restart_is_not_refused(
             await st.charger.plug(1)
             await st.wait_connector(1, ("awaiting_card",), within=10.0)
             await st.agent.kill()
-            assert await st.psp.tap_emv(**card(5)) == "ok queued"  # the card already waits on the reader
+            # the simulator sees the link close (a loaded machine may take a moment) …
+            await wait_until(st.psp.state, lambda s: not s["connected"], what="the link closed", within=5.0)
+            assert await st.psp.tap_emv(**card(5)) == "ok queued"  # … the card waits on the reader
             await st.agent.start()
             await st.wait_connector(1, ("charging",), within=15.0)
             assert "plug_in_first" not in st.agent.proc.log_text()
