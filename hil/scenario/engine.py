@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.money.tariff import Tariff, tariff_config_from_builtins
-from hil.rig.invariants import journal_problems, payment_is_open, settlement_problems
+from hil.rig.invariants import journal_problems, settlement_problems
 from hil.rig.procs import AgentExited, HarnessError, wait_until
 from hil.scenario import schema as s
 from hil.scenario.cards import BUILTIN_CARDS, tap_command
@@ -505,13 +505,7 @@ class StepRunner:
                 what="no approved session left on the terminal",
                 within=within,
             )
-        await wait_until(
-            st.journal,
-            lambda ps: not any(payment_is_open(p) for p in ps),
-            what="no open payment in the journal",
-            within=within,
-            interval=0.3,
-        )
+        await st.wait_journal_settled(within)
 
     async def _expect_journal(self, disposals: Mapping[str, int], methods: Mapping[str, int]) -> None:
         journal = await self.st.journal()

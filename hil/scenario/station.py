@@ -197,6 +197,18 @@ class Station:
                 await capture.__aexit__(None, None, None)
         await self.broker.stop()
 
+    async def wait_journal_settled(
+        self, within: float, *, what: str = "no open payment in the journal"
+    ) -> None:
+        """Until the journal holds no open payment (each one committed, voided or closed)."""
+        await wait_until(
+            self.journal,
+            lambda ps: not any(payment_is_open(p) for p in ps),
+            what=what,
+            within=within,
+            interval=0.3,
+        )
+
     async def release_holds(self, within: float = RELEASE_S) -> None:
         """Before a rig run ends (a failed step, a timeout, Ctrl-C): a real terminal keeps what the
         run left authorized until its session timeout (TERM-2, hours), so every session that still
@@ -208,13 +220,7 @@ class Station:
                 for c in sorted({int(p["connector_id"]) for p in open_payments}):
                     with contextlib.suppress(HarnessError):
                         await self.command("stop", {"connector_id": c, "session_id": None}, within=5.0)
-                await wait_until(
-                    self.journal,
-                    lambda ps: not any(payment_is_open(p) for p in ps),
-                    what="the run's open payments settled",
-                    within=within,
-                    interval=0.5,
-                )
+                await self.wait_journal_settled(within, what="the run's open payments settled")
         with contextlib.suppress(Exception):
             self.left_open = [
                 f"{p['payment_id']} (connector {p['connector_id']}, {p['state']}, terminal session "
