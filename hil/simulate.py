@@ -663,7 +663,7 @@ async def run_console(scenario: Scenario, workdir: Path, family: str, tried: Tri
             _say(_agent_failure(station))
         return EXIT_FAILED
     except BaseException:
-        await station.close()
+        await _close_fully(station)
         raise
     try:
         broker = station.broker
@@ -679,9 +679,21 @@ async def run_console(scenario: Scenario, workdir: Path, family: str, tried: Tri
         await Console(station, lines, echo=not sys.stdin.isatty()).run()
     finally:
         _say("stopping the station …")
-        await station.close()
+        await _close_fully(station)
     _say(f"stopped; the logs and the journal stay in {workdir}")
     return 0
+
+
+async def _close_fully(station: Station) -> None:
+    """Tear ``station`` down to the end even when a signal cancels the console meanwhile (Ctrl-C
+    during ``quit``, or at the same moment as the end of input): a half-closed station would leave
+    the agent, the simulators or Mosquitto running. The cancellation is raised once it is done."""
+    closing = asyncio.create_task(station.close(), name="simulate-close")
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 async def run_script(scenario: Scenario, workdir: Path, family: str | None) -> int:
@@ -741,14 +753,17 @@ async def supervised(work: Coroutine[Any, Any, int]) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
     _wait_sigint(loop, on_signal)
     try:
-        return await task
+        code = await task
     except asyncio.CancelledError:
         if not received:
             raise
-        sys.stderr.write("interrupted: the station is stopped\n")
-        return 128 + received[0]
+        code = EXIT_FAILED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+    if received:  # also when the work ended on its own as the signal came (end of input, quit)
+        sys.stderr.write("interrupted: the station is stopped\n")
+        return 128 + received[0]
+    return code
 
 
 def _console_scenario(family: str, connectors: int, tried: TriedConfig | None) -> Scenario:
