@@ -183,7 +183,7 @@ def _build(loaded: LoadedConfig, opts: AppOptions, store: Store) -> App:
         config.station_id,
         opts.clock,
         journal=journal,
-        currency=config.tariff.currency,
+        currency=loaded.tariff.currency,
         qr_url_template=config.receipts.qr_url_template,
         terminal_family="apollo" if apollo else "p6x",
         terminal_offline_alarm_after_s=config.terminal.offline_alarm_after_s,

@@ -130,7 +130,7 @@ def load_tried_config(path: Path) -> TriedConfig:
     """Read and validate ``path`` like ``check-config`` (secret files are not read: the simulated
     station has its own broker); raises :class:`ConfigError` ``FILE:LINE: PATH: REASON``."""
     doc = read_yaml_file(path, display=str(path))
-    config = parse_config(doc)
+    config = parse_config(doc, base_dir=path.parent)  # reads a tariff.ocpi_file
     assert isinstance(doc.data, dict)  # parse_config insists on a mapping
     ids = [c.id for c in config.connectors]
     if ids != list(range(1, len(ids) + 1)):
@@ -139,6 +139,8 @@ def load_tried_config(path: Path) -> TriedConfig:
             f"simulate numbers the connectors 1..{len(ids)} like its charger simulator; got ids {ids}",
         )
     overrides = {k: copy.deepcopy(v) for k, v in doc.data.items() if k not in STATION_KEYS}
+    if "tariff" in overrides:  # with an ocpi_file's content inline: the station's config is elsewhere
+        overrides["tariff"] = copy.deepcopy(config.tariff)
     terminal = overrides.get("terminal")
     if isinstance(terminal, dict):
         overrides["terminal"] = {k: v for k, v in terminal.items() if k not in STATION_TERMINAL_KEYS}

@@ -325,7 +325,9 @@ class ConnectorMachine(Generic[P]):
 
     ``P`` is the pricer type (``agent.money.tariff.Tariff`` in the agent): :attr:`pricer` prices the
     current session; a :class:`TariffChanged` while a session runs is kept pending and becomes
-    :attr:`pricer` when the connector's next session begins.
+    :attr:`pricer` when the connector's next session begins. A session restored after a restart
+    (:class:`PaymentRestored` with a ``pricer``) is priced by that tariff in the same way, the
+    connector's tariff until then pending.
     """
 
     _fsm_state: str  # maintained by ``transitions`` (see :attr:`state`)
@@ -358,7 +360,7 @@ class ConnectorMachine(Generic[P]):
         self.payment: Payment | None = None
         self._pending_card: CardToken | None = None
         self._pending_amount_minor = 0
-        self._restored: PaymentRestored | None = None
+        self._restored: PaymentRestored[P] | None = None
         self._plug_timer_running = False
         self._at: datetime | None = None
         self._out: list[Effect] = []
@@ -553,7 +555,17 @@ class ConnectorMachine(Generic[P]):
     def _session_energy_wh(self) -> int:
         return self.session.usage.energy_wh if self.session else 0
 
-    def _accumulate(self, at: datetime, meter_wh: int | None, kind: UsageKind) -> None:
+    def _accumulate(
+        self,
+        at: datetime,
+        meter_wh: int | None,
+        kind: UsageKind,
+        *,
+        power_w: float | None = None,
+        current_a: float | None = None,
+    ) -> None:
+        """Add the stretch since the last reading; ``power_w``/``current_a``: what the reading that
+        ends it reports (``None``: not reported; the tariff then uses the stretch's average power)."""
         session = self.session
         if session is None:
             return
@@ -564,7 +576,9 @@ class ConnectorMachine(Generic[P]):
             if session.last_meter_wh is not None:
                 delta_wh = max(0, meter_wh - session.last_meter_wh)  # a meter reset counts as 0
             session.last_meter_wh = meter_wh
-        session.usage = self._pricer.accumulate(session.usage, start, end, delta_wh, kind)
+        session.usage = self._pricer.accumulate(
+            session.usage, start, end, delta_wh, kind, power_w=power_w, current_a=current_a
+        )
         session.last_at = end
 
     # --- callbacks: authorization ---------------------------------------------------------------------
@@ -789,7 +803,13 @@ class ConnectorMachine(Generic[P]):
             self._stop_or_unavailable()
 
     def _usage_kind(self) -> UsageKind:
-        if self.state in (ConnectorMachineState.CHARGING, ConnectorMachineState.STOPPING):
+        if self.state is ConnectorMachineState.STOPPING:  # the stop goes on with what was happening
+            session = self.session
+            periods = session.usage.periods if session is not None else ()
+            return (
+                periods[-1].kind if periods and periods[-1].kind is not UsageKind.IDLE else UsageKind.CHARGING
+            )
+        if self.state is ConnectorMachineState.CHARGING:
             return UsageKind.CHARGING
         if self.state is ConnectorMachineState.IDLE_FEE:
             return UsageKind.IDLE
@@ -800,10 +820,21 @@ class ConnectorMachine(Generic[P]):
             ConnectorMachineState.STOPPING,
             ConnectorMachineState.IDLE_FEE,
         )
-        if in_session:
-            session = self.session
+        session = self.session
+        stale = (  # STOP-8: a retained value may predate the session, or lag behind its last reading
+            session is not None
+            and event.retained
+            and (session.last_meter_wh is None or event.energy_wh < session.last_meter_wh)
+        )
+        if in_session and not stale:
             assert session is not None
-            self._accumulate(event.at, event.energy_wh, self._usage_kind())
+            self._accumulate(
+                event.at,
+                event.energy_wh,
+                self._usage_kind(),
+                power_w=event.power_w,
+                current_a=event.current_a,
+            )
             if event.power_w is not None:
                 session.power_w = event.power_w
             self._emit(
@@ -1098,9 +1129,13 @@ class ConnectorMachine(Generic[P]):
 
     # --- restart recovery (ERR-5) ----------------------------------------------------------------------
 
-    def _on_restored(self, event: PaymentRestored) -> None:
+    def _on_restored(self, event: PaymentRestored[P]) -> None:
         if self.state not in (ConnectorMachineState.UNAVAILABLE, *FREE_STATES) or self.session is not None:
             return
+        if event.pricer is not None:  # STOP-8: the session's own tariff; the current one comes next
+            if self._pending_pricer is None:
+                self._pending_pricer = self._pricer
+            self._pricer = event.pricer
         p = event.payment
         self.plugged = event.plugged
         self.charger_online = event.charger_online

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from statemachines.pricing import Pricer, Usage
 
@@ -162,6 +162,7 @@ class MeterReading:
     at: datetime
     energy_wh: int  # meter register
     power_w: float | None = None  # None: the meter reports no power
+    current_a: float | None = None  # None: the meter reports no current
     # delivered from the broker's store (published before the agent subscribed): possibly old
     retained: bool = False
 
@@ -323,14 +324,20 @@ class RestoredPayment:
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentRestored:
-    """Sent once per journaled payment after a restart, with the charger's current facts."""
+class PaymentRestored(Generic[P]):
+    """Sent once per journaled payment after a restart, with the charger's current facts.
+
+    ``pricer`` is the tariff the session started with, as the journal kept it (STOP-8: a restored
+    session is priced by its own tariff, not by the station's current one, which then prices the
+    connector's next session). ``None``: the journal holds none (a payment journaled before
+    tariffs were); the connector's current tariff prices it."""
 
     connector_id: int
     at: datetime
     payment: RestoredPayment
     plugged: bool
     charger_online: bool = True
+    pricer: P | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +378,7 @@ ConnectorEvent = (
     | RemoteStart
     | StopRequest
     | TimerFired
-    | PaymentRestored
+    | PaymentRestored[Any]
     | CardAssigned
 )
 Event = TerminalEvent | ConnectorEvent | ChargerLost | ChargerBack

@@ -1,9 +1,11 @@
 """The pricing contract between the connector machine and the tariff (DESIGN.md §4.1, §5.4).
 
 ``statemachines`` may not import ``agent``, so the connector machine prices a session through the
-structural :class:`Pricer` protocol; ``agent.money.tariff.Tariff`` implements it. Usage is accumulated as
-exact integers: energy in Wh, durations in milliseconds, bucketed by tariff band and usage kind, so
-that a time-of-day band change during a session prices each part at its own rate.
+structural :class:`Pricer` protocol; ``agent.money.tariff.Tariff`` implements it. Usage is a list of
+charging periods (OCPI 2.2.1 §CDRs ChargingPeriod, in exact integers: energy in Wh, durations in
+milliseconds): the tariff splits the session wherever the set of its active elements changes (a
+time-of-day window, a kWh or duration threshold, a power or current restriction, a DST change) and
+merges what follows on without a change, so a period is priced by one element per dimension.
 
 Times are timezone-aware ``datetime`` values that arrive in events; nothing here reads a clock.
 """
@@ -11,9 +13,11 @@ Times are timezone-aware ``datetime`` values that arrive in events; nothing here
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class UsageKind(StrEnum):
@@ -25,13 +29,21 @@ class UsageKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class UsageBucket:
-    """Usage of one kind within one tariff band. ``band`` is ``""`` for a tariff without bands."""
+class Period:
+    """One charging period: ``duration_ms`` from ``start`` (UTC), ``energy_wh`` delivered, spent as
+    ``kind``; ``power_w`` / ``current_a`` are what the charger reported (or the average power) when
+    the period began — what power and current restrictions were evaluated on."""
 
-    band: str
+    start: datetime
     kind: UsageKind
     energy_wh: int = 0
     duration_ms: int = 0
+    power_w: float | None = None
+    current_a: float | None = None
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(milliseconds=self.duration_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,38 +51,52 @@ class Usage:
     """Accumulated usage of one session; immutable, grown by :meth:`Pricer.accumulate`."""
 
     started_at: datetime | None = None
-    buckets: tuple[UsageBucket, ...] = ()
+    periods: tuple[Period, ...] = ()
 
     @property
     def energy_wh(self) -> int:
-        return sum(b.energy_wh for b in self.buckets)
+        return sum(p.energy_wh for p in self.periods)
 
     def duration_ms(self, kind: UsageKind) -> int:
-        return sum(b.duration_ms for b in self.buckets if b.kind is kind)
+        return sum(p.duration_ms for p in self.periods if p.kind is kind)
 
-    def add(self, band: str, kind: UsageKind, energy_wh: int, duration_ms: int) -> Usage:
-        """Return a copy with the amounts added to the (band, kind) bucket (created when missing)."""
-        buckets = list(self.buckets)
-        for i, bucket in enumerate(buckets):
-            if bucket.band == band and bucket.kind is kind:
-                buckets[i] = replace(
-                    bucket,
-                    energy_wh=bucket.energy_wh + energy_wh,
-                    duration_ms=bucket.duration_ms + duration_ms,
-                )
-                break
-        else:
-            buckets.append(UsageBucket(band, kind, energy_wh, duration_ms))
-        return replace(self, buckets=tuple(buckets))
+    def add(self, kind: UsageKind, energy_wh: int, duration_ms: int) -> Usage:
+        """A copy with a period of ``kind`` appended right after the last one (the first at
+        ``started_at``, the Unix epoch when unset) — usage built without a tariff to split it."""
+        at = self.periods[-1].end if self.periods else self.started_at or _EPOCH
+        return replace(self, started_at=self.started_at or at).extended(
+            Period(at, kind, energy_wh, duration_ms), merge=False
+        )
+
+    def extended(self, period: Period, *, merge: bool) -> Usage:
+        """A copy with ``period`` appended, or added to the last period when ``merge``."""
+        if merge and self.periods:
+            last = self.periods[-1]
+            grown = replace(
+                last,
+                energy_wh=last.energy_wh + period.energy_wh,
+                duration_ms=last.duration_ms + period.duration_ms,
+            )
+            return replace(self, periods=(*self.periods[:-1], grown))
+        return replace(self, periods=(*self.periods, period))
 
 
 class Pricer(Protocol):
     """What the connector machine needs from a tariff. Both methods are pure."""
 
     def accumulate(
-        self, usage: Usage, start: datetime, end: datetime, energy_wh: int, kind: UsageKind
+        self,
+        usage: Usage,
+        start: datetime,
+        end: datetime,
+        energy_wh: int,
+        kind: UsageKind,
+        *,
+        power_w: float | None = None,
+        current_a: float | None = None,
     ) -> Usage:
-        """Add ``energy_wh`` delivered between ``start`` and ``end`` as ``kind`` to ``usage``."""
+        """Add ``energy_wh`` delivered between ``start`` and ``end`` as ``kind`` to ``usage``; the
+        charger's reported ``power_w`` / ``current_a`` (``None``: not reported) for restrictions."""
         ...
 
     def cost_minor(self, usage: Usage) -> int:
@@ -94,7 +120,9 @@ def seconds_until_cost_reaches(
 
     def cost_after(seconds: int) -> int:
         energy_wh = int(max(power_w, 0.0) * seconds // 3600)
-        grown = pricer.accumulate(usage, at, at + timedelta(seconds=seconds), energy_wh, UsageKind.CHARGING)
+        grown = pricer.accumulate(
+            usage, at, at + timedelta(seconds=seconds), energy_wh, UsageKind.CHARGING, power_w=power_w
+        )
         return pricer.cost_minor(grown)
 
     if pricer.cost_minor(usage) >= limit_minor:

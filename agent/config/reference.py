@@ -18,7 +18,7 @@ from typing import Final
 import msgspec
 from msgspec import inspect as mi
 
-from agent.config.schema import AgentConfig
+from agent.config.schema import TARIFF_FORMS, AgentConfig
 
 BEGIN: Final = "<!-- BEGIN GENERATED: python -m agent.config.reference --write docs/configuration.md -->"
 END: Final = "<!-- END GENERATED -->"
@@ -72,7 +72,7 @@ def _type_text(t: mi.Type, hex_ints: bool = False) -> str:
         return f"list of {_type_text(t.item_type, hex_ints)}"
     if isinstance(t, mi.UnionType):
         return " or ".join(_type_text(member, hex_ints) for member in t.types)
-    if isinstance(t, mi.StructType):
+    if isinstance(t, (mi.StructType, mi.DictType)):
         return "mapping"
     return type(t).__name__.removesuffix("Type").lower()
 
@@ -119,20 +119,35 @@ def _structs(t: mi.Type) -> Iterator[tuple[str, mi.StructType]]:
             yield from _structs(member)
 
 
-def _rows(struct: mi.StructType, prefix: str, tariff: bool) -> Iterator[str]:
+def _rows(struct: mi.StructType, prefix: str, tariff: bool, seen: set[str] | None = None) -> Iterator[str]:
     for field in struct.fields:
         path = f"{prefix}{field.name}"
+        if seen is not None:  # the tariff's forms share keys (timezone, minor_unit_digits): once
+            if path in seen:
+                continue
+            seen.add(path)
         hex_ints = field.name in _HEX_FIELDS
         inner, descriptions = _unwrap(field.type)
         under_tariff = tariff or path == "tariff"
         description = descriptions[0] if descriptions else (_TARIFF_NOTE if under_tariff else "")
-        if under_tariff and path != "tariff":
-            description = _TARIFF_NOTE
         description = description.replace("|", "\\|")
         type_text, default = _type_text(inner, hex_ints), _default_text(field, hex_ints)
+        if path == "tariff":  # a mapping in one of the forms (no msgspec union of Structs)
+            type_text = "mapping: simple or OCPI form"
         yield f"| `{path}` | {type_text} | {default} | {description} |"
+        if path == "tariff":
+            forms: set[str] = set()
+            for form in TARIFF_FORMS:
+                yield from _rows(_struct(form), "tariff.", True, forms)
+            continue
         for suffix, child in _structs(field.type):
             yield from _rows(child, f"{path}{suffix}.", under_tariff)
+
+
+def _struct(cls: type[msgspec.Struct]) -> mi.StructType:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return info
 
 
 def reference_table() -> str:

@@ -9,7 +9,12 @@ text is ``FILE:LINE: PATH: REASON``; nothing is half-loaded.
 Decisions (documented in ``docs/configuration.md`` too):
 
 - Money is integer minor units (``*_minor``) or, in ``tariff:``, quoted decimal strings; a float
-  anywhere money goes is a type error.
+  anywhere money goes is a type error (the OCPI form's numbers are OCPI's own, read exactly).
+- ``tariff:`` takes every form :func:`agent.money.tariff.tariff_from_builtins` does: the simple
+  form (:class:`agent.money.tariff.TariffConfig`) or the OCPI wrapper (:class:`OcpiTariffForm`),
+  whose ``ocpi_file`` (relative to the config file's directory) this loader reads and puts in
+  ``ocpi``: the tariff module does no I/O. An error inside that file names the file (and, for
+  YAML, its line) and the path in it.
 - Durations are whole seconds (``*_s``).
 - File paths (state directory, secrets, TLS files, serial device) must be absolute: the service
   runs from ``/`` and a relative path would silently depend on the working directory.
@@ -25,20 +30,28 @@ Decisions (documented in ``docs/configuration.md`` too):
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Final, Literal, final
+from typing import Annotated, Any, Final, Literal, final
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from msgspec import Meta
 
 from agent.config.yamlload import KeyPath, PathItem, YamlDocument, read_yaml_file
-from agent.errors import ConfigError
-from agent.money.tariff import Tariff, TariffConfig, TariffConfigError, tariff_config_from_builtins
+from agent.errors import ConfigError, format_path
+from agent.money.tariff import (
+    Tariff,
+    TariffConfig,
+    TariffConfigError,
+    tariff_from_builtins,
+    tariff_to_builtins,
+)
+from agent.store.journal import JournalError, check_no_pan
 from agent.upstream.rfid import OfflinePolicy as RfidOfflinePolicy
 from drivers.psp.messages import CommitOrder, Family
 from drivers.psp.profile import Profile, Quirks, profile_for
@@ -67,6 +80,7 @@ __all__ = [
     "ChargerTopics",
     "ConnectorEntry",
     "LoadedConfig",
+    "OcpiTariffForm",
     "QuirksConfig",
     "ReceiptsConfig",
     "Secret",
@@ -631,6 +645,45 @@ class RfidConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 # ---------------------------------------------------------------------------------------------------
+# tariff:
+# ---------------------------------------------------------------------------------------------------
+
+TARIFF_DESCRIPTION: Final = (
+    "the tariff: the simple form (currency, prices, bands…) or an OCPI 2.2.1 Tariff (ocpi or "
+    "ocpi_file, with timezone and minor_unit_digits); docs/tariff.md"
+)
+
+
+class OcpiTariffForm(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``tariff:`` as an OCPI 2.2.1 Tariff (docs/tariff.md). Exactly one of ``ocpi`` and
+    ``ocpi_file``; :func:`load_config` reads ``ocpi_file`` and puts its content in ``ocpi``, so the
+    tariff module sees the OCPI wrapper of :func:`agent.money.tariff.tariff_from_builtins` and
+    never a file. The other form, the simple one, is :class:`agent.money.tariff.TariffConfig`."""
+
+    ocpi: Annotated[
+        dict[str, Any] | None,
+        Meta(description="OCPI form: an OCPI 2.2.1 Tariff object (§Tariffs 4.3.1), inline"),
+    ] = None
+    ocpi_file: Annotated[
+        str | None,
+        Meta(
+            description="OCPI form: a JSON (.json) or YAML file holding the OCPI Tariff object instead "
+            "of ocpi; a relative path is relative to the config file's directory"
+        ),
+    ] = None
+    timezone: Annotated[
+        str | None,
+        Meta(description="IANA zone the OCPI local-time restrictions are read in; null = UTC"),
+    ] = None
+    minor_unit_digits: Annotated[
+        int, Meta(description="ISO 4217 minor unit of the currency (what is captured is rounded to it)")
+    ] = 2
+
+
+TARIFF_FORMS: Final[tuple[type[msgspec.Struct], ...]] = (TariffConfig, OcpiTariffForm)
+
+
+# ---------------------------------------------------------------------------------------------------
 # the whole file
 # ---------------------------------------------------------------------------------------------------
 
@@ -662,7 +715,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     authorization: Annotated[AuthorizationConfig, Meta(description="pre-authorization amount")] = (
         msgspec.field(default_factory=AuthorizationConfig)
     )
-    tariff: Annotated[TariffConfig, Meta(description="the tariff; docs/tariff.md")]
+    # a mapping in one of TARIFF_FORMS (msgspec has no untagged union of Structs): checked by
+    # agent.money.tariff.tariff_from_builtins, which names the offending path (parse_config)
+    tariff: Annotated[dict[str, Any], Meta(description=TARIFF_DESCRIPTION)]
     upstream: Annotated[UpstreamConfig, Meta(description="backend MQTT broker")]
     receipts: Annotated[ReceiptsConfig, Meta(description="receipts")] = msgspec.field(
         default_factory=ReceiptsConfig
@@ -755,8 +810,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     def to_tariff(self) -> Tariff:
         """:class:`agent.money.tariff.Tariff` (raises ``TariffConfigError``; :func:`load_config` already
-        checked it)."""
-        return Tariff(self.tariff)
+        checked it and put the content of an ``ocpi_file`` in ``ocpi``)."""
+        return tariff_from_builtins(self.tariff)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -810,9 +865,13 @@ class LoadedConfig:
         return self.config.to_station_config()
 
 
-def parse_config(doc: YamlDocument) -> AgentConfig:
-    """Validate loaded YAML into an :class:`AgentConfig` and check its tariff; no file access
-    beyond what produced ``doc``. Raises :class:`ConfigError` located at the offending key."""
+def parse_config(doc: YamlDocument, *, base_dir: Path | None = None) -> AgentConfig:
+    """Validate loaded YAML into an :class:`AgentConfig` and check its tariff. Raises
+    :class:`ConfigError` located at the offending key.
+
+    No file access beyond what produced ``doc``, except ``tariff.ocpi_file`` when ``base_dir`` (the
+    config file's directory) is given: that file is read and its content put in ``tariff.ocpi``.
+    Without ``base_dir`` a tariff with an ``ocpi_file`` is checked only as far as its keys go."""
     if not isinstance(doc.data, dict):
         got = "an empty file" if doc.data is None else f"a {_yaml_kind(doc.data)}"
         raise doc.error((), f"expected a mapping of settings, got {got}")
@@ -820,11 +879,117 @@ def parse_config(doc: YamlDocument) -> AgentConfig:
         config = msgspec.convert(doc.data, AgentConfig)
     except msgspec.ValidationError as exc:
         raise _from_validation_error(doc, str(exc)) from None
+    resolved = _resolve_ocpi_file(doc, config.tariff, base_dir)
+    if resolved is None:
+        return config
+    tariff, source = resolved
     try:
-        Tariff(config.tariff)  # the tariff's semantic checks (decimals, bands, timezone, …)
+        tariff_from_builtins(tariff)  # every form's checks (decimals, bands, OCPI fields, timezone…)
     except TariffConfigError as exc:
-        raise doc.error(("tariff", *exc.path), exc.message) from None
-    return config
+        raise _tariff_error(doc, source, exc) from None
+    return msgspec.structs.replace(config, tariff=tariff)
+
+
+_OCPI_FILE_KEY: Final = "ocpi_file"
+_OCPI_KEY: Final = "ocpi"
+MAX_OCPI_FILE_BYTES: Final = 1024 * 1024  # like the config file itself (yamlload.MAX_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class _OcpiSource:
+    """The file the content of ``tariff.ocpi`` was read from (``tariff.ocpi_file``)."""
+
+    file: str
+    doc: YamlDocument | None  # its keys' lines; None for a JSON file (decoded by ``json``)
+
+
+def _resolve_ocpi_file(
+    doc: YamlDocument, tariff: dict[str, Any], base_dir: Path | None
+) -> tuple[dict[str, Any], _OcpiSource | None] | None:
+    """``tariff`` with the content of its ``ocpi_file`` as ``ocpi`` (read relative to ``base_dir``)
+    and where that came from; ``tariff`` itself when it names no file; ``None`` when it names one
+    and ``base_dir`` is ``None``. Raises :class:`ConfigError`."""
+    if _OCPI_FILE_KEY not in tariff:
+        return tariff, None
+    try:
+        form = msgspec.convert(tariff, OcpiTariffForm)
+    except msgspec.ValidationError as exc:
+        raise _from_validation_error(doc, str(exc), prefix=("tariff",)) from None
+    key: KeyPath = ("tariff", _OCPI_FILE_KEY)
+    if form.ocpi is not None:
+        raise doc.error(key, "give either ocpi or ocpi_file, not both")
+    if not form.ocpi_file:
+        raise doc.error(key, "expected the path of a JSON or YAML file holding an OCPI 2.2.1 Tariff object")
+    if base_dir is None:
+        return None
+    path = Path(form.ocpi_file)
+    if not path.is_absolute():
+        path = base_dir / path
+    source, ocpi = _read_ocpi_file(doc, key, path)
+    resolved = {k: v for k, v in tariff.items() if k != _OCPI_FILE_KEY}
+    resolved[_OCPI_KEY] = ocpi
+    return resolved, source
+
+
+def _read_ocpi_file(doc: YamlDocument, key: KeyPath, path: Path) -> tuple[_OcpiSource, object]:
+    """The decoded content of the OCPI tariff file ``path`` (JSON when it ends in ``.json``, else
+    YAML with the config loader's rules). An unreadable or undecodable file is a
+    :class:`ConfigError` at ``key`` naming the file; a syntax error names the file's own line."""
+    shown = str(path)
+    if path.suffix.lower() != ".json":
+        try:
+            ocpi_doc = read_yaml_file(path, display=shown)
+        except ConfigError as exc:
+            if exc.line is None:  # cannot read it, too large, not UTF-8 …
+                reason = exc.reason.removeprefix("cannot read: ")
+                text = f"cannot read {shown}: {reason}" if reason != exc.reason else f"{shown}: {reason}"
+                raise doc.error(key, text) from None
+            raise
+        data: object = ocpi_doc.data
+        source = _OcpiSource(shown, ocpi_doc)
+    else:
+        try:
+            with path.open("rb") as stream:
+                raw = stream.read(MAX_OCPI_FILE_BYTES + 1)
+        except OSError as exc:
+            raise doc.error(key, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+        if len(raw) > MAX_OCPI_FILE_BYTES:
+            raise doc.error(key, f"{shown} is larger than {MAX_OCPI_FILE_BYTES} bytes")
+        try:
+            data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
+        except UnicodeDecodeError:
+            raise doc.error(key, f"{shown} is not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                shown, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno
+            ) from None
+        except ValueError as exc:  # a duplicate key
+            raise ConfigError(shown, str(exc)) from None
+        source = _OcpiSource(shown, None)
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {_yaml_kind(data)}"
+        raise doc.error(key, f"{shown}: expected an OCPI 2.2.1 Tariff object (a mapping), got {got}")
+    return source, data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"duplicate key {name!r}")
+        out[name] = value
+    return out
+
+
+def _tariff_error(doc: YamlDocument, source: _OcpiSource | None, exc: TariffConfigError) -> ConfigError:
+    """A tariff error at its key: in the config file or, for a path inside an ``ocpi`` read from
+    ``ocpi_file``, in that file (at its line when it is YAML)."""
+    if source is not None and exc.path[:1] == (_OCPI_KEY,):
+        inner = exc.path[1:]
+        if source.doc is not None:
+            return source.doc.error(inner, exc.message)
+        return ConfigError(source.file, exc.message, path=format_path(inner) or None)
+    return doc.error(("tariff", *exc.path), exc.message)
 
 
 def _yaml_kind(value: object) -> str:
@@ -849,11 +1014,12 @@ def _parse_path(text: str) -> list[PathItem]:
     return items
 
 
-def _from_validation_error(doc: YamlDocument, text: str) -> ConfigError:
+def _from_validation_error(doc: YamlDocument, text: str, *, prefix: KeyPath = ()) -> ConfigError:
+    """A msgspec error at its key; ``prefix``: the path of the mapping that was converted."""
     message, sep, where = text.rpartition(" - at `")
     if not sep:
         message, where = text, "$`"
-    path = _parse_path(where.removesuffix("`"))
+    path = [*prefix, *_parse_path(where.removesuffix("`"))]
     if message.startswith("`") and "`: " in message:  # a _Rule from __post_init__
         rel, _, reason = message[1:].partition("`: ")
         return doc.error((*path, *_parse_path(rel)), reason)
@@ -861,10 +1027,10 @@ def _from_validation_error(doc: YamlDocument, text: str) -> ConfigError:
         return doc.error((*path, message.split("`")[1]), "unknown key")
     if message.startswith("Object missing required field `"):
         return doc.error((*path, message.split("`")[1]), "missing required key")
-    if path[:1] == ["tariff"] and isinstance(doc.data, dict):
-        # the tariff module words its type errors for decimal prices better ("write it quoted")
+    if path[:1] == ["tariff"] and not prefix and isinstance(doc.data, dict):
+        # the tariff module words its errors better ("write it quoted"); a tariff that is no mapping
         try:
-            tariff_config_from_builtins(doc.data.get("tariff"))
+            tariff_from_builtins(doc.data.get("tariff"))
         except TariffConfigError as exc:
             return doc.error(("tariff", *exc.path), exc.message)
     return doc.error(path, message)
@@ -904,7 +1070,12 @@ def load_config(path: Path | str, *, display: str | None = None) -> LoadedConfig
     :class:`ConfigError` (``FILE:LINE: PATH: REASON``); never returns a partial config.
     """
     doc = read_yaml_file(Path(path), display=display)
-    config = parse_config(doc)
+    config = parse_config(doc, base_dir=Path(path).parent)
+    tariff = config.to_tariff()
+    try:  # the journal keeps the tariff (issue 10) and refuses anything that looks like a card number
+        check_no_pan("tariff", {"tariff": tariff_to_builtins(tariff)})
+    except JournalError as exc:
+        raise doc.error(("tariff",), f"{exc} (the journal refuses to keep it)") from None
     warnings: list[str] = []
 
     def warn(key: KeyPath, reason: str) -> None:
@@ -950,7 +1121,8 @@ def load_config(path: Path | str, *, display: str | None = None) -> LoadedConfig
             "P6X is serial-only per Payter (psp-reference §1.1); tcp:// works only through a "
             "serial device server in front of its RS-232 port",
         )
-    if not config.session.idle_fee_enabled and config.tariff.idle_fee_per_minute.strip("0.") != "":
+    idle_fee = config.tariff.get("idle_fee_per_minute", "0")  # the simple form's (STOP-9)
+    if not config.session.idle_fee_enabled and isinstance(idle_fee, str) and idle_fee.strip("0.") != "":
         warn(
             ("tariff", "idle_fee_per_minute"),
             "the idle fee is never charged while session.idle_fee_enabled is false (STOP-9)",
@@ -960,7 +1132,7 @@ def load_config(path: Path | str, *, display: str | None = None) -> LoadedConfig
     return LoadedConfig(
         file=doc.file,
         config=config,
-        tariff=Tariff(config.tariff),
+        tariff=tariff,
         secrets=secrets,
         warnings=tuple(warnings),
     )

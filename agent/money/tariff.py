@@ -1,4 +1,4 @@
-"""Tariff: exact session prices in minor currency units, itemised (DESIGN.md §5.4).
+"""Tariff: exact session prices in minor currency units, itemised (DESIGN.md §5.4, docs/tariff.md).
 
 Requirements: STOP-8 (final amount = tariff applied to the energy and time actually delivered,
 exact, explicit rounding), STOP-9 (idle fee after a grace period, itemised), START-8 (price shown
@@ -8,52 +8,64 @@ import ``agent``; they are re-exported here, as is the projection
 ``statemachines.pricing.seconds_until_cost_reaches``).
 
 Pure money logic: no I/O and no clock reads. Times arrive as timezone-aware ``datetime`` values;
-``zoneinfo`` only maps them to the tariff's wall clock for time-of-day bands.
+``zoneinfo`` only maps them to the station's wall clock for local-time restrictions.
 
-Components
-    energy per kWh and time per minute (both overridable per time-of-day band), a flat session fee,
-    an idle fee per minute after ``idle_grace_minutes`` of idle time (STOP-9, Payter guide §6.6),
-    a minimum and a maximum price (gross). Time is priced pro rata to the millisecond (no rounding
-    up to started minutes); ``time_applies_to`` says whether suspended time counts. Every session
-    is priced, even one with no usage yet: the session fee and the minimum price apply to it. Whether
-    a session that delivered nothing is voided instead (ERR-1) is the connector machine's decision.
+Two forms, one engine (:mod:`agent.money.engine`)
+    An OCPI 2.2.1 Tariff (:class:`OcpiTariffConfig`: the object, the station's ``timezone``, the
+    currency's ``minor_unit_digits``) is the native price model. The simple form
+    (:class:`TariffConfig`: energy per kWh, time per minute, time-of-day ``bands``, a session fee,
+    an idle fee after ``idle_grace_minutes``, minimum and maximum price, prices incl. or excl. one
+    VAT rate) is sugar: it is translated into tariff elements (docs/tariff.md "The simple form as
+    OCPI elements") and priced by the same engine. Every session is priced, even one with no usage
+    yet: the session fee and the minimum price apply to it. Whether a session that delivered
+    nothing is voided instead (ERR-1) is the connector machine's decision.
 
-Rounding policy (one policy, applied everywhere)
-    1. Each line's amount is computed exactly (``Fraction``) in the basis the prices are given in
-       (gross when ``prices_include_vat``, else net) and rounded **half-up** (ties away from zero,
-       like ``decimal.ROUND_HALF_UP``) to whole minor units.
-    2. VAT is computed **per line** from that rounded amount and rounded half-up: for gross prices
-       ``net = round(gross * 100 / (100 + rate))`` and ``vat = gross - net``; for net prices
-       ``vat = round(net * rate / 100)`` and ``gross = net + vat``. So every line satisfies
-       ``net + vat == gross`` and the totals are the plain sums of the lines (the receipt adds up).
-    3. The minimum and maximum price are gross: when the sum of the component lines' gross is
-       below the minimum (above the maximum) a ``minimum_adjustment`` (``maximum_adjustment``)
-       line with the difference as its gross is added and split into net and VAT as in step 2.
-    :meth:`Tariff.cost_minor` is the gross total of :meth:`Tariff.quote`, always.
-
-Bands
-    ``bands`` are wall-clock windows in ``timezone`` ("HH:MM" to "HH:MM", may wrap midnight, end
-    "24:00" allowed, optional ``weekdays`` naming the day a window starts on). They may not
-    overlap; outside every band the base prices apply (band name ``""``). :meth:`Tariff.accumulate`
-    splits an interval at band boundaries and at UTC-offset changes (DST), spreads the energy over
-    the pieces in proportion to their duration with exact integer arithmetic (remainder in the last
-    piece) and books durations as integer milliseconds.
+The rounding rule (one rule, applied once; docs/tariff.md §Rounding)
+    Every amount is exact (``Fraction``) until the end. The total incl. VAT is rounded **half-up**
+    (ties away from zero, ``decimal.ROUND_HALF_UP``) to whole minor units: that is what is
+    captured (:meth:`Tariff.cost_minor`). The total excl. VAT is rounded the same way; VAT is the
+    difference. The quote's lines get whole minor units by largest remainder (each line the floor
+    of its exact amount, the units left to the largest fractional parts, the earlier line on a
+    tie), so the lines add up to the totals exactly and each line has ``net + vat == gross``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from agent.errors import AgentError, PathItem, format_path
+from agent.money.engine import (
+    Bound,
+    Component,
+    Dimension,
+    Element,
+    Engine,
+    ExactPrice,
+    Restrictions,
+    allocate,
+)
+from agent.money.ocpi import (
+    OcpiCdr,
+    OcpiError,
+    OcpiPrice,
+    OcpiTariff,
+    TariffRestrictions,
+    ocpi_tariff_from_builtins,
+    parse_datetime,
+)
 from statemachines.authorization import (
     AuthorizationPolicy,
     AuthorizationStrategy,
@@ -65,6 +77,7 @@ from statemachines.authorization import (
 )
 from statemachines.pricing import (
     PROJECTION_HORIZON_S,
+    Period,
     Usage,
     UsageKind,
     seconds_until_cost_reaches,
@@ -75,7 +88,10 @@ __all__ = [
     "WEEKDAYS",
     "AuthorizationPolicy",
     "AuthorizationStrategy",
+    "Dimension",
+    "ExactPrice",
     "LineKind",
+    "OcpiTariffConfig",
     "Quote",
     "QuoteLine",
     "Tariff",
@@ -93,6 +109,8 @@ __all__ = [
     "seconds_until_cost_reaches",
     "start_amount_minor",
     "tariff_config_from_builtins",
+    "tariff_from_builtins",
+    "tariff_to_builtins",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +326,6 @@ _MINUTES_PER_WEEK: Final = 7 * _MINUTES_PER_DAY
 _MS: Final = timedelta(milliseconds=1)
 _WH_PER_KWH: Final = 1000
 _MS_PER_MINUTE: Final = 60_000
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,152 +386,363 @@ def _days_text(days: frozenset[int]) -> str:
     )
 
 
-class Tariff:
-    """A validated tariff; implements ``statemachines.pricing.Pricer``. Immutable and pure.
+class OcpiTariffConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``tariff:`` as an OCPI 2.2.1 Tariff object (DESIGN.md §5.4, docs/tariff.md).
 
-    Raises :class:`TariffConfigError` for an invalid configuration.
-    """
+    ``timezone`` is the station's IANA zone, which local-time restrictions (``start_time``,
+    ``end_time``, dates, ``day_of_week``; OCPI §4.4.6 "local time of the Location") are read in;
+    required when an element has one. ``minor_unit_digits`` is the currency's ISO 4217 minor unit:
+    what is captured is rounded to it."""
 
-    __slots__ = (
-        "_bands",
-        "_boundaries",
-        "_digits",
-        "_energy",
-        "_idle",
-        "_idle_grace_ms",
-        "_maximum_minor",
-        "_minimum_minor",
-        "_session_fee",
-        "_time",
-        "_time_applies_to",
-        "_vat_rate",
-        "_zone",
-        "config",
-    )
+    ocpi: dict[str, Any]
+    timezone: str | None = None
+    minor_unit_digits: int = 2
 
-    def __init__(self, config: TariffConfig) -> None:
-        self.config = config
-        if not _CURRENCY_RE.fullmatch(config.currency):
-            raise TariffConfigError(
-                ("currency",), f"expected an ISO 4217 code like 'EUR', got {config.currency!r}"
+
+_SECOND_MS: Final = 1000  # OCPI §4.4.5: the step_size multiplier of TIME and PARKING_TIME is 1 s
+_OCPI_DAYS: Final = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
+_OCPI_KINDS: Final = {  # §4.4.5: TIME is time charging, PARKING_TIME time not charging
+    UsageKind.CHARGING: Dimension.TIME,
+    UsageKind.SUSPENDED: Dimension.PARKING_TIME,
+    UsageKind.IDLE: Dimension.PARKING_TIME,
+}
+_LINE_KIND: Final = {
+    Dimension.ENERGY: LineKind.ENERGY,
+    Dimension.TIME: LineKind.TIME,
+    Dimension.FLAT: LineKind.SESSION_FEE,
+    Dimension.PARKING_TIME: LineKind.IDLE_FEE,
+}
+_QUANTITY_UNIT: Final = {
+    Dimension.ENERGY: "Wh",
+    Dimension.TIME: "ms",
+    Dimension.PARKING_TIME: "ms",
+    Dimension.FLAT: "session",
+}
+
+
+def _fraction(value: Decimal | int) -> Fraction:
+    return Fraction(value)
+
+
+def _number_text(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value == value.to_integral() else format(value, "f")
+
+
+def _hhmm_minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _zone(path: tuple[PathItem, ...], name: str | None) -> tzinfo:
+    if name is None:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TariffConfigError(path, f"unknown IANA timezone {name!r}") from None
+
+
+def _compile_ocpi(config: OcpiTariffConfig) -> tuple[OcpiTariff, Engine]:
+    try:
+        ocpi = ocpi_tariff_from_builtins(config.ocpi)
+    except OcpiError as exc:
+        raise TariffConfigError(("ocpi", *exc.path), exc.message) from None
+    if not 0 <= config.minor_unit_digits <= _MAX_MINOR_UNIT_DIGITS:
+        raise TariffConfigError(
+            ("minor_unit_digits",), f"expected 0..{_MAX_MINOR_UNIT_DIGITS}, got {config.minor_unit_digits}"
+        )
+    zone = _zone(("timezone",), config.timezone)
+    elements: list[Element] = []
+    for i, element in enumerate(ocpi.elements):
+        components = []
+        for c in element.price_components:
+            dim = Dimension(c.type.value)
+            step = {Dimension.ENERGY: c.step_size, Dimension.FLAT: 1}.get(dim, c.step_size * _SECOND_MS)
+            components.append(
+                Component(
+                    dimension=dim,
+                    net=_fraction(c.price),
+                    vat=_fraction(c.vat) if c.vat is not None else Fraction(0),
+                    step=step,
+                    unit_price=_number_text(c.price),
+                    price_unit={Dimension.ENERGY: "kWh", Dimension.FLAT: "session"}.get(dim, "h"),
+                )
             )
-        if not 0 <= config.minor_unit_digits <= _MAX_MINOR_UNIT_DIGITS:
-            raise TariffConfigError(
-                ("minor_unit_digits",),
-                f"expected 0..{_MAX_MINOR_UNIT_DIGITS}, got {config.minor_unit_digits}",
-            )
-        self._digits = config.minor_unit_digits
-        self._vat_rate = _decimal(("vat_rate_percent",), config.vat_rate_percent)
-        if self._vat_rate >= 100:
-            raise TariffConfigError(
-                ("vat_rate_percent",), f"expected a rate below 100, got {config.vat_rate_percent!r}"
-            )
-        self._energy = _decimal(("energy_per_kwh",), config.energy_per_kwh)
-        self._time = _decimal(("time_per_minute",), config.time_per_minute)
-        self._idle = _decimal(("idle_fee_per_minute",), config.idle_fee_per_minute)
-        self._session_fee = self._amount_minor("session_fee", config.session_fee)
-        if config.idle_grace_minutes < 0:
-            raise TariffConfigError(
-                ("idle_grace_minutes",), f"expected >= 0, got {config.idle_grace_minutes}"
-            )
-        self._idle_grace_ms = config.idle_grace_minutes * _MS_PER_MINUTE
-        try:  # a TariffConfig built in code is not type-checked by msgspec
-            self._time_applies_to = TimeAppliesTo(config.time_applies_to)
-        except ValueError:
-            raise TariffConfigError(
-                ("time_applies_to",), f"expected one of {[m.value for m in TimeAppliesTo]}"
-            ) from None
-        self._minimum_minor = self._optional_amount_minor("minimum_price", config.minimum_price)
-        self._maximum_minor = self._optional_amount_minor("maximum_price", config.maximum_price)
-        if (
-            self._minimum_minor is not None
-            and self._maximum_minor is not None
-            and self._minimum_minor > self._maximum_minor
+        r = element.restrictions or TariffRestrictions()
+        if config.timezone is None and any(
+            v is not None for v in (r.start_time, r.end_time, r.start_date, r.end_date, r.day_of_week)
         ):
-            raise TariffConfigError(("minimum_price",), "is above maximum_price")
-        self._zone: tzinfo = UTC
-        if config.timezone is not None:
-            try:
-                self._zone = ZoneInfo(config.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise TariffConfigError(("timezone",), f"unknown IANA timezone {config.timezone!r}") from None
-        elif config.bands:
-            raise TariffConfigError(("timezone",), "required when there are bands (e.g. 'Europe/Amsterdam')")
-        self._bands = tuple(self._band(i, band) for i, band in enumerate(config.bands))
-        self._check_overlaps()
-        boundaries: list[set[int]] = [set() for _ in range(7)]
-        for band in self._bands:
-            for day in band.days:
-                boundaries[day].add(band.start_min)
-                end_day = day + 1 if band.wraps or band.end_min == _MINUTES_PER_DAY else day
-                boundaries[end_day % 7].add(band.end_min % _MINUTES_PER_DAY)
-        self._boundaries = tuple(tuple(sorted(b)) for b in boundaries)
+            raise TariffConfigError(
+                ("timezone",),
+                f"required: elements[{i}] has a local-time restriction (e.g. 'Europe/Amsterdam')",
+            )
+        elements.append(
+            Element(
+                name=f"elements[{i}]",
+                components=tuple(components),
+                restrictions=Restrictions(
+                    start_min=None if r.start_time is None else _hhmm_minutes(r.start_time),
+                    end_min=None if r.end_time is None else _hhmm_minutes(r.end_time),
+                    start_date=None if r.start_date is None else date.fromisoformat(r.start_date),
+                    end_date=None if r.end_date is None else date.fromisoformat(r.end_date),
+                    days=None
+                    if r.day_of_week is None
+                    else frozenset(_OCPI_DAYS.index(d.value) for d in r.day_of_week),
+                    min_wh=None if r.min_kwh is None else _fraction(r.min_kwh) * _WH_PER_KWH,
+                    max_wh=None if r.max_kwh is None else _fraction(r.max_kwh) * _WH_PER_KWH,
+                    min_current_a=None if r.min_current is None else _fraction(r.min_current),
+                    max_current_a=None if r.max_current is None else _fraction(r.max_current),
+                    min_power_w=None if r.min_power is None else _fraction(r.min_power) * 1000,  # kW
+                    max_power_w=None if r.max_power is None else _fraction(r.max_power) * 1000,
+                    min_duration_ms=None if r.min_duration is None else r.min_duration * _SECOND_MS,
+                    max_duration_ms=None if r.max_duration is None else r.max_duration * _SECOND_MS,
+                ),
+            )
+        )
 
-    def _optional_amount_minor(self, field: str, text: str | None) -> int | None:
-        return None if text is None else self._amount_minor(field, text)
+    def bound(price: OcpiPrice | None) -> Bound | None:
+        if price is None:
+            return None
+        incl = None if price.incl_vat is None else _fraction(price.incl_vat)
+        return Bound(_fraction(price.excl_vat), incl)
 
-    def _amount_minor(self, field: str, text: str) -> int:
-        scaled = _decimal((field,), text) * 10**self._digits
+    engine = Engine(
+        elements,
+        zone=zone,
+        kind_dimension=dict(_OCPI_KINDS),
+        minimum=bound(ocpi.min_price),
+        maximum=bound(ocpi.max_price),
+    )
+    return ocpi, engine
+
+
+@dataclass(frozen=True, slots=True)
+class _Simple:
+    """The simple form, validated: what :func:`_compile_simple` and ``describe`` read."""
+
+    config: TariffConfig
+    vat_rate: Fraction
+    energy: Fraction
+    time: Fraction
+    idle: Fraction
+    session_fee_minor: int
+    idle_grace_ms: int
+    minimum_minor: int | None
+    maximum_minor: int | None
+    zone: tzinfo
+    bands: tuple[_Band, ...]
+
+
+def _validate_simple(config: TariffConfig) -> _Simple:
+    if not _CURRENCY_RE.fullmatch(config.currency):
+        raise TariffConfigError(
+            ("currency",), f"expected an ISO 4217 code like 'EUR', got {config.currency!r}"
+        )
+    digits = config.minor_unit_digits
+    if not 0 <= digits <= _MAX_MINOR_UNIT_DIGITS:
+        raise TariffConfigError(("minor_unit_digits",), f"expected 0..{_MAX_MINOR_UNIT_DIGITS}, got {digits}")
+
+    def amount_minor(field: str, text: str) -> int:
+        scaled = _decimal((field,), text) * 10**digits
         if scaled.denominator != 1:
             raise TariffConfigError(
-                (field,), f"{text!r} is not a whole number of minor units ({self._digits} decimals)"
+                (field,), f"{text!r} is not a whole number of minor units ({digits} decimals)"
             )
         return int(scaled)
 
-    def _band(self, index: int, band: TariffBand) -> _Band:
-        path: tuple[PathItem, ...] = ("bands", index)
-        if not band.name.strip():
-            raise TariffConfigError((*path, "name"), "must not be empty")
-        if band.name in (b.name for b in self.config.bands[:index]):
-            raise TariffConfigError((*path, "name"), f"duplicate band name {band.name!r}")
-        start = _hhmm((*path, "start"), band.start, allow_24=False)
-        end = _hhmm((*path, "end"), band.end, allow_24=True)
-        if start == end:
-            raise TariffConfigError((*path, "end"), "equals start (for a whole day write 00:00 to 24:00)")
-        if band.weekdays is not None:
-            if not band.weekdays:
-                raise TariffConfigError((*path, "weekdays"), "must not be empty (omit it for every day)")
-            if unknown := [d for d in band.weekdays if d not in WEEKDAYS]:
-                raise TariffConfigError((*path, "weekdays"), f"unknown day {unknown[0]!r} (use mon..sun)")
-            if len(set(band.weekdays)) != len(band.weekdays):
-                raise TariffConfigError((*path, "weekdays"), "lists a day twice")
-        if band.energy_per_kwh is None and band.time_per_minute is None:
-            raise TariffConfigError(path, "overrides neither energy_per_kwh nor time_per_minute")
-        energy_text = band.energy_per_kwh if band.energy_per_kwh is not None else self.config.energy_per_kwh
-        time_text = band.time_per_minute if band.time_per_minute is not None else self.config.time_per_minute
-        return _Band(
-            index=index,
-            name=band.name,
-            start_min=start,
-            end_min=end,
-            days=frozenset(range(7) if band.weekdays is None else (WEEKDAYS.index(d) for d in band.weekdays)),
-            energy_per_kwh=_decimal((*path, "energy_per_kwh"), energy_text),
-            energy_text=energy_text,
-            time_per_minute=_decimal((*path, "time_per_minute"), time_text),
-            time_text=time_text,
+    vat_rate = _decimal(("vat_rate_percent",), config.vat_rate_percent)
+    if vat_rate >= 100:
+        raise TariffConfigError(
+            ("vat_rate_percent",), f"expected a rate below 100, got {config.vat_rate_percent!r}"
         )
+    energy = _decimal(("energy_per_kwh",), config.energy_per_kwh)
+    time_price = _decimal(("time_per_minute",), config.time_per_minute)
+    idle = _decimal(("idle_fee_per_minute",), config.idle_fee_per_minute)
+    session_fee = amount_minor("session_fee", config.session_fee)
+    if config.idle_grace_minutes < 0:
+        raise TariffConfigError(("idle_grace_minutes",), f"expected >= 0, got {config.idle_grace_minutes}")
+    try:  # a TariffConfig built in code is not type-checked by msgspec
+        TimeAppliesTo(config.time_applies_to)
+    except ValueError:
+        raise TariffConfigError(
+            ("time_applies_to",), f"expected one of {[m.value for m in TimeAppliesTo]}"
+        ) from None
+    minimum = None if config.minimum_price is None else amount_minor("minimum_price", config.minimum_price)
+    maximum = None if config.maximum_price is None else amount_minor("maximum_price", config.maximum_price)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise TariffConfigError(("minimum_price",), "is above maximum_price")
+    if config.timezone is None and config.bands:
+        raise TariffConfigError(("timezone",), "required when there are bands (e.g. 'Europe/Amsterdam')")
+    zone = _zone(("timezone",), config.timezone)
+    bands = tuple(_simple_band(config, i, band) for i, band in enumerate(config.bands))
+    _check_overlaps(bands)
+    return _Simple(
+        config=config,
+        vat_rate=vat_rate,
+        energy=energy,
+        time=time_price,
+        idle=idle,
+        session_fee_minor=session_fee,
+        idle_grace_ms=config.idle_grace_minutes * _MS_PER_MINUTE,
+        minimum_minor=minimum,
+        maximum_minor=maximum,
+        zone=zone,
+        bands=bands,
+    )
 
-    def _check_overlaps(self) -> None:
-        for j, later in enumerate(self._bands):
-            for earlier in self._bands[:j]:
-                shared = [
-                    max(a0, b0)
-                    for a0, a1 in earlier.week_intervals()
-                    for b0, b1 in later.week_intervals()
-                    if max(a0, b0) < min(a1, b1)
-                ]
-                if shared:
-                    raise TariffConfigError(
-                        ("bands", j),
-                        f"band {later.name!r} overlaps band {earlier.name!r} "
-                        f"from {_week_minute_text(min(shared))}",
-                    )
+
+def _simple_band(config: TariffConfig, index: int, band: TariffBand) -> _Band:
+    path: tuple[PathItem, ...] = ("bands", index)
+    if not band.name.strip():
+        raise TariffConfigError((*path, "name"), "must not be empty")
+    if band.name in (b.name for b in config.bands[:index]):
+        raise TariffConfigError((*path, "name"), f"duplicate band name {band.name!r}")
+    start = _hhmm((*path, "start"), band.start, allow_24=False)
+    end = _hhmm((*path, "end"), band.end, allow_24=True)
+    if start == end:
+        raise TariffConfigError((*path, "end"), "equals start (for a whole day write 00:00 to 24:00)")
+    if band.weekdays is not None:
+        if not band.weekdays:
+            raise TariffConfigError((*path, "weekdays"), "must not be empty (omit it for every day)")
+        if unknown := [d for d in band.weekdays if d not in WEEKDAYS]:
+            raise TariffConfigError((*path, "weekdays"), f"unknown day {unknown[0]!r} (use mon..sun)")
+        if len(set(band.weekdays)) != len(band.weekdays):
+            raise TariffConfigError((*path, "weekdays"), "lists a day twice")
+    if band.energy_per_kwh is None and band.time_per_minute is None:
+        raise TariffConfigError(path, "overrides neither energy_per_kwh nor time_per_minute")
+    energy_text = band.energy_per_kwh if band.energy_per_kwh is not None else config.energy_per_kwh
+    time_text = band.time_per_minute if band.time_per_minute is not None else config.time_per_minute
+    return _Band(
+        index=index,
+        name=band.name,
+        start_min=start,
+        end_min=end,
+        days=frozenset(range(7) if band.weekdays is None else (WEEKDAYS.index(d) for d in band.weekdays)),
+        energy_per_kwh=_decimal((*path, "energy_per_kwh"), energy_text),
+        energy_text=energy_text,
+        time_per_minute=_decimal((*path, "time_per_minute"), time_text),
+        time_text=time_text,
+    )
+
+
+def _check_overlaps(bands: tuple[_Band, ...]) -> None:
+    for j, later in enumerate(bands):
+        for earlier in bands[:j]:
+            shared = [
+                max(a0, b0)
+                for a0, a1 in earlier.week_intervals()
+                for b0, b1 in later.week_intervals()
+                if max(a0, b0) < min(a1, b1)
+            ]
+            if shared:
+                raise TariffConfigError(
+                    ("bands", j),
+                    f"band {later.name!r} overlaps band {earlier.name!r} "
+                    f"from {_week_minute_text(min(shared))}",
+                )
+
+
+def _compile_simple(simple: _Simple) -> Engine:
+    """The simple form as elements: one per band (split in two when it wraps midnight on named
+    weekdays), then the base prices, then the idle fee after its grace."""
+    config = simple.config
+    rate = simple.vat_rate
+
+    def to_net(price: Fraction) -> Fraction:
+        return price * 100 / (100 + rate) if config.prices_include_vat else price
+
+    def components(
+        energy: Fraction | None, energy_text: str, per_minute: Fraction | None, time_text: str
+    ) -> list[Component]:
+        """Components for the prices given (``None``: not given; a band's 0 is given)."""
+        found = []
+        if energy is not None:
+            found.append(Component(Dimension.ENERGY, to_net(energy), rate, 1, energy_text, "kWh"))
+        if per_minute is not None:  # per minute as configured, per hour in the engine
+            found.append(Component(Dimension.TIME, to_net(per_minute) * 60, rate, 1, time_text, "min"))
+        return found
+
+    elements: list[Element] = []
+    for band in simple.bands:
+        given = config.bands[band.index]
+        parts = components(  # a band has both prices (the base one where it sets none), as lines
+            band.energy_per_kwh if given.energy_per_kwh is not None or simple.energy else None,
+            band.energy_text,
+            band.time_per_minute if given.time_per_minute is not None or simple.time else None,
+            band.time_text,
+        )
+        if band.wraps and len(band.days) < 7:  # the window starts on the named days, ends the next
+            later_days = frozenset((d + 1) % 7 for d in band.days)
+            windows: list[tuple[int, int | None, frozenset[int] | None]]
+            windows = [(band.start_min, None, band.days)]
+            if band.end_min:
+                windows.append((0, band.end_min, later_days))
+        else:
+            end = None if band.end_min == _MINUTES_PER_DAY else band.end_min
+            windows = [(band.start_min, end, None if len(band.days) == 7 else band.days)]
+        for start, end, days in windows:
+            elements.append(
+                Element(band.name, tuple(parts), Restrictions(start_min=start, end_min=end, days=days))
+            )
+    base = components(
+        simple.energy or None, config.energy_per_kwh, simple.time or None, config.time_per_minute
+    )
+    if simple.session_fee_minor:
+        fee = Fraction(simple.session_fee_minor, 10**config.minor_unit_digits)
+        base.append(Component(Dimension.FLAT, to_net(fee), rate, 1, config.session_fee, "session"))
+    elements.append(Element("", tuple(base), Restrictions()))
+    if simple.idle:
+        idle = Component(
+            Dimension.PARKING_TIME, to_net(simple.idle) * 60, rate, 1, config.idle_fee_per_minute, "min"
+        )
+        grace = simple.idle_grace_ms or None
+        elements.append(Element("", (idle,), Restrictions(min_idle_ms=grace)))
+    suspended = Dimension.TIME if config.time_applies_to == TimeAppliesTo.CHARGING_AND_SUSPENDED else None
+    scale = Fraction(1, 10**config.minor_unit_digits)
+
+    def bound(minor: int | None) -> Bound | None:
+        return None if minor is None else Bound(minor * scale * 100 / (100 + rate), minor * scale)
+
+    return Engine(
+        elements,
+        zone=simple.zone,
+        kind_dimension={
+            UsageKind.CHARGING: Dimension.TIME,
+            UsageKind.SUSPENDED: suspended,
+            UsageKind.IDLE: Dimension.PARKING_TIME,
+        },
+        minimum=bound(simple.minimum_minor),
+        maximum=bound(simple.maximum_minor),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The tariff
+# --------------------------------------------------------------------------------------------------
+
+
+class Tariff:
+    """A validated tariff (simple form or OCPI 2.2.1); implements ``statemachines.pricing.Pricer``.
+    Immutable and pure. Raises :class:`TariffConfigError` for an invalid configuration."""
+
+    __slots__ = ("_digits", "_engine", "_ocpi", "_simple", "config")
+
+    def __init__(self, config: TariffConfig | OcpiTariffConfig) -> None:
+        self.config = config
+        self._simple: _Simple | None = None
+        self._ocpi: OcpiTariff | None = None
+        if isinstance(config, OcpiTariffConfig):
+            self._ocpi, self._engine = _compile_ocpi(config)
+        else:
+            self._simple = _validate_simple(config)
+            self._engine = _compile_simple(self._simple)
+        self._digits = config.minor_unit_digits
 
     # ---------------------------------------------------------------- properties
 
     @property
     def currency(self) -> str:
-        return self.config.currency
+        return self._ocpi.currency if self._ocpi is not None else self.config.currency  # type: ignore[union-attr]
 
     @property
     def minor_unit_digits(self) -> int:
@@ -522,31 +750,69 @@ class Tariff:
 
     @property
     def timezone(self) -> tzinfo:
-        """The tariff's wall-clock zone (UTC when none is configured)."""
-        return self._zone
+        """The wall-clock zone of local-time restrictions (UTC when none is configured)."""
+        return self._engine.zone
+
+    @property
+    def timezone_name(self) -> str | None:
+        return self.config.timezone
+
+    @property
+    def ocpi(self) -> OcpiTariff | None:
+        """The OCPI 2.2.1 Tariff this was built from (``None`` for the simple form)."""
+        return self._ocpi
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     @property
     def minimum_minor(self) -> int | None:
-        return self._minimum_minor
+        """The gross minimum price in minor units (rounded half-up)."""
+        bound = self._engine.minimum
+        return None if bound is None else self._round(_incl(bound))
 
     @property
     def maximum_minor(self) -> int | None:
-        """The gross maximum price, e.g. the amount to authorize with the "maximum" strategy (AMT-1)."""
-        return self._maximum_minor
+        """The most a session can cost incl. VAT, in minor units, e.g. the amount to authorize
+        with the "maximum" strategy (AMT-1): ``max_price.incl_vat``, or without it ``excl_vat``
+        with the highest VAT rate of the tariff; rounded up, so no session is ever captured above
+        it."""
+        bound = self._engine.maximum
+        if bound is None:
+            return None
+        if bound.incl is not None:
+            most = bound.incl
+        else:
+            highest = max((c.vat for e in self._engine.elements for c in e.components), default=Fraction(0))
+            most = bound.excl * (100 + highest) / 100
+        ceiled: int = math.ceil(most * 10**self._digits)
+        return ceiled
+
+    def time_dimension(self, kind: UsageKind) -> Dimension | None:
+        return self._engine.time_dimension(kind)
 
     # ---------------------------------------------------------------- Pricer protocol
 
     def accumulate(
-        self, usage: Usage, start: datetime, end: datetime, energy_wh: int, kind: UsageKind
+        self,
+        usage: Usage,
+        start: datetime,
+        end: datetime,
+        energy_wh: int,
+        kind: UsageKind,
+        *,
+        power_w: float | None = None,
+        current_a: float | None = None,
     ) -> Usage:
         """Add ``energy_wh`` delivered between ``start`` and ``end`` as ``kind`` to ``usage``.
 
         Pre: ``start``/``end`` timezone-aware, ``start <= end``, ``energy_wh >= 0``. The interval is
-        split at band boundaries; piece durations are whole milliseconds that sum to
-        ``(end - start) // 1 ms``; energy is split in proportion to piece duration (floor), the
-        remainder going to the last piece, so the parts sum to ``energy_wh``. ``started_at`` is set
-        to ``start`` when still unset.
-        """
+        split where the active tariff elements could change (engine module docstring); durations
+        are whole milliseconds summing to ``(end - start) // 1 ms``, energy parts sum to
+        ``energy_wh``. ``power_w``/``current_a``: what the charger reported for the interval
+        (``None``: not reported; power then is the interval's average). ``started_at`` is set to
+        ``start`` when still unset."""
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError("start and end must be timezone-aware")
         if energy_wh < 0:
@@ -555,259 +821,317 @@ class Tariff:
         if end_utc < start_utc:
             raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
         if usage.started_at is None:
-            usage = replace(usage, started_at=start)
-        pieces = self._pieces(start_utc, end_utc)
-        total_ms = (end_utc - start_utc) // _MS
-        energy_left = energy_wh
-        for i, (band, piece_start, piece_end) in enumerate(pieces):
-            duration_ms = (piece_end - start_utc) // _MS - (piece_start - start_utc) // _MS
-            if i == len(pieces) - 1:
-                energy = energy_left
-            else:
-                energy = energy_wh * duration_ms // total_ms if total_ms else 0
-            energy_left -= energy
-            usage = usage.add(band, kind, energy, duration_ms)
-        return usage
+            usage = replace(usage, started_at=start_utc)
+        return self._engine.accumulate(usage, start_utc, end_utc, energy_wh, kind, power_w, current_a)
 
     def cost_minor(self, usage: Usage) -> int:
         """The gross price of ``usage`` in minor units: ``quote(usage).gross_minor``."""
-        return self.quote(usage).gross_minor
+        return self._round(self._engine.price(usage).gross)
 
     # ---------------------------------------------------------------- itemised price
 
+    def exact_price(self, usage: Usage) -> ExactPrice:
+        """The price before rounding (what ``tariff price`` prints)."""
+        return self._engine.price(usage)
+
     def quote(self, usage: Usage) -> Quote:
-        """The itemised price of ``usage`` (module docstring: rounding policy).
+        """The itemised price of ``usage`` (module docstring: the rounding rule).
 
-        Lines: energy and time per band (in order of first use), session fee, idle fee, then a
-        minimum or maximum adjustment. Lines with a zero amount are left out. Raises ``ValueError``
-        when ``usage`` names a band this tariff does not define.
-        """
-        bands = {band.name: band for band in self._bands}
-        band_order: list[str] = []
-        for bucket in usage.buckets:
-            if bucket.band and bucket.band not in bands:
-                raise ValueError(f"usage has band {bucket.band!r}, which this tariff does not define")
-            if bucket.band not in band_order:
-                band_order.append(bucket.band)
-        timed = {UsageKind.CHARGING}
-        if self._time_applies_to is TimeAppliesTo.CHARGING_AND_SUSPENDED:
-            timed.add(UsageKind.SUSPENDED)
+        Lines: energy and time per element in order of first use, the session fee, the idle
+        (parking) fee, then a minimum or maximum adjustment; lines with a zero amount are left out."""
+        exact = self._engine.price(usage)
         scale = 10**self._digits
+        gross = self._round(exact.gross)
+        net = round_half_up(exact.net * scale)
+        gross_parts = allocate(gross, [line.gross * scale for line in exact.lines])
+        net_parts = allocate(net, [line.net * scale for line in exact.lines])
         lines: list[QuoteLine] = []
-        for name in band_order:
-            band = bands.get(name)
-            energy_price, energy_text = (
-                (self._energy, self.config.energy_per_kwh)
-                if band is None
-                else (band.energy_per_kwh, band.energy_text)
+        for line, line_gross, line_net in zip(exact.lines, gross_parts, net_parts, strict=True):
+            if line.dimension is None or line.element is None:
+                kind = LineKind.MINIMUM_ADJUSTMENT if exact.minimum_applied else LineKind.MAXIMUM_ADJUSTMENT
+                band, quantity, unit, price, price_unit = (
+                    "",
+                    1,
+                    "session",
+                    self._minor_text(line_gross),
+                    "session",
+                )
+            else:
+                element = self._engine.elements[line.element]
+                component = element.component(line.dimension)
+                assert component is not None
+                kind, band = _LINE_KIND[line.dimension], element.name
+                quantity, unit = line.quantity, _QUANTITY_UNIT[line.dimension]
+                price, price_unit = component.unit_price, component.price_unit
+            lines.append(
+                QuoteLine(
+                    kind=kind,
+                    band=band,
+                    quantity=quantity,
+                    unit=unit,
+                    unit_price=price,
+                    price_unit=price_unit,
+                    net_minor=line_net,
+                    vat_minor=line_gross - line_net,
+                    gross_minor=line_gross,
+                )
             )
-            wh = sum(b.energy_wh for b in usage.buckets if b.band == name)
-            exact = energy_price * scale * wh / _WH_PER_KWH
-            lines += self._priced(LineKind.ENERGY, name, wh, "Wh", energy_text, "kWh", exact)
-        for name in band_order:
-            band = bands.get(name)
-            time_price, time_text = (
-                (self._time, self.config.time_per_minute)
-                if band is None
-                else (band.time_per_minute, band.time_text)
-            )
-            ms = sum(b.duration_ms for b in usage.buckets if b.band == name and b.kind in timed)
-            exact = time_price * scale * ms / _MS_PER_MINUTE
-            lines += self._priced(LineKind.TIME, name, ms, "ms", time_text, "min", exact)
-        lines += self._priced(
-            LineKind.SESSION_FEE,
-            "",
-            1,
-            "session",
-            self.config.session_fee,
-            "session",
-            Fraction(self._session_fee),
-        )
-        idle_ms = max(0, usage.duration_ms(UsageKind.IDLE) - self._idle_grace_ms)
-        lines += self._priced(
-            LineKind.IDLE_FEE,
-            "",
-            idle_ms,
-            "ms",
-            self.config.idle_fee_per_minute,
-            "min",
-            self._idle * scale * idle_ms / _MS_PER_MINUTE,
-        )
-        subtotal = sum(line.gross_minor for line in lines)
-        if self._minimum_minor is not None and subtotal < self._minimum_minor:
-            lines.append(self._adjustment(LineKind.MINIMUM_ADJUSTMENT, self._minimum_minor - subtotal))
-        if self._maximum_minor is not None and subtotal > self._maximum_minor:
-            lines.append(self._adjustment(LineKind.MAXIMUM_ADJUSTMENT, self._maximum_minor - subtotal))
         return Quote(
-            currency=self.config.currency,
+            currency=self.currency,
             minor_unit_digits=self._digits,
-            prices_include_vat=self.config.prices_include_vat,
-            vat_rate_percent=self.config.vat_rate_percent,
+            prices_include_vat=self._simple is not None and self._simple.config.prices_include_vat,
+            vat_rate_percent=self._vat_rate_text(),
             lines=tuple(lines),
-            net_minor=sum(line.net_minor for line in lines),
-            vat_minor=sum(line.vat_minor for line in lines),
-            gross_minor=sum(line.gross_minor for line in lines),
-        )
-
-    def _priced(
-        self,
-        kind: LineKind,
-        band: str,
-        quantity: int,
-        unit: str,
-        unit_price: str,
-        price_unit: str,
-        exact_minor: Fraction,
-    ) -> list[QuoteLine]:
-        """Zero or one line: ``exact_minor`` is in the price basis (gross or net), rounded here."""
-        amount = round_half_up(exact_minor)
-        if amount == 0:
-            return []
-        net, vat, gross = self._split(amount)
-        return [
-            QuoteLine(
-                kind=kind,
-                band=band,
-                quantity=quantity,
-                unit=unit,
-                unit_price=unit_price,
-                price_unit=price_unit,
-                net_minor=net,
-                vat_minor=vat,
-                gross_minor=gross,
-            )
-        ]
-
-    def _split(self, amount: int) -> tuple[int, int, int]:
-        """(net, vat, gross) of an amount in the price basis (rounding policy step 2)."""
-        if self.config.prices_include_vat:
-            return self._split_gross(amount)
-        vat = round_half_up(amount * self._vat_rate / 100)
-        return amount, vat, amount + vat
-
-    def _gross_minor(self, amount: int) -> int:
-        return self._split(amount)[2]
-
-    def _split_gross(self, gross: int) -> tuple[int, int, int]:
-        net = round_half_up(gross * Fraction(100) / (100 + self._vat_rate))
-        return net, gross - net, gross
-
-    def _adjustment(self, kind: LineKind, gross: int) -> QuoteLine:
-        net, vat, gross = self._split_gross(gross)
-        return QuoteLine(
-            kind=kind,
-            band="",
-            quantity=1,
-            unit="session",
-            unit_price=self._minor_text(gross),
-            price_unit="session",
             net_minor=net,
-            vat_minor=vat,
+            vat_minor=gross - net,
             gross_minor=gross,
         )
 
-    # ---------------------------------------------------------------- price transparency (START-8)
+    def _vat_rate_text(self) -> str:
+        if self._simple is not None:
+            return self._simple.config.vat_rate_percent
+        rates = [c.vat for e in self._engine.elements for c in e.components]
+        return _decimal_text(max(rates, default=Fraction(0)), 0)
 
-    def describe(self) -> str:
-        """Short driver-facing price text with gross prices, e.g.
-        ``"0.39 EUR/kWh · 0.05 EUR/min · idle 0.20 EUR/min after 15 min · incl. 21% VAT"``."""
-        cur = self.config.currency
-        parts: list[str] = []
-        if self._energy or any(b.energy_per_kwh for b in self._bands):
-            parts.append(f"{self._gross_text(self._energy)} {cur}/kWh")
-        if self._time or any(b.time_per_minute for b in self._bands):
-            suffix = "" if self._time_applies_to is TimeAppliesTo.CHARGING else " charging or paused"
-            parts.append(f"{self._gross_text(self._time)} {cur}/min{suffix}")
-        for band in self._bands:
-            when = " ".join(
-                filter(
-                    None,
-                    (
-                        _days_text(band.days),
-                        f"{band.start_min // 60:02d}:"
-                        f"{band.start_min % 60:02d}-{band.end_min // 60:02d}:"
-                        f"{band.end_min % 60:02d}",
-                    ),
-                )
-            )
-            prices = []
-            if band.energy_per_kwh != self._energy:
-                prices.append(f"{self._gross_text(band.energy_per_kwh)} {cur}/kWh")
-            if band.time_per_minute != self._time:
-                prices.append(f"{self._gross_text(band.time_per_minute)} {cur}/min")
-            parts.append(f"{band.name} {when}: {' '.join(prices) or 'base prices'}")
-        if self._session_fee:
-            parts.append(f"{self._minor_text(self._gross_minor(self._session_fee))} {cur}/session")
-        if self._idle:
-            grace = f" after {self.config.idle_grace_minutes} min" if self.config.idle_grace_minutes else ""
-            parts.append(f"idle {self._gross_text(self._idle)} {cur}/min{grace}")
-        if self._minimum_minor is not None:
-            parts.append(f"min {self._minor_text(self._minimum_minor)} {cur}")
-        if self._maximum_minor is not None:
-            parts.append(f"max {self._minor_text(self._maximum_minor)} {cur}")
-        parts.append(f"incl. {_decimal_text(self._vat_rate, 0)}% VAT")
-        return " · ".join(parts)
+    def _round(self, amount: Fraction) -> int:
+        return round_half_up(amount * 10**self._digits)
 
     def _minor_text(self, amount_minor: int) -> str:
         return _decimal_text(Fraction(amount_minor, 10**self._digits), self._digits)
 
-    def _gross_text(self, price: Fraction) -> str:
-        if not self.config.prices_include_vat:
-            price = price * (100 + self._vat_rate) / 100
-        return _decimal_text(price, self._digits)
+    # ---------------------------------------------------------------- price transparency (START-8)
 
-    # ---------------------------------------------------------------- band splitting
+    def describe(self, language: str = "en") -> str:
+        """Short driver-facing price text with gross prices (START-8): the OCPI ``tariff_alt_text``
+        in ``language`` (else the first one) when the tariff has one, otherwise generated, e.g.
+        ``"0.39 EUR/kWh · 0.05 EUR/min · idle 0.20 EUR/min after 15 min · incl. 21% VAT"``."""
+        if self._simple is not None:
+            return _describe_simple(self._simple)
+        assert self._ocpi is not None
+        texts = self._ocpi.tariff_alt_text
+        if texts:
+            chosen = next((t for t in texts if t.language.lower() == language.lower()), texts[0])
+            return chosen.text
+        return _describe_engine(self._engine, self.currency, self._digits)
 
-    def _band_at(self, instant: datetime) -> str:
-        local = instant.astimezone(self._zone)
-        weekday, minute = local.weekday(), local.hour * 60 + local.minute
-        for band in self._bands:
-            if band.active(weekday, minute):
-                return band.name
-        return ""
 
-    def _pieces(self, start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
-        """``[(band, piece_start, piece_end), …]`` covering ``start``..``end`` (UTC instants)."""
-        if not self._bands:
-            return [("", start, end)]
-        pieces: list[tuple[str, datetime, datetime]] = []
-        at = start
-        while True:
-            limit = min(self._next_boundary(at) or end, end)
-            change = self._offset_change(at, limit)
-            piece_end = change if change is not None else limit
-            pieces.append((self._band_at(at), at, piece_end))
-            if piece_end >= end:
-                return pieces
-            at = piece_end
+def _incl(bound: Bound) -> Fraction:
+    return bound.incl if bound.incl is not None else bound.excl
 
-    def _next_boundary(self, at: datetime) -> datetime | None:
-        """The first instant after ``at`` whose wall clock is a band boundary (within 8 days)."""
-        wall = at.astimezone(self._zone).replace(tzinfo=None)
-        for day_offset in range(8):
-            day = wall.date() + timedelta(days=day_offset)
-            for minute in self._boundaries[day.weekday()]:
-                candidate = datetime.combine(day, time()) + timedelta(minutes=minute)
-                if candidate <= wall:
-                    continue
-                for fold in (0, 1):  # a repeated wall time (DST fall-back) has two instants
-                    instant = candidate.replace(tzinfo=self._zone, fold=fold).astimezone(UTC)
-                    if instant > at:
-                        return instant
-        return None
 
-    def _offset_change(self, at: datetime, limit: datetime) -> datetime | None:
-        """The first whole second in (``at``, ``limit``] at which the UTC offset differs from the
-        offset at ``at`` (a DST transition), or ``None``. Transitions fall on whole seconds."""
-        offset = at.astimezone(self._zone).utcoffset()
-        if limit.astimezone(self._zone).utcoffset() == offset:
-            return None
-        low = (at - _EPOCH) // timedelta(seconds=1)  # offset(low) == offset
-        high = -((_EPOCH - limit) // timedelta(seconds=1))  # ceil; offset(high) != offset
-        while high - low > 1:
-            mid = (low + high) // 2
-            if (_EPOCH + timedelta(seconds=mid)).astimezone(self._zone).utcoffset() == offset:
-                low = mid
-            else:
-                high = mid
-        return min(_EPOCH + timedelta(seconds=high), limit)
+def _gross(component: Component) -> Fraction:
+    return component.net * (100 + component.vat) / 100
+
+
+def _describe_simple(simple: _Simple) -> str:
+    config = simple.config
+    cur = config.currency
+    digits = config.minor_unit_digits
+
+    def gross_text(price: Fraction) -> str:
+        if not config.prices_include_vat:
+            price = price * (100 + simple.vat_rate) / 100
+        return _decimal_text(price, digits)
+
+    def minor_text(amount: int) -> str:
+        return _decimal_text(Fraction(amount, 10**digits), digits)
+
+    parts: list[str] = []
+    if simple.energy or any(b.energy_per_kwh for b in simple.bands):
+        parts.append(f"{gross_text(simple.energy)} {cur}/kWh")
+    if simple.time or any(b.time_per_minute for b in simple.bands):
+        suffix = "" if config.time_applies_to == TimeAppliesTo.CHARGING else " charging or paused"
+        parts.append(f"{gross_text(simple.time)} {cur}/min{suffix}")
+    for band in simple.bands:
+        when = " ".join(
+            filter(
+                None,
+                (
+                    _days_text(band.days),
+                    f"{band.start_min // 60:02d}:{band.start_min % 60:02d}-"
+                    f"{band.end_min // 60:02d}:{band.end_min % 60:02d}",
+                ),
+            )
+        )
+        prices = []
+        if band.energy_per_kwh != simple.energy:
+            prices.append(f"{gross_text(band.energy_per_kwh)} {cur}/kWh")
+        if band.time_per_minute != simple.time:
+            prices.append(f"{gross_text(band.time_per_minute)} {cur}/min")
+        parts.append(f"{band.name} {when}: {' '.join(prices) or 'base prices'}")
+    if simple.session_fee_minor:
+        fee = Fraction(simple.session_fee_minor, 10**digits)
+        parts.append(f"{gross_text(fee)} {cur}/session")
+    if simple.idle:
+        grace = f" after {config.idle_grace_minutes} min" if config.idle_grace_minutes else ""
+        parts.append(f"idle {gross_text(simple.idle)} {cur}/min{grace}")
+    if simple.minimum_minor is not None:
+        parts.append(f"min {minor_text(simple.minimum_minor)} {cur}")
+    if simple.maximum_minor is not None:
+        parts.append(f"max {minor_text(simple.maximum_minor)} {cur}")
+    parts.append(f"incl. {_decimal_text(simple.vat_rate, 0)}% VAT")
+    return " · ".join(parts)
+
+
+_UNIT_TEXT: Final = {
+    Dimension.ENERGY: "/kWh",
+    Dimension.TIME: "/h charging",
+    Dimension.PARKING_TIME: "/h parking",
+    Dimension.FLAT: " per session",
+}
+
+
+def _restriction_text(r: Restrictions) -> str:
+    parts: list[str] = []
+    if r.days is not None:
+        parts.append(_days_text(r.days) or "every day")
+    if r.start_min is not None or r.end_min is not None:
+        s, e = r.start_min or 0, r.end_min if r.end_min is not None else _MINUTES_PER_DAY
+        parts.append(f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}")
+    if r.start_date is not None:
+        parts.append(f"from {r.start_date.isoformat()}")
+    if r.end_date is not None:
+        parts.append(f"until {r.end_date.isoformat()}")
+    for low, high, unit, scale in (
+        (r.min_wh, r.max_wh, "kWh", Fraction(1, 1000)),
+        (r.min_power_w, r.max_power_w, "kW", Fraction(1, 1000)),
+        (r.min_current_a, r.max_current_a, "A", Fraction(1)),
+    ):
+        if low is not None:
+            parts.append(f"from {_decimal_text(low * scale, 0)} {unit}")
+        if high is not None:
+            parts.append(f"below {_decimal_text(high * scale, 0)} {unit}")
+    if r.min_duration_ms is not None:
+        parts.append(f"after {_duration_text(r.min_duration_ms)}")
+    if r.max_duration_ms is not None:
+        parts.append(f"first {_duration_text(r.max_duration_ms)}")
+    if r.min_idle_ms is not None:
+        parts.append(f"after {_duration_text(r.min_idle_ms)} idle")
+    return " ".join(parts)
+
+
+def _duration_text(ms: int) -> str:
+    minutes = Fraction(ms, _MS_PER_MINUTE)
+    if minutes.denominator == 1 and minutes % 60 == 0:
+        return f"{minutes // 60} h"
+    return f"{_decimal_text(minutes, 0)} min"
+
+
+def _describe_engine(engine: Engine, currency: str, digits: int) -> str:
+    """A generated price text: each element's gross prices with its restrictions."""
+    parts: list[str] = []
+    for element in engine.elements:
+        prices = " + ".join(
+            f"{_decimal_text(_gross(c), digits)} {currency}{_UNIT_TEXT[c.dimension]}"
+            for c in element.components
+        )
+        when = _restriction_text(element.restrictions)
+        parts.append(f"{prices} ({when})" if when else prices)
+    if engine.minimum is not None:
+        parts.append(f"min {_decimal_text(_incl(engine.minimum), digits)} {currency}")
+    if engine.maximum is not None:
+        parts.append(f"max {_decimal_text(_incl(engine.maximum), digits)} {currency}")
+    parts.append("incl. VAT")
+    return " · ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Forms, round trip, fingerprint (persisted tariffs: the station's current one, each session's)
+# --------------------------------------------------------------------------------------------------
+
+
+def tariff_from_builtins(obj: object, *, default_timezone: str | None = None) -> Tariff:
+    """A :class:`Tariff` from a decoded mapping in any accepted form: the simple form, the OCPI
+    wrapper ``{"ocpi": {…}, "timezone": …, "minor_unit_digits": …}``, or a bare OCPI 2.2.1 Tariff
+    (it has ``elements``; its timezone is ``default_timezone``). Raises :class:`TariffConfigError`
+    with the path of the offending value (OCPI field paths below ``ocpi``)."""
+    if isinstance(obj, dict) and "elements" in obj:
+        try:
+            return Tariff(OcpiTariffConfig(ocpi=obj, timezone=default_timezone))
+        except TariffConfigError as exc:  # a bare object's paths are its own
+            if exc.path[:1] == ("ocpi",):
+                raise TariffConfigError(exc.path[1:], exc.message) from None
+            raise
+    if isinstance(obj, dict) and "ocpi" in obj:
+        try:
+            config = msgspec.convert(obj, OcpiTariffConfig)
+        except msgspec.ValidationError as exc:
+            raise _config_error_from_msgspec(obj, str(exc)) from None
+        return Tariff(config)
+    return Tariff(tariff_config_from_builtins(obj))
+
+
+def tariff_to_builtins(tariff: Tariff) -> dict[str, object]:
+    """The JSON-able form of ``tariff`` that :func:`tariff_from_builtins` reads back unchanged."""
+    built = msgspec.to_builtins(tariff.config)
+    assert isinstance(built, dict)
+    if isinstance(tariff.config, OcpiTariffConfig):  # numbers as exact decimal strings
+        built["ocpi"] = json.loads(msgspec.json.encode(tariff.ocpi).decode())
+    return built
+
+
+def tariff_fingerprint(tariff: Tariff) -> str:
+    """A stable digest of what ``tariff`` prices (sha256 of its canonical JSON form)."""
+    text = json.dumps(tariff_to_builtins(tariff), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def usage_from_cdr(cdr: OcpiCdr) -> Usage:
+    """The usage an OCPI 2.2.1 CDR's ``charging_periods`` describe (mod_cdrs §10.4.6): each period
+    starts at its ``start_date_time``; ENERGY (kWh) → Wh, TIME (h) → a charging stretch, PARKING_TIME
+    (h) → an idle stretch after it (energy in whole Wh rounded up on the running total, times to the
+    nearest ms); a period with neither lasts
+    until the next period (the CDR's end). MAX_POWER (kW) / MAX_CURRENT (A), else MIN_POWER /
+    MIN_CURRENT, are the period's power and current for restrictions."""
+    periods: list[Period] = []
+    starts = [parse_datetime(p.start_date_time).astimezone(UTC) for p in cdr.charging_periods]
+    end = parse_datetime(cdr.end_date_time).astimezone(UTC)
+    energy_so_far, billed_wh = Fraction(0), 0
+    for i, period in enumerate(cdr.charging_periods):
+        volumes: dict[str, Fraction] = {}
+        for dim in period.dimensions:
+            volumes[dim.type] = volumes.get(dim.type, Fraction(0)) + Fraction(dim.volume)
+        # whole Wh, rounded up on the running total (§Tariffs 4.4.5: ENERGY is billed per started Wh)
+        energy_so_far += volumes.get("ENERGY", Fraction(0)) * _WH_PER_KWH
+        energy_wh = math.ceil(energy_so_far) - billed_wh
+        billed_wh += energy_wh
+        power = volumes.get("MAX_POWER", volumes.get("MIN_POWER"))
+        current = volumes.get("MAX_CURRENT", volumes.get("MIN_CURRENT"))
+        power_w = None if power is None else float(power * 1000)
+        current_a = None if current is None else float(current)
+        start = starts[i]
+        charging_ms = parking_ms = 0
+        if "TIME" in volumes or "PARKING_TIME" in volumes:
+            charging_ms = round_half_up(volumes.get("TIME", Fraction(0)) * 3_600_000)
+            parking_ms = round_half_up(volumes.get("PARKING_TIME", Fraction(0)) * 3_600_000)
+        else:
+            charging_ms = ((starts[i + 1] if i + 1 < len(starts) else end) - start) // _MS
+        if charging_ms or not parking_ms:
+            periods.append(Period(start, UsageKind.CHARGING, energy_wh, charging_ms, power_w, current_a))
+            energy_wh = 0
+        if parking_ms:
+            at = start + timedelta(milliseconds=charging_ms)
+            periods.append(Period(at, UsageKind.IDLE, energy_wh, parking_ms, power_w, current_a))
+    return Usage(started_at=parse_datetime(cdr.start_date_time).astimezone(UTC), periods=tuple(periods))
+
+
+def cdr_charging_periods(usage: Usage) -> list[dict[str, object]]:
+    """``usage`` as OCPI 2.2.1 CDR ``charging_periods`` (mod_cdrs §10.4.6): ``start_date_time``
+    (UTC, RFC 3339), dimensions ENERGY (kWh, exact), TIME (charging) or PARKING_TIME (suspended
+    or idle; §Tariffs 4.4.5) in hours to 9 decimals (snapped to the ms they read back exactly),
+    MAX_POWER (kW) and MAX_CURRENT (A) when known. :func:`usage_from_cdr` reads it back."""
+    found: list[dict[str, object]] = []
+    for period in usage.periods:
+        dims: list[dict[str, object]] = []
+        if period.energy_wh:
+            dims.append({"type": "ENERGY", "volume": float(Decimal(period.energy_wh) / _WH_PER_KWH)})
+        dim = Dimension.TIME if period.kind is UsageKind.CHARGING else Dimension.PARKING_TIME
+        hours = round(Decimal(period.duration_ms) / 3_600_000, 9)
+        dims.append({"type": dim.value, "volume": float(hours)})
+        if period.power_w is not None:
+            dims.append({"type": "MAX_POWER", "volume": round(period.power_w / 1000, 3)})
+        if period.current_a is not None:
+            dims.append({"type": "MAX_CURRENT", "volume": round(period.current_a, 3)})
+        stamp = period.start.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        found.append({"start_date_time": stamp, "dimensions": dims})
+    return found

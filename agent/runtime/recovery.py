@@ -16,16 +16,31 @@ never saw is voided (``recovery_orphan_void`` journaled before the Void, ``recov
 after), which accounts for the possible orphans. On Apollo the terminal's Setup session timeout
 with action *void* (TERM-2) is the safety net, and an operator clears the discrepancy
 (``clear_discrepancy`` command) once the hold is checked in the payment portal.
+
+Tariffs (issue 10, docs/tariff.md "Changing the tariff"): :func:`station_tariff_at_start` decides
+which tariff the station starts with — the one of the last ``set_tariff`` the journal holds, unless
+the configured tariff changed since that command, when the configuration wins — and
+:func:`session_tariffs` gives each restored payment the tariff its session started with, which
+``PaymentRestored`` hands to the engine (STOP-8: a restored session is priced by its own tariff).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 
 from agent.logs import kv
-from agent.store.journal import Journal, PaymentRow
+from agent.money.tariff import (
+    Tariff,
+    TariffConfigError,
+    tariff_fingerprint,
+    tariff_from_builtins,
+    tariff_to_builtins,
+)
+from agent.store.journal import Journal, JournalError, PaymentRow, StoredTariff
 from drivers.charger import base as charger
 from drivers.errors import DriverError
 from drivers.psp.errors import SessionNotFound
@@ -62,12 +77,95 @@ class ChargerFacts:
             await self._changed.wait()
 
 
-def restore_events(rows: list[PaymentRow], facts: ChargerFacts, at: datetime) -> list[Event]:
-    """The engine events that restore ``rows`` (approved, non-final payments), in journal order.
+def stored_tariff(tariff: Tariff) -> StoredTariff:
+    """``tariff`` as the journal keeps it: its fingerprint and canonical form, as plain JSON data
+    (lists, not tuples: what the journal gives back compares equal)."""
+    builtins = json.loads(json.dumps(tariff_to_builtins(tariff)))
+    return StoredTariff(tariff_fingerprint(tariff), builtins)
+
+
+def station_tariff_at_start(journal: Journal, configured: Tariff) -> tuple[Tariff, StoredTariff]:
+    """The station's tariff at start, and as the journal keeps it.
+
+    The tariff of the last ``set_tariff`` when the journal holds one and the configured tariff is
+    still the one that command replaced (same fingerprint); else the configured tariff — when the
+    configuration changed since the command, the journaled tariff is dropped for good. Logs one
+    INFO line saying which applies (an ERROR instead when the journaled tariff cannot be read).
+    """
+    mine = stored_tariff(configured)
+    row = journal.station_tariff()
+    if row is None:
+        _LOGGER.info(
+            "tariff at start: the configured tariff applies %s", kv(fingerprint=mine.fingerprint[:12])
+        )
+        return configured, mine
+    if row.configured_fingerprint != mine.fingerprint:
+        _LOGGER.info(
+            "tariff at start: the configured tariff changed since set_tariff; the configured tariff "
+            "applies %s",
+            kv(fingerprint=mine.fingerprint[:12], dropped=row.tariff.fingerprint[:12], set_at=row.set_at),
+        )
+        try:
+            journal.clear_station_tariff(configured_fingerprint=mine.fingerprint)
+        except JournalError as exc:
+            _LOGGER.error("tariff at start: the dropped tariff stays journaled %s", kv(error=str(exc)))
+        return configured, mine
+    try:
+        journaled = tariff_from_builtins(dict(row.tariff.builtins))
+    except TariffConfigError as exc:
+        _LOGGER.error(
+            "tariff at start: the tariff of set_tariff cannot be read; the configured tariff applies %s",
+            kv(fingerprint=mine.fingerprint[:12], error=str(exc)),
+        )
+        return configured, mine
+    _LOGGER.info(
+        "tariff at start: the tariff of set_tariff applies %s",
+        kv(fingerprint=row.tariff.fingerprint[:12], set_at=row.set_at),
+    )
+    return journaled, stored_tariff(journaled)
+
+
+def session_tariffs(journal: Journal, rows: list[PaymentRow]) -> dict[str, Tariff]:
+    """The tariff each of ``rows`` (open payments) started with, by ``payment_id``. A row the
+    journal names no tariff for (journaled before schema 3) or whose tariff cannot be read (ERROR
+    logged) is left out: the station's tariff prices it."""
+    by_fingerprint: dict[str, Tariff | None] = {}
+    out: dict[str, Tariff] = {}
+    for row in rows:
+        fingerprint = row.tariff_fingerprint
+        if fingerprint is None:
+            continue
+        if fingerprint not in by_fingerprint:
+            stored = journal.tariff(fingerprint)
+            try:
+                by_fingerprint[fingerprint] = (
+                    tariff_from_builtins(dict(stored.builtins)) if stored is not None else None
+                )
+            except TariffConfigError as exc:
+                by_fingerprint[fingerprint] = None
+                _LOGGER.error(
+                    "recovery: a session's tariff cannot be read; the station's prices it %s",
+                    kv(payment=row.payment_id, fingerprint=fingerprint[:12], error=str(exc)),
+                )
+        tariff = by_fingerprint[fingerprint]
+        if tariff is not None:
+            out[row.payment_id] = tariff
+    return out
+
+
+def restore_events(
+    rows: list[PaymentRow],
+    facts: ChargerFacts,
+    at: datetime,
+    tariffs: Mapping[str, Tariff] | None = None,
+) -> list[Event]:
+    """The engine events that restore ``rows`` (approved, non-final payments), in journal order;
+    each carries its session's tariff from ``tariffs`` (by ``payment_id``; see :func:`session_tariffs`).
 
     Starts with ``ChargerLost``: until the charger driver reports ``ChargerBack`` the connectors
     count as unavailable (drivers/charger/base.py); the buffered charger events follow the restore.
     """
+    tariffs = tariffs or {}
     events: list[Event] = [ChargerLost(at)]
     seen: set[int] = set()
     for row in rows:
@@ -84,6 +182,7 @@ def restore_events(rows: list[PaymentRow], facts: ChargerFacts, at: datetime) ->
                 row.to_restored(),
                 plugged=facts.online and facts.plugged.get(row.connector_id, False),
                 charger_online=facts.online,
+                pricer=tariffs.get(row.payment_id),
             )
         )
     return events

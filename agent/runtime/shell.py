@@ -8,7 +8,8 @@ does not die with it). The tasks:
     Pops events from the one inbound queue and steps the ``Station`` (pure, synchronous). Every
     effect is its own type and is routed by type (:meth:`Runtime.step`): everything the step
     stores — its journal records, the outbox rows of its upstream events and meter values, its
-    receipt, its alarm — is written in **one** SQLite transaction (:meth:`agent.store.db.Store.atomic`,
+    receipt, its alarm, the tariff of a session it begins or of a ``set_tariff`` it applies
+    (issue 10) — is written in **one** SQLite transaction (:meth:`agent.store.db.Store.atomic`,
     fsynced unless the step holds only periodic meter values); only after the commit are the
     step's other effects executed, in list order — timers inline, every I/O effect on the queue of
     the actor that owns it. So after any crash either a fact and its messages exist or neither
@@ -51,7 +52,14 @@ from agent.logs import kv
 from agent.money.receipts import apollo_final_screen
 from agent.money.tariff import Tariff
 from agent.runtime import screens
-from agent.runtime.recovery import ChargerFacts, reconcile_terminal_sessions, restore_events
+from agent.runtime.recovery import (
+    ChargerFacts,
+    reconcile_terminal_sessions,
+    restore_events,
+    session_tariffs,
+    station_tariff_at_start,
+    stored_tariff,
+)
 from agent.runtime.timers import TimerKey, Timers
 from agent.store.db import Store, StoreError
 from agent.store.journal import Journal, JournalError, PaymentRow
@@ -248,6 +256,10 @@ class Runtime:
     Built by :func:`agent.app.build_app` (the composition root) through this constructor; nothing
     is set on it afterwards. Pre: ``store`` is open and owned by the caller (closed by it after
     :meth:`run` returns); ``journal`` and ``publisher`` write through ``store``.
+
+    ``tariff`` is the configured tariff; the station starts with the tariff of the last
+    ``set_tariff`` instead when the journal holds one and the configuration has not changed since
+    (:func:`agent.runtime.recovery.station_tariff_at_start`).
     """
 
     def __init__(
@@ -265,10 +277,12 @@ class Runtime:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.options = options or RuntimeOptions()
-        self.station: Station[Tariff] = Station(station_config, tariff, terminal_online=False)
-        self.tariff = tariff  # the station's tariff for new sessions (set_tariff changes it)
         self.store = store
         self.journal = journal
+        self.configured_tariff_fingerprint = stored_tariff(tariff).fingerprint
+        tariff, self.stored_tariff = station_tariff_at_start(journal, tariff)
+        self.station: Station[Tariff] = Station(station_config, tariff, terminal_online=False)
+        self.tariff = tariff  # the station's tariff for new sessions (set_tariff changes it)
         self.publisher = publisher
         self.terminal = terminal
         self.charger = charger_driver
@@ -453,9 +467,10 @@ class Runtime:
                 self._dispatched_at = asyncio.get_running_loop().time()
                 self._progress.set()
 
-    def step(self, event: Event | TariffChanged[Tariff]) -> None:
+    def step(self, event: Event | TariffChanged[Tariff]) -> bool:
         """Step the engine with ``event``: store everything the step stores in one transaction,
-        then execute its other effects in order (write-ahead)."""
+        then execute its other effects in order (write-ahead). Returns whether the transaction
+        committed (``False``: logged, alarmed, the effects not executed)."""
         before = {cid: machine.state for cid, machine in self.station.connectors.items()}
         if isinstance(event, TariffChanged):
             self._apply_tariff(event.pricer)
@@ -470,7 +485,7 @@ class Runtime:
             )
             connector = getattr(event, "connector_id", None)
             self._raise_alarm(JournalTrouble(connector if isinstance(connector, int) else None, str(exc)))
-            return
+            return False
         for cid, machine in self.station.connectors.items():
             if machine.state != before[cid]:
                 _LOGGER.info("connector state %s", kv(connector=cid, old=before[cid], new=machine.state))
@@ -482,29 +497,38 @@ class Runtime:
         for cid, screen in receipts:
             self.terminal_actor.queue.put_nowait(screen)
             _LOGGER.debug("final receipt screen queued %s", kv(connector=cid))
+        return True
 
     def _store(
         self, effects: Sequence[Effect], event: Event | TariffChanged[Tariff]
     ) -> list[tuple[int, screens.PrebuiltScreen]]:
-        """The step's transaction: journal records, events, meter values, receipts and the engine's
-        alarm, in effect order. Returns the final receipt screens to show (Apollo, RCPT-2)."""
+        """The step's transaction: journal records (with the tariff of a session they begin),
+        events, meter values, receipts and the engine's alarm, in effect order — for a
+        ``TariffChanged`` first the station's new tariff. Returns the final receipt screens to show
+        (Apollo, RCPT-2)."""
         stored = [e for e in effects if _is_stored(e)]
-        if not stored:
+        changed = event.pricer if isinstance(event, TariffChanged) else None
+        if not stored and changed is None:
             return []
         at = getattr(event, "at", None)
-        durable = not all(isinstance(e, RecordMeter) and e.periodic for e in stored)
+        durable = changed is not None or not all(isinstance(e, RecordMeter) and e.periodic for e in stored)
         final: list[tuple[int, screens.PrebuiltScreen]] = []
         with self.store.atomic(durable=durable):
+            if changed is not None:  # issue 10: the station's tariff survives a restart
+                self.journal.set_station_tariff(
+                    self.stored_tariff, configured_fingerprint=self.configured_tariff_fingerprint, at=at
+                )
             for effect in stored:
                 match effect:
                     case RecordMeter():
                         self.journal.record(effect, at=at)
                         self.publisher.meter(effect, at=at or self.clock())
                         self.store.after_commit(partial(self._publish_connector_state, effect.connector_id))
+                    case RecordCardRead() | RecordPaymentApproved():  # a session's first records
+                        self.journal.record(effect, at=at)
+                        self._bind_session_tariff(effect.connector_id, effect.session_ref)
                     case (
-                        RecordCardRead()
-                        | RecordPaymentDeclined()
-                        | RecordPaymentApproved()
+                        RecordPaymentDeclined()
                         | RecordPaymentIncremented()
                         | RecordEnergyOn()
                         | RecordLimitReached()
@@ -581,12 +605,24 @@ class Runtime:
 
     # -- tariff (set_tariff; the engine keeps a running session's tariff) --------------------------
 
-    def set_tariff(self, tariff: Tariff) -> None:
-        """``set_tariff``: the engine prices sessions that start from now on with ``tariff``."""
-        self.post(TariffChanged(self.clock(), tariff))
+    def set_tariff(self, tariff: Tariff) -> asyncio.Future[bool]:
+        """``set_tariff``: the engine prices sessions that start from now on with ``tariff``; the
+        step that applies it journals it as the station's tariff (it survives a restart). The
+        future says, once that step ran, whether it committed (the command answers after it)."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.post(_SetTariff(TariffChanged(self.clock(), tariff), done))
+        return done
+
+    def _bind_session_tariff(self, cid: int, session_ref: str) -> None:
+        """Journal the tariff pricing the session ``session_ref`` (the connector's, which the
+        engine keeps for the whole session), so that a restart prices it the same (STOP-8)."""
+        pricer = self.station.connectors[cid].pricer
+        stored = self.stored_tariff if pricer is self.tariff else stored_tariff(pricer)
+        self.journal.bind_session_tariff(session_ref, stored)
 
     def _apply_tariff(self, tariff: Tariff) -> None:
         self.tariff = tariff
+        self.stored_tariff = stored_tariff(tariff)  # journaled by this step (_store)
         self.screens = screens.ScreenSettings(
             connector_ids=self.screens.connector_ids,
             labels=self.screens.labels,
@@ -600,7 +636,11 @@ class Runtime:
         busy = [cid for cid, m in self.station.connectors.items() if m.session is not None]
         _LOGGER.info(
             "tariff set %s",
-            kv(currency=tariff.currency, next_session=",".join(map(str, busy)) or None),
+            kv(
+                currency=tariff.currency,
+                fingerprint=self.stored_tariff.fingerprint[:12],
+                next_session=",".join(map(str, busy)) or None,
+            ),
         )
         self._home_sig = None  # the home screen shows the new tariff
 
@@ -1026,7 +1066,8 @@ class Runtime:
         await self._wait_for_charger_state()
         if restorable:
             _LOGGER.info("recovery: restoring open payments %s", kv(count=len(restorable)))
-        self.post(_RestoreNow(restore_events(restorable, self.facts, self.clock())))
+        tariffs = session_tariffs(self.journal, restorable)  # STOP-8: each its own tariff
+        self.post(_RestoreNow(restore_events(restorable, self.facts, self.clock(), tariffs)))
         await self.recovered.wait()
         if self.options.list_sessions:
             await self._reconcile_when_ready()
@@ -1114,6 +1155,22 @@ class _Internal:
 
 
 @dataclass(frozen=True, slots=True)
+class _SetTariff(_Internal):
+    """A ``TariffChanged`` whose sender waits for its step's commit (``set_tariff``)."""
+
+    event: TariffChanged[Tariff]
+    done: asyncio.Future[bool]
+
+    def apply(self, runtime: Runtime) -> None:
+        committed = False
+        try:
+            committed = runtime.step(self.event)
+        finally:
+            if not self.done.done():
+                self.done.set_result(committed)
+
+
+@dataclass(frozen=True, slots=True)
 class _RestoreNow(_Internal):
     events: list[Event]
 
@@ -1173,7 +1230,7 @@ def map_charger_event(event: charger.ChargerEvent) -> Event | None:
         case charger.StatusChanged(connector_id=cid, state=state, fault=fault, at=at):
             return ChargerStatus(cid, at, ChargerState(state.value), fault)
         case charger.MeterReading(connector_id=cid, energy_wh=wh, power_w=w, at=at, retained=retained):
-            return MeterReading(cid, at, wh, w, retained)
+            return MeterReading(cid, at, wh, w, current_a=event.current_a, retained=retained)
         case charger.ChargerLost(at=at):
             return ChargerLost(at)
         case charger.ChargerBack(at=at):

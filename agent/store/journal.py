@@ -66,7 +66,7 @@ from statemachines.effects import (
     RecordVoidDecided,
 )
 from statemachines.events import CardKind, CardToken, Disposal, PaymentMethod, RestoredPayment, StopSource
-from statemachines.pricing import Usage, UsageBucket, UsageKind
+from statemachines.pricing import Period, Usage, UsageKind
 
 JOURNAL_FILE: Final = DB_FILE
 BUSY_TIMEOUT_MS: Final = 5000
@@ -153,27 +153,47 @@ def _luhn_ok(digits: str) -> bool:
 
 
 def usage_to_json(usage: Usage) -> str:
+    """``{"started_at", "periods": [[start, kind, energy_wh, duration_ms, power_w, current_a], …]}``."""
     return json.dumps(
         {
             "started_at": usage.started_at.isoformat() if usage.started_at else None,
-            "buckets": [[b.band, b.kind.value, b.energy_wh, b.duration_ms] for b in usage.buckets],
+            "periods": [
+                [p.start.isoformat(), p.kind.value, p.energy_wh, p.duration_ms, p.power_w, p.current_a]
+                for p in usage.periods
+            ],
         },
         separators=(",", ":"),
     )
 
 
 def usage_from_json(text: str | None) -> Usage:
+    """Reads what :func:`usage_to_json` wrote, and the bucket form of journals before OCPI tariffs
+    (``"buckets": [[band, kind, energy_wh, duration_ms], …]``: periods one after the other from
+    ``started_at``; the band split is not kept, the tariff re-splits what follows)."""
     if not text:
         return Usage()
     raw = json.loads(text)
-    started = raw.get("started_at")
-    return Usage(
-        started_at=datetime.fromisoformat(started) if started else None,
-        buckets=tuple(
-            UsageBucket(str(band), UsageKind(kind), int(energy), int(ms))
-            for band, kind, energy, ms in raw["buckets"]
-        ),
-    )
+    started_text = raw.get("started_at")
+    started = datetime.fromisoformat(started_text) if started_text else None
+    if "periods" in raw:
+        periods = tuple(
+            Period(
+                start=datetime.fromisoformat(start),
+                kind=UsageKind(kind),
+                energy_wh=int(energy),
+                duration_ms=int(ms),
+                power_w=None if power is None else float(power),
+                current_a=None if current is None else float(current),
+            )
+            for start, kind, energy, ms, power, current in raw["periods"]
+        )
+        return Usage(started_at=started, periods=periods)
+    at = started or datetime.fromtimestamp(0, UTC)
+    found: list[Period] = []
+    for _band, kind, energy, ms in raw.get("buckets", []):
+        found.append(Period(start=at, kind=UsageKind(kind), energy_wh=int(energy), duration_ms=int(ms)))
+        at = found[-1].end
+    return Usage(started_at=started, periods=tuple(found))
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -217,6 +237,7 @@ class PaymentRow:
     orphan_suspected: bool  # closed by the restart recovery without an outcome (psp-reference §10.4)
     orphan_cleared_at: str | None
     orphan_resolution: str | None
+    tariff_fingerprint: str | None  # the tariff the session started with (``tariffs``), schema 3
 
     @property
     def is_open(self) -> bool:
@@ -282,6 +303,7 @@ class PaymentRow:
             "recovered": self.recovered,
             "orphan_suspected": self.orphan_suspected,
             "orphan_cleared": self.orphan_cleared_at is not None,
+            "tariff_fingerprint": self.tariff_fingerprint,
         }
 
 
@@ -295,6 +317,29 @@ def _row(values: sqlite3.Row) -> PaymentRow:
         data[name] = bool(data[name])
     data["state"] = PaymentState(data["state"])
     return PaymentRow(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTariff:
+    """A tariff as the journal keeps it: ``agent.money.tariff.tariff_to_builtins`` and its
+    ``tariff_fingerprint`` (the journal stores and returns them; it never prices)."""
+
+    fingerprint: str
+    builtins: Mapping[str, object]
+
+    def to_json(self) -> str:
+        """The canonical JSON text (sorted keys, no spaces), the text the fingerprint digests."""
+        return json.dumps(self.builtins, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class StationTariffRow:
+    """The ``station_tariff`` row: the tariff of the last ``set_tariff`` and the fingerprint of the
+    configured tariff it replaced (a restart with a changed configuration applies the configuration)."""
+
+    tariff: StoredTariff
+    configured_fingerprint: str
+    set_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,6 +709,104 @@ class Journal:
             case _:
                 assert_never(record)
         self._update(ref, when, **changes)
+
+    # -- tariffs (schema 3) -------------------------------------------------------------------------
+
+    def _store_tariff(self, tariff: StoredTariff, when: str) -> None:
+        check_no_pan("tariff", {"tariff": tariff.builtins})
+        self._conn.execute(
+            "INSERT OR IGNORE INTO tariffs (fingerprint, tariff_json, stored_at) VALUES (?, ?, ?)",
+            (tariff.fingerprint, tariff.to_json(), when),
+        )
+
+    def bind_session_tariff(self, session_ref: str, tariff: StoredTariff) -> None:
+        """The session ``session_ref`` started with ``tariff``: kept (once per fingerprint) and named
+        by its payment row, unless that row already names one (a session's tariff never changes).
+        In the current transaction (the step that journals the session's first record)."""
+        when = _utc_iso()
+        try:
+            with self.store.atomic():
+                self._store_tariff(tariff, when)
+                self._conn.execute(
+                    "UPDATE payments SET tariff_fingerprint = ? "
+                    "WHERE payment_id = ? AND tariff_fingerprint IS NULL",
+                    (tariff.fingerprint, session_ref),
+                )
+        except (sqlite3.Error, StoreError) as exc:
+            raise JournalError(f"journal write of the session tariff failed: {exc}") from exc
+
+    def set_station_tariff(
+        self, tariff: StoredTariff, *, configured_fingerprint: str, at: datetime | None = None
+    ) -> None:
+        """``set_tariff``: ``tariff`` is the station's from now on, replacing the configured tariff
+        whose fingerprint is ``configured_fingerprint``. Journaled (``tariff_set``) in the current
+        transaction (the step that applies the ``TariffChanged``)."""
+        when = _utc_iso(at)
+        data = {"fingerprint": tariff.fingerprint, "configured_fingerprint": configured_fingerprint}
+        try:
+            with self.store.atomic():
+                self._store_tariff(tariff, when)
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO station_tariff (id, fingerprint, configured_fingerprint, set_at) "
+                    "VALUES (1, ?, ?, ?)",
+                    (tariff.fingerprint, configured_fingerprint, when),
+                )
+                self._conn.execute(
+                    "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
+                    (when, "tariff_set", None, None, json.dumps(data)),
+                )
+                self.store.after_commit(lambda: crashpoints.reached("journal:tariff_set"))
+        except (sqlite3.Error, StoreError) as exc:
+            raise JournalError(f"journal write of tariff_set failed: {exc}") from exc
+
+    def clear_station_tariff(self, *, configured_fingerprint: str) -> None:
+        """The configured tariff changed since the last ``set_tariff``: the configuration applies,
+        and the journaled tariff never comes back (not even when the configuration is changed back).
+        Journaled as ``tariff_config_applied``."""
+        row = self.station_tariff()
+        if row is None:
+            return
+        data = {
+            "fingerprint": configured_fingerprint,
+            "replaced_fingerprint": row.tariff.fingerprint,
+            "previous_configured_fingerprint": row.configured_fingerprint,
+        }
+        try:
+            with self.store.atomic():
+                self._conn.execute("DELETE FROM station_tariff")
+                self._conn.execute(
+                    "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
+                    (_utc_iso(), "tariff_config_applied", None, None, json.dumps(data)),
+                )
+        except (sqlite3.Error, StoreError) as exc:
+            raise JournalError(f"journal write of tariff_config_applied failed: {exc}") from exc
+
+    def station_tariff(self) -> StationTariffRow | None:
+        """The tariff of the last ``set_tariff`` still in effect, or ``None``."""
+        row = self._conn.execute(
+            "SELECT s.fingerprint, t.tariff_json, s.configured_fingerprint, s.set_at "
+            "FROM station_tariff s JOIN tariffs t ON t.fingerprint = s.fingerprint WHERE s.id = 1"
+        ).fetchone()
+        if row is None:
+            return None
+        fingerprint, text, configured, set_at = row
+        return StationTariffRow(StoredTariff(fingerprint, json.loads(text)), configured, set_at)
+
+    def tariff(self, fingerprint: str) -> StoredTariff | None:
+        """A stored tariff by fingerprint."""
+        row = self._conn.execute(
+            "SELECT tariff_json FROM tariffs WHERE fingerprint = ?", (fingerprint,)
+        ).fetchone()
+        return None if row is None else StoredTariff(fingerprint, json.loads(row[0]))
+
+    def session_tariff(self, session_ref: str) -> StoredTariff | None:
+        """The tariff the session ``session_ref`` started with (``None``: none journaled)."""
+        row = self._conn.execute(
+            "SELECT t.fingerprint, t.tariff_json FROM payments p JOIN tariffs t "
+            "ON t.fingerprint = p.tariff_fingerprint WHERE p.payment_id = ?",
+            (session_ref,),
+        ).fetchone()
+        return None if row is None else StoredTariff(row[0], json.loads(row[1]))
 
     # -- reads -----------------------------------------------------------------------------------
 

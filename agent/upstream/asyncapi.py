@@ -76,6 +76,14 @@ _MSG2 = "0b8e4f53-6a2c-4d0e-8f19-7c3a5b2d9e12"
 _TS = "2026-03-01T10:00:00.000Z"
 _REF = "1-20260301T100000000000"
 _SID = "305419896"
+_OCPI_TARIFF: Final[dict[str, Any]] = {  # OCPI 2.2.1 §Tariffs 4.3.1: 0.30 EUR/kWh excl. 21 % VAT
+    "country_code": "NL",
+    "party_id": "EVP",
+    "id": "t1",
+    "currency": "EUR",
+    "last_updated": "2026-01-01T00:00:00Z",
+    "elements": [{"price_components": [{"type": "ENERGY", "price": "0.30", "vat": 21, "step_size": 1}]}],
+}
 
 
 _RECEIPT = Receipt(
@@ -483,15 +491,26 @@ EXAMPLES: Final[Mapping[type[msgspec.Struct], tuple[tuple[str, msgspec.Struct], 
             "tariff",
             SetTariff(
                 correlation_id="c-1004",
-                tariff=TariffConfig(
-                    currency="EUR",
-                    prices_include_vat=True,
-                    vat_rate_percent="21",
-                    energy_per_kwh="0.39",
-                    idle_fee_per_minute="0.20",
-                    idle_grace_minutes=15,
-                ),
+                tariff={
+                    "currency": "EUR",
+                    "prices_include_vat": True,
+                    "vat_rate_percent": "21",
+                    "energy_per_kwh": "0.39",
+                    "idle_fee_per_minute": "0.20",
+                    "idle_grace_minutes": 15,
+                },
             ),
+        ),
+        (
+            "OCPI 2.2.1 tariff",
+            SetTariff(
+                correlation_id="c-1009",
+                tariff={"ocpi": _OCPI_TARIFF, "timezone": "Europe/Amsterdam", "minor_unit_digits": 2},
+            ),
+        ),
+        (
+            "bare OCPI 2.2.1 tariff (the current tariff's timezone)",
+            SetTariff(correlation_id="c-1010", tariff=_OCPI_TARIFF),
         ),
     ),
     SetLocalAuthList: (
@@ -571,7 +590,57 @@ EXAMPLES: Final[Mapping[type[msgspec.Struct], tuple[tuple[str, msgspec.Struct], 
     ),
 }
 
-_EXTRA_SCHEMAS: Final = (SignedMeterData,)  # reachable already; listed for clarity
+_EXTRA_SCHEMAS: Final = (SignedMeterData, TariffConfig)  # SignedMeterData: reachable already
+
+# ``SetTariff.tariff`` is a mapping in one of the tariff's forms (msgspec has no untagged union of
+# Structs; agent.money.tariff.tariff_from_builtins tells them apart): the document names the forms.
+# The OCPI object is described by its required fields only; the agent checks it field by field
+# (OCPI 2.2.1 §Tariffs 4.3.1, agent/money/ocpi.py) and answers a bad one with the field's path.
+_OCPI_SCHEMAS: Final[dict[str, Any]] = {
+    "OcpiTariff": {
+        "title": "OcpiTariff",
+        "description": (
+            "An OCPI 2.2.1 Tariff object (OCPI 2.2.1 §Tariffs 4.3.1), as a CPO's back office holds it. "
+            "Prices are excl. VAT; `vat` is the percentage. Local-time restrictions are read in the "
+            "tariff's timezone."
+        ),
+        "type": "object",
+        "required": ["country_code", "party_id", "id", "currency", "elements", "last_updated"],
+        "properties": {
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "elements": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["price_components"],
+                    "properties": {"price_components": {"type": "array", "minItems": 1}},
+                },
+            },
+        },
+    },
+    "OcpiTariffForm": {
+        "title": "OcpiTariffForm",
+        "description": (
+            "A tariff as an OCPI 2.2.1 Tariff object with the station's IANA `timezone` (for the "
+            "local-time restrictions; null = UTC) and the currency's ISO 4217 `minor_unit_digits` "
+            "(default 2)."
+        ),
+        "type": "object",
+        "required": ["ocpi"],
+        "additionalProperties": False,
+        "properties": {
+            "ocpi": {"$ref": "#/components/schemas/OcpiTariff"},
+            "timezone": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            "minor_unit_digits": {"type": "integer", "minimum": 0, "maximum": 4, "default": 2},
+        },
+    },
+}
+_TARIFF_FORMS: Final[list[dict[str, str]]] = [
+    {"$ref": "#/components/schemas/TariffConfig"},
+    {"$ref": "#/components/schemas/OcpiTariffForm"},
+    {"$ref": "#/components/schemas/OcpiTariff"},
+]
 
 _INFO_DESCRIPTION: Final = f"""\
 The MQTT contract between **evpay-agent** (the charger-side payment agent for Payter terminals)
@@ -651,6 +720,12 @@ def asyncapi_document() -> Any:
     inbound += [t for t in types if t.__struct_config__.forbid_unknown_fields]
     for inbound_type in inbound:  # unknown fields are errors
         schemas[inbound_type.__name__]["additionalProperties"] = False
+    schemas.update(_OCPI_SCHEMAS)
+    tariff = schemas[SetTariff.__name__]["properties"]["tariff"]
+    schemas[SetTariff.__name__]["properties"]["tariff"] = {
+        "description": tariff["description"],
+        "anyOf": _TARIFF_FORMS,
+    }
     messages: dict[str, Any] = {}
     for cls, examples in EXAMPLES.items():
         schema = schemas[cls.__name__]

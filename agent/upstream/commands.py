@@ -28,7 +28,9 @@ Never blocking: :meth:`CommandHandler.on_message` is synchronous (for
 dropped and counted — the back office times out and retries). :meth:`CommandHandler.run` (one named
 task) handles the queue one command at a time; a handler step never awaits the terminal or the
 charger: it posts engine events and returns. The only awaits are the local auth list file write (in
-a worker thread), ``reconcile`` (bounded by ``reconcile_timeout_s``) and the result publishes.
+a worker thread), ``reconcile`` (bounded by ``reconcile_timeout_s``), ``set_tariff`` (until the
+engine step applying the tariff has journaled it, bounded: ``accepted`` means it survives a
+restart) and the result publishes.
 
 QoS 1 redelivery: the results of the last ``DEDUP_SIZE`` commands are kept by (name,
 ``correlation_id``); a repeated command is answered with the same result and not executed again.
@@ -49,7 +51,7 @@ import msgspec
 
 from agent.errors import AgentError
 from agent.logs import kv
-from agent.money.tariff import TariffConfig
+from agent.money.tariff import Tariff, TariffConfigError, tariff_fingerprint
 from agent.upstream.contract import (
     DEFAULT_MAX_COMMAND_BYTES,
     ClearDiscrepancy,
@@ -69,6 +71,7 @@ from agent.upstream.contract import (
     Topics,
     decode_command,
     encode,
+    tariff_error,
     utc_timestamp,
 )
 from agent.upstream.contract import SetAvailability as SetAvailabilityCommand
@@ -83,6 +86,7 @@ __all__ = [
     "ActiveSession",
     "CommandHandler",
     "CommandStats",
+    "NotJournaled",
     "RuntimePort",
     "ScreenMessage",
 ]
@@ -100,6 +104,11 @@ _SANE_NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # --------------------------------------------------------------------------------------------------
 # The port the runtime implements
 # --------------------------------------------------------------------------------------------------
+
+
+class NotJournaled(AgentError):
+    """``set_tariff``: the engine was handed the tariff, but the step applying it did not commit
+    (or not in time): it may not survive a restart (answered ``error``/``internal``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +157,13 @@ class RuntimePort(Protocol):
         """The connector's session (authorized, charging, stopping, idle fee…), else ``None``."""
         ...
 
-    def set_tariff(self, tariff: TariffConfig) -> None:
-        """Price sessions that start from now on with ``tariff`` (already validated); running
-        sessions keep their tariff. Raises ``ValueError`` (or ``AgentError``) to refuse."""
+    async def set_tariff(self, tariff: Mapping[str, object]) -> Tariff:
+        """Price sessions that start from now on with ``tariff`` (any form of
+        :func:`agent.money.tariff.tariff_from_builtins`, a bare OCPI Tariff in the current tariff's
+        timezone) and keep it across restarts; running sessions keep their tariff. Returns the new
+        tariff once it is journaled. Raises ``TariffConfigError`` (with the field path) or another
+        ``AgentError`` / ``ValueError`` to refuse, having changed nothing; :class:`NotJournaled`
+        when it was handed to the engine but is not (yet) journaled."""
         ...
 
     def display_message(self, message: ScreenMessage) -> None:
@@ -387,7 +400,7 @@ class CommandHandler:
             case SetAvailabilityCommand():
                 return self._set_availability(command, ts)
             case SetTariff():
-                return self._set_tariff(command, ts)
+                return await self._set_tariff(command, ts)
             case SetLocalAuthList():
                 return await self._set_local_auth_list(command, ts)
             case DisplayMessage():
@@ -465,12 +478,18 @@ class CommandHandler:
             data["pending"] = ",".join(map(str, busy))
         return self._result(command, ts, "accepted", data=data)
 
-    def _set_tariff(self, command: SetTariff, ts: str) -> CommandResult:
+    async def _set_tariff(self, command: SetTariff, ts: str) -> CommandResult:
         try:
-            self.port.set_tariff(command.tariff)
+            tariff = await self.port.set_tariff(command.tariff)
+        except TariffConfigError as exc:
+            refused = tariff_error(exc)
+            raise _error(refused.code, refused.reason) from None
+        except NotJournaled as exc:
+            raise _error(CommandErrorCode.INTERNAL, f"tariff: {exc}"[:200]) from None
         except (ValueError, AgentError, ArithmeticError) as exc:
             raise _error(CommandErrorCode.INVALID_VALUE, f"tariff: {exc}"[:200]) from None
-        return self._result(command, ts, "accepted", data={"currency": command.tariff.currency})
+        data = {"currency": tariff.currency, "fingerprint": tariff_fingerprint(tariff)}
+        return self._result(command, ts, "accepted", data=data)
 
     async def _set_local_auth_list(self, command: SetLocalAuthList, ts: str) -> CommandResult:
         local_list = self.authorizer.local_list

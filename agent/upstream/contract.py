@@ -43,8 +43,8 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from agent.errors import AgentError
-from agent.money.tariff import Tariff, TariffConfig, TariffConfigError
+from agent.errors import AgentError, format_path
+from agent.money.tariff import TariffConfigError
 from statemachines.connector import ConnectorMachineState as MachineState
 from statemachines.effects import UpdateReason
 from statemachines.events import DeclineOutcome as EngineDeclineOutcome
@@ -61,6 +61,8 @@ __all__ = [
     "Alarm",
     "AuthRequest",
     "AuthResponse",
+    "CdrDimension",
+    "ChargingPeriod",
     "ClearDiscrepancy",
     "Command",
     "CommandError",
@@ -108,10 +110,11 @@ __all__ = [
     "encode",
     "masked_pan_ok",
     "new_msg_id",
+    "tariff_error",
     "utc_timestamp",
 ]
 
-CONTRACT_VERSION: Final = "1.1.0"  # semver of this contract; the topic prefix carries the major ("v1")
+CONTRACT_VERSION: Final = "1.2.0"  # semver of this contract; the topic prefix carries the major ("v1")
 DEFAULT_PREFIX: Final = "evpay/v1/{station_id}"
 DEFAULT_MAX_COMMAND_BYTES: Final = 256 * 1024  # a full local auth list of ~2 500 entries fits
 
@@ -337,15 +340,39 @@ class SessionUpdated(_SessionEvent, frozen=True, kw_only=True, tag="session.upda
     authorized_minor: Minor | None = None
 
 
+class CdrDimension(_Payload, frozen=True, kw_only=True):
+    """OCPI 2.2.1 §CDRs 10.4.2 CdrDimension: ENERGY in kWh, TIME (charging) and PARKING_TIME (not
+    charging) in hours (9 decimals: exact to the millisecond), MAX_POWER in kW, MAX_CURRENT in A."""
+
+    type: Literal["ENERGY", "TIME", "PARKING_TIME", "MAX_POWER", "MAX_CURRENT"]
+    volume: Annotated[float, Meta(ge=0)]
+
+
+class ChargingPeriod(_Payload, frozen=True, kw_only=True):
+    """OCPI 2.2.1 §CDRs 10.4.6 ChargingPeriod: from ``start_date_time`` until the next period
+    (the last one until the session's end), priced by one tariff element per dimension."""
+
+    start_date_time: Timestamp
+    dimensions: tuple[CdrDimension, ...]
+
+
+ChargingPeriods = Annotated[
+    tuple[ChargingPeriod, ...],
+    Meta(description="the session's OCPI 2.2.1 CDR charging periods (contract 1.2.0)"),
+]
+
+
 class SessionEnded(_SessionEvent, frozen=True, kw_only=True, tag="session.ended"):
     """Session over: settled on the terminal, or ended without terminal settlement (RFID, remote,
     free vend). ``amount_minor`` is what was captured (EMV) or is owed (others); ``cost_minor`` the
-    tariff's price of the usage (they differ only when the cost reached the authorized cap)."""
+    tariff's price of the usage (they differ only when the cost reached the authorized cap).
+    ``charging_periods``: what was priced, in the OCPI CDR shape."""
 
     reason: StopReason
     energy_wh: Wh
     cost_minor: Minor
     amount_minor: Minor
+    charging_periods: ChargingPeriods = ()
 
 
 class PaymentAuthorized(_SessionEvent, frozen=True, kw_only=True, tag="payment.authorized"):
@@ -452,7 +479,7 @@ class ReceiptLine(msgspec.Struct, frozen=True, kw_only=True):
     unit_price: Annotated[
         str, Meta(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="decimal, major units per `price_unit`")
     ]
-    price_unit: Literal["kWh", "min", "session"]
+    price_unit: Literal["kWh", "min", "h", "session"]
     net_minor: int
     vat_minor: int
     gross_minor: int
@@ -499,6 +526,7 @@ class Receipt(_Payload, frozen=True, kw_only=True):
     prices_include_vat: bool
     vat_rate_percent: Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+)?$")]
     lines: tuple[ReceiptLine, ...] = ()
+    charging_periods: ChargingPeriods = ()
     net_minor: int = 0
     vat_minor: int = 0
     total_minor: Annotated[Minor, Meta(description="gross total the driver pays")] = 0
@@ -701,11 +729,24 @@ class SetAvailability(_Command, frozen=True, kw_only=True):
     available: bool
 
 
+TariffObject = Annotated[
+    dict[str, Any],
+    Meta(
+        description="the tariff in any form the configuration takes (docs/tariff.md): the simple "
+        "form, the OCPI wrapper `{ocpi, timezone, minor_unit_digits}` or a bare OCPI 2.2.1 Tariff "
+        "object (it has `elements`; its timezone is then the station's current tariff's). Checked "
+        "field by field when the command is executed: a bad one is answered with its path "
+        "(`tariff.elements[0].price_components[0].price: …`) and changes nothing"
+    ),
+]
+
+
 class SetTariff(_Command, frozen=True, kw_only=True):
-    """Replace the tariff for sessions that start afterwards (docs/tariff.md for the fields)."""
+    """Replace the station's tariff for sessions that start afterwards; running sessions keep
+    theirs. Journaled: it survives a restart unless the configured tariff changes (docs/commands.md)."""
 
     name: ClassVar[str] = "set_tariff"
-    tariff: TariffConfig
+    tariff: TariffObject
 
 
 class LocalAuthEntry(_Inbound, frozen=True, kw_only=True):
@@ -959,8 +1000,9 @@ def decode_command(
 
     ``correlation_data`` is the MQTT 5 correlation data (decoded as UTF-8), used when the payload
     has no ``correlation_id``. Checks run in this order, the first failure wins: size, UTF-8, JSON,
-    top-level object, ``correlation_id``, command name, fields (unknown, missing, type, value), the
-    command's own consistency rules (e.g. the tariff of ``set_tariff``).
+    top-level object, ``correlation_id``, command name, fields (unknown, missing, type, value). The
+    tariff of ``set_tariff`` is only checked to be an object here: its form's checks need the
+    station's timezone and run when the command is executed (:func:`tariff_error` gives the codes).
 
     Raises :class:`CommandError` and nothing else, whatever the input.
     """
@@ -984,14 +1026,27 @@ def decode_command(
         command: Command = msgspec.convert(obj, cls, strict=True)  # type: ignore[assignment]
     except msgspec.ValidationError as exc:
         raise _from_validation(str(exc), correlation_id, CommandError) from None
-    if isinstance(command, SetTariff):
-        try:
-            Tariff(command.tariff)
-        except (TariffConfigError, ValueError, ArithmeticError) as exc:
-            raise CommandError(
-                CommandErrorCode.INVALID_VALUE, f"tariff.{exc}"[:200], correlation_id=correlation_id
-            ) from None
     return command
+
+
+_TYPE_ERROR: Final = re.compile(r"expected [\w |`]+, got `?(str|int|float|bool|null|array|object)`?")
+
+
+def tariff_error(exc: TariffConfigError, *, correlation_id: str | None = None) -> CommandError:
+    """The ``set_tariff`` error for an invalid tariff: the code of what is wrong (unknown, missing,
+    wrongly typed or invalid field) and the field's path below ``tariff``."""
+    where = ".".join(("tariff", format_path(exc.path))) if exc.path else "tariff"
+    message = exc.message
+    if message == "unknown field":
+        return CommandError(
+            CommandErrorCode.UNKNOWN_FIELD, f"unknown field {where[:64]!r}", correlation_id=correlation_id
+        )
+    if missing := re.fullmatch(r"missing required field '(.*)'", message):
+        reason = f"missing field '{where}.{missing[1]}'"[:200]
+        return CommandError(CommandErrorCode.MISSING_FIELD, reason, correlation_id=correlation_id)
+    wrong_type = _TYPE_ERROR.fullmatch(message) or "(write it quoted" in message
+    code = CommandErrorCode.INVALID_TYPE if wrong_type else CommandErrorCode.INVALID_VALUE
+    return CommandError(code, _scrub(f"{where}: {message}")[:200], correlation_id=correlation_id)
 
 
 def decode_auth_response(payload: bytes, *, max_bytes: int = 4096) -> AuthResponse:

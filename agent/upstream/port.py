@@ -5,12 +5,16 @@ is the daily report task. Both are built by the composition root (:func:`agent.a
 
 Everything here runs on the event loop and never waits for the terminal or the charger: engine
 events go through ``Runtime.post``, screens onto the terminal actor's queue, and the only awaits
-are the reconciliation report (built in a worker thread) and its outbox append.
+are the reconciliation report (built in a worker thread) and its outbox append, and ``set_tariff``
+waiting (bounded) for the dispatcher's step that journals the tariff.
 
-``set_tariff`` (docs/commands.md): the engine decides when a new tariff applies — at once on a
-connector without a session, from the next session on a busy one (a running session keeps its
-tariff, START-8; :class:`statemachines.events.TariffChanged`). Not persisted yet (a restart goes back
-to the configured tariff). Receipts quote the tariff that priced each session.
+``set_tariff`` (docs/commands.md): any tariff form (a bare OCPI Tariff takes the current tariff's
+timezone), validated completely before anything changes. The engine decides when it applies — at
+once on a connector without a session, from the next session on a busy one (a running session keeps
+its tariff, START-8; :class:`statemachines.events.TariffChanged`). The step that applies it journals
+it as the station's tariff: it survives a restart unless the configured tariff changed since
+(:func:`agent.runtime.recovery.station_tariff_at_start`). Receipts quote the tariff that priced each
+session, also a session restored after a restart.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from typing import TYPE_CHECKING, Final, Literal
 from agent.errors import AgentError
 from agent.logs import kv
 from agent.money.reconcile import build_report
-from agent.money.tariff import Tariff, TariffConfig
+from agent.money.tariff import Tariff, tariff_from_builtins, tariff_to_builtins
 from agent.runtime.screens import OperatorMessage
-from agent.upstream.commands import ActiveSession, ScreenMessage
+from agent.store.journal import check_no_pan
+from agent.upstream.commands import ActiveSession, NotJournaled, ScreenMessage
 from agent.upstream.contract import ReconciliationReport, Topics, encode
 from statemachines.events import RemoteStart, SetAvailability, StopRequest
 
@@ -42,6 +47,8 @@ _LOGGER = logging.getLogger(__name__)
 COMMANDS_TASK: Final = "commands"
 DAILY_REPORT_TASK: Final = "daily-reconciliation"
 DAILY_REPORT_DELAY: Final = timedelta(minutes=5)  # after local midnight: late meter values are in
+# set_tariff answers once the step applying it committed; the dispatcher is stalled beyond this
+TARIFF_JOURNAL_TIMEOUT_S: Final = 10.0
 
 
 class RuntimeAdapter:
@@ -96,10 +103,25 @@ class RuntimeAdapter:
 
     # -- tariff -----------------------------------------------------------------------------------
 
-    def set_tariff(self, tariff: TariffConfig) -> None:
-        """The engine applies it (``TariffChanged``); ``Tariff()`` validates it first
-        (``TariffConfigError``, an ``AgentError`` → error/invalid_value)."""
-        self.runtime.set_tariff(Tariff(tariff))
+    async def set_tariff(self, tariff: Mapping[str, object]) -> Tariff:
+        """Validate ``tariff`` (``TariffConfigError`` with the field path; ``JournalError`` for a
+        value the journal would refuse), then the engine applies it (``TariffChanged``) and the
+        step journals it; returns once that step committed (``NotJournaled`` when it did not, or
+        not within ``TARIFF_JOURNAL_TIMEOUT_S``)."""
+        zone = self.runtime.stored_tariff.builtins.get("timezone")
+        parsed = tariff_from_builtins(dict(tariff), default_timezone=zone if isinstance(zone, str) else None)
+        check_no_pan("tariff", {"tariff": tariff_to_builtins(parsed)})
+        done = self.runtime.set_tariff(parsed)
+        try:
+            async with asyncio.timeout(TARIFF_JOURNAL_TIMEOUT_S):
+                committed = await asyncio.shield(done)
+        except TimeoutError:
+            raise NotJournaled(
+                f"not journaled within {TARIFF_JOURNAL_TIMEOUT_S:g} s; it applies once the engine gets to it"
+            ) from None
+        if not committed:
+            raise NotJournaled("applied until the next restart: the journal write failed (journal_trouble)")
+        return parsed
 
     # -- Apollo screen ----------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ import msgspec
 
 from agent.logs import kv
 from agent.money.receipts import ReceiptError, build_receipt, qr_link
-from agent.money.tariff import Quote
+from agent.money.tariff import Quote, cdr_charging_periods
 from agent.store.journal import Journal, JournalError, PaymentRow, PaymentState, usage_from_json
 from agent.store.outbox import Kind, Outbox, OutboxFull
 from agent.upstream import contract
@@ -271,12 +271,14 @@ class Publisher:
                     authorized_minor=effect.authorized_minor,
                 )
             case PublishSessionEnded():
+                row = self.journal.payment(effect.session_ref) if self.journal is not None else None
                 return contract.SessionEnded(
                     **common,
                     reason=effect.reason,
                     energy_wh=effect.energy_wh,
                     cost_minor=effect.cost_minor,
                     amount_minor=effect.amount_minor,
+                    charging_periods=_charging_periods(row),
                 )
             case PublishPaymentAuthorized():
                 return contract.PaymentAuthorized(
@@ -577,7 +579,9 @@ class Publisher:
             return None
         cid, ref = effect.connector_id, effect.session_ref
         try:
-            receipt = self._build(effect, self.journal.payment(ref), tariff)
+            row = self.journal.payment(ref)
+            receipt = self._build(effect, row, tariff)
+            receipt = msgspec.structs.replace(receipt, charging_periods=_charging_periods(row))
             if self.qr_url_template:
                 receipt = msgspec.structs.replace(receipt, qr_url=qr_link(receipt, self.qr_url_template))
         except (ReceiptError, JournalError, ValueError) as exc:
@@ -679,3 +683,9 @@ class Publisher:
     def _error(self, what: str, **context: object) -> None:
         self.errors += 1
         _LOGGER.error("%s %s", what, kv(**context))
+
+
+def _charging_periods(row: PaymentRow | None) -> tuple[contract.ChargingPeriod, ...]:
+    """The session's usage (journaled with the step that ends it) in the OCPI CDR shape."""
+    usage = usage_from_json(row.usage_json if row is not None else None)
+    return tuple(msgspec.convert(p, contract.ChargingPeriod) for p in cdr_charging_periods(usage))

@@ -135,6 +135,7 @@ class MeterReading:
     power_w: float | None
     at: datetime
     signed: str | None = None
+    current_a: float | None = None  # the present current (A), when the charger reports it
     retained: bool = False
 
 

@@ -591,6 +591,15 @@ class MqttBridgeDriver(ChargerDriver):
                 if meter.power_w is not None and not math.isfinite(meter.power_w):
                     self._invalid(topic, InvalidReason.SCHEMA, f"power_w {meter.power_w} is not finite")
                     return
+                if meter.current_a is not None and not (
+                    math.isfinite(meter.current_a) and meter.current_a >= 0
+                ):
+                    self._invalid(
+                        topic,
+                        InvalidReason.SCHEMA,
+                        f"current_a {meter.current_a} is not a finite number >= 0",
+                    )
+                    return
                 self._emit(
                     MeterReading(
                         connector_id=connector_id,
@@ -599,6 +608,7 @@ class MqttBridgeDriver(ChargerDriver):
                         at=self._timestamp(meter.ts, received),
                         signed=meter.signed,
                         retained=bool(message.retain),
+                        current_a=meter.current_a,
                     )
                 )
         except msgspec.ValidationError as exc:

@@ -46,10 +46,12 @@ class StatusPayload(msgspec.Struct, kw_only=True):
 class MeterPayload(msgspec.Struct, kw_only=True):
     """``{prefix}/{connector}/meter``:
     ``{"energy_wh": 123456, "power_w": 7200.0, "ts": "…", "signed": null}``. ``power_w`` may be
-    absent or null: a meter with an energy register only."""
+    absent or null: a meter with an energy register only. ``current_a`` (optional) is the present
+    current, for tariffs with current restrictions (OCPI 2.2.1 §Tariffs 4.4.6 min/max_current)."""
 
     energy_wh: NonNegativeInt
     power_w: float | None = None
+    current_a: float | None = None  # optional: the present current (A, highest phase)
     ts: Any = None
     signed: str | None = None
 

@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         help="include power_w in meter payloads (--no-power: energy register only)",
     )
     habits.add_argument(
+        "--current",
+        dest="report_current",
+        action=argparse.BooleanOptionalAction,
+        default=default.report_current,
+        help="include current_a (per phase, 230 V) in meter payloads",
+    )
+    habits.add_argument(
         "--plug-order",
         choices=[o.value for o in PlugOrder],
         default=default.plug_order.value,
@@ -123,6 +130,7 @@ async def _main(args: argparse.Namespace) -> int:
         meter_mode=args.meter_mode,
         meter_retain=args.meter_retain,
         report_power=args.report_power,
+        report_current=args.report_current,
         plug_order=args.plug_order,
         status_on_plug=args.status_on_plug,
         duplicate_rate=args.duplicate_rate,

@@ -19,6 +19,8 @@ and onto the ``habit NAME VALUE`` control command (:meth:`ChargerHabits.with_tex
 * ``meter_retain`` — publish ``meter`` retained (the contract: "recommended").
 * ``report_power`` — include ``power_w`` in ``meter`` payloads; ``False``: a meter with only an
   energy register (the payload has no ``power_w`` key at all).
+* ``report_current`` — include ``current_a`` (the per-phase current at 230 V) in ``meter``
+  payloads, for tariffs with current restrictions; ``False`` (default): no ``current_a`` key.
 * ``plug_order`` — ``plug_first`` or ``status_first``: which of ``plug`` and ``status`` goes out
   first when a plug change comes with a status message (plug-in, unplug), and in the state
   published after a connect or by ``redeliver``. ``status_first`` is outside rule 3 of the contract
@@ -103,6 +105,7 @@ class ChargerHabits:
     meter_interval_s: float = DEFAULT_METER_INTERVAL_S
     meter_retain: bool = True
     report_power: bool = True
+    report_current: bool = False
     plug_order: PlugOrder = PlugOrder.PLUG_FIRST
     status_on_plug: bool = False
     duplicate_rate: float = 0.0
@@ -115,7 +118,7 @@ class ChargerHabits:
             raise ValueError(f"meter_interval_s {self.meter_interval_s!r}: must be > 0")
         if not (math.isfinite(self.duplicate_rate) and 0.0 <= self.duplicate_rate <= 1.0):
             raise ValueError(f"duplicate_rate {self.duplicate_rate!r}: must be in 0..1")
-        for name in ("meter_retain", "report_power", "status_on_plug"):
+        for name in ("meter_retain", "report_power", "report_current", "status_on_plug"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} {getattr(self, name)!r}: expected a bool")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
@@ -128,6 +131,7 @@ class ChargerHabits:
             "meter_interval_s": self.meter_interval_s,
             "meter_retain": self.meter_retain,
             "report_power": self.report_power,
+            "report_current": self.report_current,
             "plug_order": self.plug_order.value,
             "status_on_plug": self.status_on_plug,
             "duplicate_rate": self.duplicate_rate,
@@ -143,6 +147,7 @@ class ChargerHabits:
             repr(self.meter_interval_s),
             "--meter-retain" if self.meter_retain else "--no-meter-retain",
             "--power" if self.report_power else "--no-power",
+            "--current" if self.report_current else "--no-current",
             "--plug-order",
             self.plug_order.value,
             "--status-on-plug" if self.status_on_plug else "--no-status-on-plug",
@@ -172,9 +177,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "meter_interval_s": _parse_float,
     "meter_retain": _parse_bool,
     "report_power": _parse_bool,
+    "report_current": _parse_bool,
     "plug_order": as_plug_order,
     "status_on_plug": _parse_bool,
     "duplicate_rate": _parse_float,
     "seed": _parse_int,
 }
-_ALIASES = {"meter_interval": "meter_interval_s", "power": "report_power"}  # the CLI flag names
+_ALIASES = {
+    "meter_interval": "meter_interval_s",
+    "power": "report_power",
+    "current": "report_current",
+}  # the CLI flag names

@@ -98,7 +98,7 @@ HELP = """commands:
                     of every connector, byte for byte, retained (a broker session resume)
   habits            JSON of the habits in effect
   habit NAME VALUE  change a habit at run time: meter_mode always|flowing|periodic,
-                    meter_interval_s S, meter_retain on|off, report_power on|off,
+                    meter_interval_s S, meter_retain on|off, report_power on|off, report_current on|off,
                     plug_order plug_first|status_first, status_on_plug on|off,
                     duplicate_rate P (0..1), seed N (reseeds the duplicate RNG)
   quit              stop the simulator"""
@@ -110,6 +110,7 @@ class _MeterOut(msgspec.Struct, kw_only=True):
 
     energy_wh: int
     power_w: float | msgspec.UnsetType = msgspec.UNSET
+    current_a: float | msgspec.UnsetType = msgspec.UNSET  # report_current: the per-phase current
     ts: str | None = None
     signed: str | None = None
 
@@ -202,6 +203,7 @@ class ChargerSimulator:
         meter_mode: MeterMode | str = MeterMode.ALWAYS,
         meter_retain: bool = True,
         report_power: bool = True,
+        report_current: bool = False,
         plug_order: PlugOrder | str = PlugOrder.PLUG_FIRST,
         status_on_plug: bool = False,
         duplicate_rate: float = 0.0,
@@ -229,6 +231,7 @@ class ChargerSimulator:
             meter_interval_s=meter_interval_s,
             meter_retain=meter_retain,
             report_power=report_power,
+            report_current=report_current,
             plug_order=as_plug_order(plug_order),
             status_on_plug=status_on_plug,
             duplicate_rate=duplicate_rate,
@@ -548,6 +551,9 @@ class ChargerSimulator:
         payload = _MeterOut(
             energy_wh=int(c.energy_wh),
             power_w=self._flowing_w(c) if self.habits.report_power else msgspec.UNSET,
+            current_a=round(self._flowing_w(c) / (NOMINAL_VOLTAGE_V * self._phases), 2)
+            if self.habits.report_current
+            else msgspec.UNSET,
             ts=format_ts(self._clock()),
             signed=None,
         )

@@ -130,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _print(
         f"  covered: {total.plans} driver(s), {total.taps} tap(s), {total.captured} captured, {total.voided} "
         f"voided, {total.declined} declined, {total.capped} capped at the authorization, {total.resumed} "
-        f"restored after a restart, {total.orphan_alarms} possible orphan approval(s)"
+        f"restored after a restart, {total.orphan_alarms} possible orphan approval(s), "
+        f"{total.tariff_commands} set_tariff(s) ({total.tariff_accepted} accepted), "
+        f"{total.ocpi_tariffs} OCPI tariff(s), {total.current_reported} seed(s) with current_a; captured "
+        f"sessions priced by a set_tariff's tariff {total.priced_by_set_tariff}, by an OCPI tariff "
+        f"{total.priced_by_ocpi}"
     )
     for result in failed:
         _print(f"  FAIL seed {result.seed}: {result.replay}")

@@ -41,8 +41,8 @@ from typing import Any, Final
 import aiomqtt
 import yaml
 
-from hil.fuzz.oracle import Evidence, Finding, PlugCycle, TapRecord, evaluate
-from hil.fuzz.world import TERMINAL_FAULTS, Fault, SessionPlan, Tap, World
+from hil.fuzz.oracle import Evidence, Finding, PlugCycle, TapRecord, TariffCommand, evaluate
+from hil.fuzz.world import TERMINAL_FAULTS, Fault, SessionPlan, Tap, TariffChange, World
 from hil.rig.broker import Mosquitto, TcpGate
 from hil.rig.invariants import payment_is_open
 from hil.rig.procs import POLL_S, REPO, Agent, ChargerSim, HarnessError, PspSim
@@ -68,6 +68,8 @@ RESTART_GAP_S: Final = 0.2  # after a crash point, the "systemd" restart delay
 PUBLISH_S: Final = 5.0
 QUIET_S: Final = 0.25  # the capture counts as caught up after this long without a new message
 QUIET_MAX_S: Final = 2.0
+TARIFF_REPLY_S: Final = 8.0  # a set_tariff result is awaited this long (a restart, an outage) …
+TARIFF_ATTEMPTS: Final = 2  # … before the command is sent again (same correlation_id), once
 _STATE_LINE: Final = re.compile(rb"connector state connector=(\d+) old=(\S+) new=(\S+)")
 _CARD_LINE: Final = re.compile(rb"card read kind=emv pan=(\S+)")
 _MESSAGE_LINE: Final = re.compile(rb"\bmessage connector=\S+ key=(\S+)")
@@ -101,6 +103,12 @@ class Figures:
     capped: int = 0  # receipts with a cap_adjustment line (the cost reached the authorized amount)
     resumed: int = 0  # session.updated (a journaled payment handed back after a restart)
     orphan_alarms: int = 0  # possible_orphan_approval raised
+    tariff_commands: int = 0  # set_tariff published by the back office
+    tariff_accepted: int = 0  # … and answered accepted
+    ocpi_tariffs: int = 0  # tariffs in the OCPI form (the configured one and set_tariff's)
+    priced_by_set_tariff: int = 0  # captured sessions that only a set_tariff's tariff prices
+    priced_by_ocpi: int = 0  # captured sessions that only an OCPI-form tariff prices
+    current_reported: int = 0  # seeds whose charger reports current_a
     findings: int = 0
 
     def add(self, other: Figures) -> None:
@@ -349,7 +357,14 @@ class SeedRun:
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
         self.note = _Notes(workdir / "script.log")
-        self.figures = Figures(seeds=1, plans=len(world.plans))
+        self.figures = Figures(
+            seeds=1,
+            plans=len(world.plans),
+            ocpi_tariffs=sum(t.form == "ocpi" for t in world.tariffs),
+            current_reported=int(world.charger.report_current),
+        )
+        self.tariff_commands: list[TariffCommand] = []
+        self.tariff_last_sent = -1  # the index of the last set_tariff sent
         self.rig_problems: list[str] = []
         self.taps: list[TapRecord] = []
         self.cycles: list[PlugCycle] = []
@@ -423,11 +438,15 @@ class SeedRun:
             agent_log=self.agent.proc.log_text(),
             taps=self.taps,
             cycles=self.cycles,
+            tariff_commands=self.tariff_commands,
             unexpected_exits=self.supervisor.unexpected,
             stop_code=stop_code,
             rig_problems=self.rig_problems,
         )
-        findings = evaluate(evidence) if started else [Finding("rig", p) for p in self.rig_problems]
+        seen: dict[str, int] = {}
+        findings = evaluate(evidence, seen) if started else [Finding("rig", p) for p in self.rig_problems]
+        self.figures.priced_by_set_tariff = seen.get("priced_by_set_tariff", 0)
+        self.figures.priced_by_ocpi = seen.get("priced_by_ocpi", 0)
         self._count_stream(lines)
         self.figures.kills = self.supervisor.kills
         self.figures.crashes = self.supervisor.crashes
@@ -441,10 +460,14 @@ class SeedRun:
         seen: set[str] = set()
         sessions: set[str] = set()
         f = self.figures
+        f.tariff_commands = len(self.tariff_commands)
         for line in lines:
             if not isinstance(line, MessageLine) or not isinstance(line.payload, dict):
                 continue
             payload = line.payload
+            if line.topic.endswith("/cmd/set_tariff/result"):
+                f.tariff_accepted += payload.get("status") == "accepted"
+                continue
             msg_id = payload.get("msg_id")
             if not isinstance(msg_id, str) or msg_id in seen:
                 continue
@@ -532,6 +555,9 @@ class SeedRun:
         faults = [
             asyncio.create_task(self._fault(f), name=f"fuzz-{self.world.seed}-fault-{i}")
             for i, f in enumerate(self.world.faults)
+        ] + [
+            asyncio.create_task(self._set_tariff(i, change), name=f"fuzz-{self.world.seed}-set-tariff-{i}")
+            for i, change in enumerate(self.world.tariff_changes)
         ]
         bound = self.world.script_s * 2 + SCRIPT_MARGIN_S
         done, pending = await asyncio.wait(drivers, timeout=bound)
@@ -741,6 +767,57 @@ class SeedRun:
         cycle.t_unplug = time.time()
         cycle.delivered_wh = int(state["session_energy_wh"])
         self.note(f"c{c}: unplugged after {cycle.delivered_wh} Wh")
+
+    # -- the back office's set_tariff --------------------------------------------------------------
+
+    async def _set_tariff(self, index: int, change: TariffChange) -> None:
+        """Publish ``change`` as ``set_tariff`` at its time (docs/commands.md) and wait (bounded) for
+        its result in the capture; without one, publish it once more with the same
+        ``correlation_id``, as a back office that times out retries — unless a later command was
+        sent meanwhile (a late repeat would undo it). The oracle reads the results itself."""
+        await asyncio.sleep(max(0.0, self.script_t0 + change.at_s - time.monotonic()))  # the world's schedule
+        if self.settling:
+            return
+        correlation = f"fz-tariff-{index + 1}-{uuid.uuid4().hex[:10]}"
+        payload = json.dumps({"correlation_id": correlation, "tariff": change.payload_tariff()}).encode()
+        topic = f"{self.prefix}/cmd/set_tariff"
+        self.tariff_last_sent = index
+        sent = time.time()
+        for attempt in range(1, TARIFF_ATTEMPTS + 1):
+            why = await _publish_once(self.broker.host, self.broker.port, topic, payload)
+            self._record_tariff_command(TariffCommand(index, correlation, sent, why))
+            outcome = "sent" if why is None else f"not sent: {why}"
+            self.note(f"set_tariff #{index + 1} (attempt {attempt}) {change.describe()}: {outcome}")
+            what = f"the result of set_tariff #{index + 1}"
+            if await self._soft_wait(what, lambda: self._result(correlation) is not None, TARIFF_REPLY_S):
+                answer = self._result(correlation) or {}
+                status, code, data = answer.get("status"), answer.get("code"), answer.get("data")
+                self.note(f"set_tariff #{index + 1}: {status} {code} {data}")
+                return
+            if self.settling or self.tariff_last_sent != index:
+                return
+
+    def _record_tariff_command(self, command: TariffCommand) -> None:
+        self.tariff_commands[:] = [c for c in self.tariff_commands if c.index != command.index]
+        self.tariff_commands.append(command)
+        self.tariff_commands.sort(key=lambda c: c.index)
+        (self.workdir / "tariff_commands.json").write_text(
+            json.dumps([asdict(c) for c in self.tariff_commands], indent=1), encoding="utf-8"
+        )
+
+    def _result(self, correlation: str) -> dict[str, Any] | None:
+        """The ``set_tariff`` result for ``correlation`` the capture received, if any."""
+        if self.capture is None:
+            return None
+        for message in self.capture.messages:
+            body = message.payload
+            if (
+                message.topic.endswith("/cmd/set_tariff/result")
+                and isinstance(body, dict)
+                and body.get("correlation_id") == correlation
+            ):
+                return body
+        return None
 
     # -- faults ------------------------------------------------------------------------------------
 

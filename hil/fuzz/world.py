@@ -4,7 +4,9 @@ and fault schedule, every choice drawn from one ``random.Random(seed)`` in a fix
 ``generate(seed)`` is pure (no clock, no I/O): the same seed and size give the same :class:`World`
 (``World.to_json()`` is equal), which is what ``python -m hil.fuzz --seed S`` replays. What varies is
 what the contracts allow — docs/charger-bridge.md, psp-reference, systemd/agent.example.yaml,
-docs/tariff.md — never anything outside them.
+docs/tariff.md, docs/commands.md — never anything outside them. The dimensions added last (the
+tariff's form, ``current_a``, the back office's ``set_tariff`` commands) are drawn after all the
+others, so that a seed's script is the one it had before them.
 
 Time: charger meter periods and session lengths are drawn in *world seconds* and run at
 :data:`TIME_SCALE` real seconds per world second, so a 60 s meter period (longer than most sessions)
@@ -22,6 +24,7 @@ import hashlib
 import math
 import random
 from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
@@ -30,6 +33,7 @@ from hil.charger_sim.habits import ChargerHabits
 __all__ = [
     "CRASH_POINTS",
     "FAULT_KINDS",
+    "TARIFF_FORMS",
     "TIME_SCALE",
     "AuthorizationWorld",
     "Card",
@@ -39,6 +43,7 @@ __all__ = [
     "SessionWorld",
     "Size",
     "Tap",
+    "TariffChange",
     "TariffWorld",
     "TerminalWorld",
     "World",
@@ -97,6 +102,13 @@ FAULT_KINDS: Final = (
 TERMINAL_FAULTS: Final = frozenset(k for k in FAULT_KINDS if k.startswith("terminal_"))
 
 STOP_KINDS: Final = ("unplug", "tap", "remote", "fault")
+# docs/configuration.md "tariff:": the simple form, or an OCPI 2.2.1 Tariff in the wrapper
+# {"ocpi", "timezone", "minor_unit_digits"}; set_tariff also takes a bare OCPI Tariff (docs/commands.md)
+TARIFF_FORMS: Final = ("simple", "ocpi")
+# the OCPI wrapper's station timezone: the fuzz tariffs have no local-time restriction, so every
+# zone prices alike (None: UTC)
+OCPI_TIMEZONES: Final = (None, "UTC", "Europe/Amsterdam", "America/New_York", "Asia/Tokyo")
+OCPI_LAST_UPDATED: Final = "2026-01-01T00:00:00Z"
 FAULT_CODES: Final = ("RCD_TRIPPED", "OVER_TEMPERATURE", "GROUND_FAILURE")
 DECLINE_REASONS: Final = ("INSUFFICIENT_FUNDS", "REFER_TO_ISSUER", "PIN_FAILURE", "WITHDRAWAL_LIMIT_EXCEEDED")
 BRANDS: Final = (("476173", "VISA"), ("520082", "MASTERCARD"), ("374245", "AMEX"))
@@ -153,6 +165,7 @@ class ChargerWorld:
     max_current_a: tuple[int, ...]  # per connector (connectors[].max_current_a, sent with enable)
     max_energy_wh: tuple[int | None, ...]  # per connector (STOP-6)
     shared_broker: bool  # the charger bridge and the back office on one Mosquitto
+    report_current: bool = False  # meter payloads carry current_a (docs/charger-bridge.md)
 
     @property
     def meter_interval_s(self) -> float:
@@ -164,6 +177,7 @@ class ChargerWorld:
             meter_interval_s=self.meter_interval_s,
             meter_retain=self.meter_retain,
             report_power=self.report_power,
+            report_current=self.report_current,
             plug_order=self.plug_order,  # type: ignore[arg-type]
             status_on_plug=self.status_on_plug,
             duplicate_rate=self.duplicate_rate,
@@ -174,8 +188,31 @@ class ChargerWorld:
         return [*self.habits().argv(), "--initial-energy-wh", str(self.initial_energy_wh)]
 
 
+def _ocpi_number(text: str) -> int | float:
+    """A decimal string as the JSON/YAML number the OCPI object carries (the agent reads a number's
+    shortest text, so the float must read back as exactly ``text``)."""
+    value = Decimal(text)
+    if value == value.to_integral_value():
+        return int(value)
+    number = float(value)
+    if Decimal(repr(number)) != value:
+        raise ValueError(f"{text!r} has no exact shortest float text")
+    return number
+
+
+def _decimal_text(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
 @dataclass(frozen=True, slots=True)
 class TariffWorld:
+    """A tariff of the world. ``form`` ``simple``: the configuration's simple form (docs/tariff.md);
+    ``ocpi``: the same prices as an OCPI 2.2.1 Tariff (one element: ENERGY per kWh, TIME per hour =
+    the per-minute price * 60, FLAT the session fee, each with ``vat`` = the world's rate; OCPI prices
+    are excl. VAT, so ``prices_include_vat`` is false), in the wrapper with ``timezone``. OCPI has no
+    ``charging_and_suspended``: time not charging is PARKING_TIME (§Tariffs 4.4.5), so that choice
+    becomes a PARKING_TIME component at the same hourly price (the receipt's ``idle_fee`` line)."""
+
     currency: str
     minor_unit_digits: int
     prices_include_vat: bool
@@ -184,8 +221,23 @@ class TariffWorld:
     time_per_minute: str
     time_applies_to: str
     session_fee: str
+    form: str = "simple"  # simple | ocpi (TARIFF_FORMS)
+    timezone: str | None = None  # ocpi: the wrapper's station timezone (None: UTC)
+    tariff_id: str = "FZ-T0"  # ocpi: the Tariff's id
+
+    @property
+    def time_per_hour(self) -> str:
+        """The per-minute price * 60, exact (an OCPI TIME / PARKING_TIME price is per hour)."""
+        return _decimal_text(Decimal(self.time_per_minute) * 60)
 
     def config(self) -> dict[str, Any]:
+        """The agent's ``tariff:`` mapping (and ``set_tariff``'s ``tariff``) of this tariff."""
+        if self.form == "ocpi":
+            return {
+                "ocpi": self.ocpi_object(),
+                "timezone": self.timezone,
+                "minor_unit_digits": self.minor_unit_digits,
+            }
         return {
             "currency": self.currency,
             "minor_unit_digits": self.minor_unit_digits,
@@ -196,6 +248,62 @@ class TariffWorld:
             "time_applies_to": self.time_applies_to,
             "session_fee": self.session_fee,
         }
+
+    def ocpi_object(self) -> dict[str, Any]:
+        """The OCPI 2.2.1 Tariff object (§Tariffs 4.3.1) of the ``ocpi`` form: one element without
+        restrictions; step_size 1 (1 Wh, 1 s); components with a zero price are left out, except
+        ENERGY (an element needs one)."""
+        vat = _ocpi_number(self.vat_rate_percent)
+
+        def component(kind: str, price: str) -> dict[str, Any]:
+            return {"type": kind, "price": _ocpi_number(price), "vat": vat, "step_size": 1}
+
+        components = [component("ENERGY", self.energy_per_kwh)]
+        if Decimal(self.time_per_minute):
+            components.append(component("TIME", self.time_per_hour))
+            if self.time_applies_to == "charging_and_suspended":
+                components.append(component("PARKING_TIME", self.time_per_hour))
+        if Decimal(self.session_fee):
+            components.append(component("FLAT", self.session_fee))
+        return {
+            "country_code": "NL",
+            "party_id": "EVP",
+            "id": self.tariff_id,
+            "currency": self.currency,
+            "type": "AD_HOC_PAYMENT",
+            "elements": [{"price_components": components}],
+            "last_updated": OCPI_LAST_UPDATED,
+        }
+
+    def describe(self) -> str:
+        basis = "incl" if self.prices_include_vat else "excl"
+        price = (
+            f"{self.energy_per_kwh}/kWh {self.time_per_minute}/min ({self.time_applies_to}) fee "
+            f"{self.session_fee} {self.currency}/{self.minor_unit_digits} VAT {self.vat_rate_percent}% "
+            f"{basis}"
+        )
+        if self.form == "ocpi":
+            return f"OCPI {self.tariff_id} [{price}] tz {self.timezone}"
+        return price
+
+
+@dataclass(frozen=True, slots=True)
+class TariffChange:
+    """The back office's ``set_tariff`` (docs/commands.md) at ``at_s`` real seconds after the script
+    starts. ``bare``: an OCPI tariff sent as the bare Tariff object (no wrapper: the agent keeps
+    its current tariff's timezone)."""
+
+    at_s: float
+    tariff: TariffWorld
+    bare: bool = False
+
+    def payload_tariff(self) -> dict[str, Any]:
+        if self.bare and self.tariff.form == "ocpi":
+            return self.tariff.ocpi_object()
+        return self.tariff.config()
+
+    def describe(self) -> str:
+        return f"@{self.at_s:.1f}s {'bare ' if self.bare else ''}{self.tariff.describe()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +447,12 @@ class World:
     faults: tuple[Fault, ...]
     crash_points: tuple[str | None, ...]  # per agent start, in order; None: not armed
     script_s: float  # planned script length (the longest connector's plans)
+    tariff_changes: tuple[TariffChange, ...] = ()  # the back office's set_tariff commands, in time order
+
+    @property
+    def tariffs(self) -> tuple[TariffWorld, ...]:
+        """The configured tariff, then each ``set_tariff``'s, in order (index 0: the configured)."""
+        return (self.tariff, *(change.tariff for change in self.tariff_changes))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -406,17 +520,16 @@ class World:
             f"world s ({c.meter_interval_s:g} s), retain {c.meter_retain}, power {c.report_power}, "
             f"{c.plug_order}, status on plug {c.status_on_plug}, duplicates {c.duplicate_rate}, register "
             f"{c.initial_energy_wh} Wh, max current {list(c.max_current_a)} A, energy limit "
-            f"{list(c.max_energy_wh)}, {'one broker' if c.shared_broker else 'own charger broker'}",
+            f"{list(c.max_energy_wh)}, {'one broker' if c.shared_broker else 'own charger broker'}, "
+            f"current {c.report_current}",
             f"session start {list(s.start_modes)} stop {list(s.stop_modes)}, "
             f"offline {s.free_vend_when_offline}, "
             f"plug-in timeout {s.plug_in_timeout_s} s, final meter wait {s.final_meter_wait_s} s, meter "
             f"interval {s.meter_interval_s} s, retries {list(s.settlement_retry_s)}",
             f"authorization {a.strategy} {a.amount_minor} (+{a.increment_minor}, max {a.maximum_minor}, "
             f"caps {list(a.driver_cap_choices_minor)}); "
-            f"tariff {tf.energy_per_kwh}/kWh {tf.time_per_minute}/min "
-            f"({tf.time_applies_to}) fee {tf.session_fee} {tf.currency}/{tf.minor_unit_digits} VAT "
-            f"{tf.vat_rate_percent}% {'incl' if tf.prices_include_vat else 'excl'}; "
-            f"QR receipts {self.qr_receipts}",
+            f"tariff {tf.describe()}; QR receipts {self.qr_receipts}",
+            "set_tariff: " + (", ".join(change.describe() for change in self.tariff_changes) or "none"),
             f"{len(self.plans)} session(s) over {self.script_s:.0f} s: "
             + ", ".join(
                 f"c{p.connector}:{p.start}/{len(p.taps)} tap(s)/{p.stop}"
@@ -439,18 +552,30 @@ def _world_s(rng: random.Random, low: float, high: float) -> float:
     return round(math.exp(rng.uniform(math.log(low), math.log(high))) * TIME_SCALE, 2)
 
 
-def _tariff(rng: random.Random) -> TariffWorld:
-    currency, digits = rng.choice((("EUR", 2), ("EUR", 2), ("EUR", 2), ("JPY", 0), ("KWD", 3)))
-    prices: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-        "EUR": (
-            ("0", "0.25", "0.39", "0.79", "2.49", "9.99"),
-            ("0", "0.05", "0.50", "2"),
-            ("0", "0.35", "1"),
-        ),
-        "JPY": (("45", "60", "250"), ("0", "5", "30"), ("0", "50")),
-        "KWD": (("0.120", "0.999", "4.5"), ("0", "0.010", "0.250"), ("0", "0.250")),
-    }
-    energy, time, fee = prices[currency]
+CURRENCIES: Final = (("EUR", 2), ("EUR", 2), ("EUR", 2), ("JPY", 0), ("KWD", 3))
+PRICES: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]] = {
+    "EUR": (
+        ("0", "0.25", "0.39", "0.79", "2.49", "9.99"),
+        ("0", "0.05", "0.50", "2"),
+        ("0", "0.35", "1"),
+    ),
+    "JPY": (("45", "60", "250"), ("0", "5", "30"), ("0", "50")),
+    "KWD": (("0.120", "0.999", "4.5"), ("0", "0.010", "0.250"), ("0", "0.250")),
+}
+
+
+def _tariff(
+    rng: random.Random, currency: str | None = None, *, unlike: TariffWorld | None = None
+) -> TariffWorld:
+    """A simple-form tariff; ``currency`` given: in that currency; ``unlike``: with another energy
+    price than that tariff (so that the sessions the two price can be told apart)."""
+    if currency is None:
+        currency, digits = rng.choice(CURRENCIES)
+    else:
+        digits = dict(CURRENCIES)[currency]
+    energy, time, fee = PRICES[currency]
+    if unlike is not None:
+        energy = tuple(price for price in energy if price != unlike.energy_per_kwh) or energy
     return TariffWorld(
         currency=currency,
         minor_unit_digits=digits,
@@ -461,6 +586,42 @@ def _tariff(rng: random.Random) -> TariffWorld:
         time_applies_to=rng.choice(("charging", "charging_and_suspended")),
         session_fee=rng.choice(fee),
     )
+
+
+def _tariff_form(rng: random.Random, tariff: TariffWorld, tariff_id: str) -> TariffWorld:
+    """``tariff`` kept in the simple form, or its prices as an OCPI Tariff (net prices)."""
+    if rng.random() >= 0.45:
+        return tariff
+    return replace(
+        tariff,
+        form="ocpi",
+        prices_include_vat=False,
+        timezone=rng.choice(OCPI_TIMEZONES),
+        tariff_id=tariff_id,
+    )
+
+
+def _tariff_changes(
+    rng: random.Random, base: TariffWorld, faults: tuple[Fault, ...], script_s: float
+) -> tuple[TariffChange, ...]:
+    """0 to 2 ``set_tariff`` commands at random instants of the script (some right around an agent
+    kill, so that a reply can be lost), each with other prices than the tariff before it."""
+    kills = [f.at_s for f in faults if f.kind == "agent_kill" or f.inside]
+    times: list[float] = []
+    for _ in range(rng.choice((0, 1, 1, 2))):
+        if kills and rng.random() < 0.4:
+            at = rng.choice(kills) + rng.uniform(-0.6, 0.4)
+        else:
+            at = rng.uniform(0.5, max(1.0, script_s * 0.9))
+        times.append(round(max(0.3, at), 2))
+    changes: list[TariffChange] = []
+    previous = base
+    for number, at in enumerate(sorted(times), start=1):
+        tariff = _tariff_form(rng, _tariff(rng, base.currency, unlike=previous), f"FZ-T{number}")
+        bare = tariff.form == "ocpi" and rng.random() < 0.3
+        changes.append(TariffChange(at, tariff, bare))
+        previous = tariff
+    return tuple(changes)
 
 
 def _authorization(rng: random.Random, family: str, currency: str) -> AuthorizationWorld:
@@ -712,6 +873,12 @@ def generate(seed: int, size: Size | str = Size.NORMAL) -> World:
     terminal = replace(terminal, session_timeout_real_s=timeout_s)
     armed = 0.15 if size is Size.SMALL else 0.3
     crash_points = tuple(rng.choice(CRASH_POINTS) if rng.random() < armed else None for _ in range(4))
+    qr_receipts = family == "apollo" and rng.random() < 0.4
+    # drawn last (the order of draws is the seed's contract: the script of a seed stays what it
+    # was before these dimensions existed): the tariff's form, current_a, the set_tariff commands
+    tariff = _tariff_form(rng, tariff, "FZ-T0")
+    charger = replace(charger, report_current=rng.random() < 0.5)
+    tariff_changes = _tariff_changes(rng, tariff, faults, script_s)
     return World(
         seed=seed,
         size=size.value,
@@ -720,9 +887,10 @@ def generate(seed: int, size: Size | str = Size.NORMAL) -> World:
         tariff=tariff,
         authorization=auth,
         session=session,
-        qr_receipts=family == "apollo" and rng.random() < 0.4,
+        qr_receipts=qr_receipts,
         plans=plans,
         faults=faults,
         crash_points=crash_points,
         script_s=round(script_s, 2),
+        tariff_changes=tariff_changes,
     )

@@ -10,11 +10,18 @@ from typing import Any
 __all__ = ["DEFAULT_TARIFF", "base_config", "deep_merge"]
 
 
+_OCPI_FORM_KEYS = ("ocpi", "ocpi_file", "elements")  # docs/tariff.md: the OCPI forms of ``tariff:``
+
+
 def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in (mappings recursively; anything else replaced)."""
+    """``base`` with ``override`` merged in (mappings recursively; anything else replaced). A
+    ``tariff`` in an OCPI form replaces the base tariff whole: the two forms share no field."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+        other_form = (
+            key == "tariff" and isinstance(value, Mapping) and any(k in value for k in _OCPI_FORM_KEYS)
+        )
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not other_form:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -22,10 +22,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.money.tariff import Tariff, tariff_config_from_builtins
+from agent.money.tariff import tariff_from_builtins
 from hil.rig.invariants import journal_problems, settlement_problems
 from hil.rig.procs import AgentExited, HarnessError, wait_until
 from hil.scenario import schema as s
@@ -34,7 +35,7 @@ from hil.scenario.operator import Operator, Prompt, PromptTimeout
 from hil.scenario.rig import RigConfig
 from hil.scenario.schema import CardSpec, Scenario, step_name
 from hil.scenario.station import Station
-from statemachines.pricing import Usage, UsageBucket, UsageKind
+from statemachines.pricing import Usage, UsageKind
 
 __all__ = [
     "ScenarioResult",
@@ -107,8 +108,9 @@ def rig_skip_reason(scenario: Scenario, rig: RigConfig) -> str | None:
 
 def expected_cost(tariff: Mapping[str, Any], energy_wh: int) -> int:
     """The tariff applied to ``energy_wh`` of charging (no time components)."""
-    priced = Tariff(tariff_config_from_builtins(dict(tariff)))
-    return priced.cost_minor(Usage(buckets=(UsageBucket("", UsageKind.CHARGING, energy_wh=energy_wh),)))
+    priced = tariff_from_builtins(dict(tariff))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return priced.cost_minor(priced.accumulate(Usage(), at, at, energy_wh, UsageKind.CHARGING))
 
 
 def _fields_match(station: Station, payload: object, want: Mapping[str, Any]) -> bool:

@@ -5,18 +5,20 @@ contract module, ``agent/upstream/contract.py``): for each payload the fields a 
 relies on, whether each is required (the AsyncAPI ``required`` list: fields without a default)
 and its JSON type and range.
 Unknown fields are allowed (a back office must tolerate additions). Contract 1.0.0 (the
-generated docs/asyncapi.yaml) and 1.1.0 (in progress) are both accepted:
+generated docs/asyncapi.yaml), 1.1.0 and 1.2.0 are all accepted:
 
 * ``session.started.meter_wh`` may be ``null`` or absent (an unknown meter register at the start);
 * ``session.updated.reason`` may be any string (1.0.0 ``restored``, 1.1.0 ``resumed``, more to come);
 * a meter value's ``power_w`` may be ``null`` or absent (the meter reports no power);
-* alarms ``charger_command_failed`` and ``possible_orphan_approval`` (1.1.0).
+* alarms ``charger_command_failed`` and ``possible_orphan_approval`` (1.1.0);
+* ``charging_periods`` on ``session.ended`` and the receipt, receipt line ``price_unit`` ``h`` (1.2.0).
 
 Pure and sans-IO: :func:`validate` returns the problems as text, it never raises.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,6 +130,14 @@ def timestamp(value: object) -> str | None:
     return f"expected a timestamp string, got {_json_type(value)}"
 
 
+def non_negative_number(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected a number, got {_json_type(value)}"
+    if not math.isfinite(value) or value < 0:
+        return f"expected a finite number >= 0, got {value}"
+    return None
+
+
 def nullable(inner: Check) -> Check:
     def check(value: object) -> str | None:
         return None if value is None else inner(value)
@@ -204,6 +214,16 @@ ALARM_NAMES: Final = (
     "charger_command_failed", "possible_orphan_approval",  # contract 1.1.0
 )  # fmt: skip
 
+CDR_DIMENSION: Final[Schema] = (
+    Field("type", enum("ENERGY", "TIME", "PARKING_TIME", "MAX_POWER", "MAX_CURRENT")),
+    Field("volume", non_negative_number),
+)
+
+CHARGING_PERIOD: Final[Schema] = (  # OCPI 2.2.1 §CDRs 10.4.6 (contract 1.2.0)
+    Field("start_date_time", timestamp),
+    Field("dimensions", array_of(CDR_DIMENSION)),
+)
+
 EVENT_COMMON: Final[Schema] = (
     Field("event", string(min_length=1)),
     Field("msg_id", MSG_ID),
@@ -235,6 +255,7 @@ EVENTS: Final[Mapping[str, Schema]] = {
         Field("energy_wh", WH),
         Field("cost_minor", MINOR),
         Field("amount_minor", MINOR),
+        Field("charging_periods", array_of(CHARGING_PERIOD), required=False),
     ),
     "payment.authorized": (
         *EVENT_COMMON,
@@ -297,7 +318,7 @@ RECEIPT_LINE: Final[Schema] = (
     Field("quantity", integer(ge=None)),
     Field("unit", enum("Wh", "ms", "session")),
     Field("unit_price", string(pattern=r"^-?[0-9]+(\.[0-9]+)?$")),
-    Field("price_unit", enum("kWh", "min", "session")),
+    Field("price_unit", enum("kWh", "min", "h", "session")),  # "h": OCPI tariffs (contract 1.2.0)
     Field("net_minor", integer(ge=None)),
     Field("vat_minor", integer(ge=None)),
     Field("gross_minor", integer(ge=None)),  # negative on adjustment lines (cap_adjustment)
@@ -323,6 +344,7 @@ RECEIPT: Final[Schema] = (
     Field("prices_include_vat", boolean),
     Field("vat_rate_percent", string(pattern=r"^[0-9]+(\.[0-9]+)?$")),
     Field("lines", array_of(RECEIPT_LINE), required=False),
+    Field("charging_periods", array_of(CHARGING_PERIOD), required=False),
     Field("net_minor", integer(ge=None), required=False),
     Field("vat_minor", integer(ge=None), required=False),
     Field("total_minor", MINOR, required=False),

@@ -96,11 +96,12 @@ def _approve(journal: Journal, ref: str = REF, sid: str = SID) -> None:
 def test_migrations_create_schema_and_record_version(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path)
     try:
-        assert journal.schema_version == len(migrations()) == 2
+        assert journal.schema_version == len(migrations()) == 3
         conn = sqlite3.connect(tmp_path / "journal.sqlite3")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"payments", "events", "schema_version"} <= tables
-        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+        assert {"payments", "events", "schema_version", "tariffs", "station_tariff"} <= tables
+        versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert versions == [(1,), (2,), (3,)]
         columns = {r[1] for r in conn.execute("PRAGMA table_info(payments)")}
         assert {
             "session_started_at",
@@ -108,13 +109,14 @@ def test_migrations_create_schema_and_record_version(tmp_path: Path) -> None:
             "orphan_suspected",
             "orphan_cleared_at",
             "orphan_resolution",
+            "tariff_fingerprint",
         } <= columns
         conn.close()
     finally:
         journal.close()
     again = Journal.open(tmp_path)  # reopening applies nothing twice
     try:
-        assert again.schema_version == 2
+        assert again.schema_version == 3
     finally:
         again.close()
 
@@ -146,7 +148,7 @@ def test_migration_2_marks_the_started_sessions_of_a_schema_1_journal(tmp_path: 
     conn.close()
     journal = Journal.open(tmp_path)
     try:
-        assert journal.schema_version == 2
+        assert journal.schema_version == 3
         started = {ref for ref, *_ in rows if (p := journal.payment(ref)) and p.session_started_at}
         assert started == {"1-charging", "1-stopping", "1-commit"}
         assert all(not p.orphan_suspected and p.host_reference is None for p in journal.payments())
@@ -179,7 +181,7 @@ def test_wal_and_synchronous_full(tmp_path: Path) -> None:
 @pytest.mark.req("ERR-5", "STOP-7")
 def test_req_err_5_records_fold_into_the_payment_and_survive_reopen(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path)
-    usage = Usage(datetime(2025, 1, 1, tzinfo=UTC)).add("", UsageKind.CHARGING, 1500, 60_000)
+    usage = Usage(datetime(2025, 1, 1, tzinfo=UTC)).add(UsageKind.CHARGING, 1500, 60_000)
     _approve(journal)
     journal.record(energy_on())
     journal.record(meter(2500, usage=usage))
@@ -250,7 +252,7 @@ def test_unknown_facts_stay_unknown(tmp_path: Path) -> None:
 
 
 def _one_of_each(ref: str) -> dict[type[JournalRecord], JournalRecord]:
-    usage = Usage(datetime(2025, 1, 1, tzinfo=UTC)).add("", UsageKind.CHARGING, 600, 60_000)
+    usage = Usage(datetime(2025, 1, 1, tzinfo=UTC)).add(UsageKind.CHARGING, 600, 60_000)
     return {
         RecordCardRead: card_read(ref),
         RecordPaymentDeclined: RecordPaymentDeclined(1, ref, outcome=DeclineOutcome.DECLINED, reason="51"),

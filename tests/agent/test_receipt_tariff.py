@@ -4,12 +4,12 @@ session (STOP-8, START-8)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
 
-from agent.money.tariff import Tariff, tariff_config_from_builtins
+from agent.money.tariff import tariff_from_builtins
 from agent.runtime.shell import Runtime
 from agent.store.journal import usage_from_json
 from agent.upstream.contract import Receipt
@@ -25,7 +25,13 @@ NEW_TARIFF = {  # not the rig's 0.40/kWh: the receipt must show this one
 }
 
 
-async def _session(rig: Rig, runtime: Runtime, *, before_unplug: Callable[[], None] = lambda: None) -> None:
+async def _nothing() -> None:
+    pass
+
+
+async def _session(
+    rig: Rig, runtime: Runtime, *, before_unplug: Callable[[], Awaitable[object]] = _nothing
+) -> None:
     rig.charger.set_power(1, 11000.0)
     rig.charger.plug(1)
     await eventually(lambda: runtime.station.connectors[1].state == "awaiting_card", 5)
@@ -34,7 +40,7 @@ async def _session(rig: Rig, runtime: Runtime, *, before_unplug: Callable[[], No
     await eventually(lambda: runtime.station.connectors[1].state == "charging", 5)
     machine = runtime.station.connectors[1]
     await eventually(lambda: machine.session is not None and machine.session.usage.energy_wh > 100, 5)
-    before_unplug()
+    await before_unplug()
     await asyncio.sleep(0.2)  # meter values priced while the new tariff is already set
     rig.charger.unplug(1)
     await eventually(lambda: runtime.station.connectors[1].state == "available", 10, "session over")
@@ -50,7 +56,7 @@ async def test_receipt_quotes_the_tariff_that_priced_the_session(apollo_rig: Rig
     )
     app = make_app(load(path))
     runtime, outbox, journal = app.runtime, app.outbox, app.journal
-    new = Tariff(tariff_config_from_builtins(NEW_TARIFF))
+    new = tariff_from_builtins(NEW_TARIFF)
     try:
         task = asyncio.create_task(app.run())
         try:
@@ -58,7 +64,7 @@ async def test_receipt_quotes_the_tariff_that_priced_the_session(apollo_rig: Rig
             await eventually(
                 lambda: runtime.recovered.is_set() and runtime.station.arbiter.state != "offline", 10
             )
-            await _session(rig, runtime, before_unplug=lambda: app.port.set_tariff(new.config))
+            await _session(rig, runtime, before_unplug=lambda: app.port.set_tariff(NEW_TARIFF))
             await _session(rig, runtime)
             await eventually(
                 lambda: sum(r.kind == "receipt" for r in outbox.pending()) == 2, 10, "two receipts"

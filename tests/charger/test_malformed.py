@@ -36,6 +36,8 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("charger/1/meter", b'{"power_w": 1.0}', "schema"),
     ("charger/1/meter", b'{"energy_wh": 1, "power_w": true}', "schema"),
     ("charger/1/meter", b'{"energy_wh": 1, "power_w": 1.0, "signed": 5}', "schema"),
+    ("charger/1/meter", b'{"energy_wh": 1, "current_a": -16.0}', "schema"),
+    ("charger/1/meter", b'{"energy_wh": 1, "current_a": "16"}', "schema"),
     ("charger/1/meter", OVERSIZE, "oversize"),
     ("charger/9/plug", b'{"plugged": true}', "unknown_connector"),
     ("charger/0/plug", b'{"plugged": true}', "unknown_connector"),
@@ -80,6 +82,16 @@ async def test_malformed_payloads_are_counted_and_ignored(rig: Rig, caplog: pyte
 
 def _energy(wh: int) -> Callable[[MeterReading], bool]:
     return lambda e: e.energy_wh == wh
+
+
+async def test_a_meter_may_report_its_current(rig: Rig) -> None:
+    """docs/charger-bridge.md: ``current_a`` is optional; tariffs with current restrictions read it."""
+    async with raw_client(rig.broker) as firmware:
+        await firmware.publish("charger/2/meter", b'{"energy_wh": 20, "power_w": 11000, "current_a": 16.0}')
+        await firmware.publish("charger/2/meter", b'{"energy_wh": 21, "power_w": 11000}')
+    with_current = await rig.events.next(MeterReading, _energy(20))
+    without = await rig.events.next(MeterReading, _energy(21))
+    assert (with_current.current_a, without.current_a) == (16.0, None)
 
 
 async def test_timestamps_parsed_or_fallback_counted(rig: Rig) -> None:

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import msgspec
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.charger.mqtt_bridge import cancel_and_wait
+from drivers.charger.payloads import MeterPayload
 from hil.charger_sim import ChargerHabits, ChargerSimulator, MeterMode, PlugOrder
 from hil.charger_sim.__main__ import _parser
 from tests.charger.support import eventually, raw_client
@@ -155,6 +157,7 @@ def test_defaults_are_the_historic_behaviour() -> None:
         "meter_interval_s": 1.0,
         "meter_retain": True,
         "report_power": True,
+        "report_current": False,
         "plug_order": "plug_first",
         "status_on_plug": False,
         "duplicate_rate": 0.0,
@@ -226,6 +229,7 @@ def test_habit_control_commands_in_process() -> None:
         "meter_interval_s": 0.5,
         "meter_retain": False,
         "report_power": False,
+        "report_current": False,
         "plug_order": "status_first",
         "status_on_plug": True,
         "duplicate_rate": 0.3,
@@ -366,11 +370,20 @@ async def test_meter_retained_or_not(mosquitto: Broker, meter_retain: bool) -> N
         assert all(m.retain for m in retained.values())
 
 
+@pytest.mark.parametrize("report_current", [False, True])
 @pytest.mark.parametrize("report_power", [True, False])
-async def test_meter_with_or_without_power(mosquitto: Broker, report_power: bool) -> None:
+async def test_meter_with_or_without_power(
+    mosquitto: Broker, report_power: bool, report_current: bool
+) -> None:
     async with (
         spying(mosquitto) as spy,
-        _sim(mosquitto, connectors=1, report_power=report_power, meter_interval_s=FAST_TIMER_S) as sim,
+        _sim(
+            mosquitto,
+            connectors=1,
+            report_power=report_power,
+            report_current=report_current,
+            meter_interval_s=FAST_TIMER_S,
+        ) as sim,
     ):
         await _connected(spy, connectors=1)
         sim.plug(1)
@@ -379,7 +392,10 @@ async def test_meter_with_or_without_power(mosquitto: Broker, report_power: bool
         await spy.wait(lambda seen: [m.label for m in seen[charging:]].count("meter1") >= 3)
         meters = [m.data for m in spy.seen if m.label == "meter1"]
         keys = {"energy_wh", "ts", "signed"} | ({"power_w"} if report_power else set())
+        keys |= {"current_a"} if report_current else set()
         assert all(set(m) == keys for m in meters), meters
+        if report_current:  # what the agent's bridge reads (docs/charger-bridge.md)
+            assert all(msgspec.convert(m, MeterPayload).current_a is not None for m in meters)
         assert all(isinstance(m["energy_wh"], int) for m in meters)
 
 

@@ -18,7 +18,7 @@ from agent.config import reference as configref
 from agent.config.schema import AgentConfig, LoadedConfig, Secret, load_config
 from agent.config.yamlload import load_yaml
 from agent.errors import AgentError, ConfigError
-from agent.money.tariff import TariffBand, TariffConfig
+from agent.money.tariff import TariffBand, TariffConfig, tariff_from_builtins, tariff_to_builtins
 from drivers.psp.messages import CommitOrder, Family
 from drivers.psp.profile import Quirks
 from statemachines.authorization import AuthorizationStrategy
@@ -105,7 +105,8 @@ def test_base_config_is_valid(tmp_path: Path, secret_file: Path) -> None:
     assert loaded.secrets.upstream_password.reveal() == SECRET_TEXT
     assert loaded.secrets.charger_password is None
     assert loaded.warnings == ()
-    assert loaded.tariff.config == config.tariff
+    assert tariff_to_builtins(loaded.tariff) == tariff_to_builtins(tariff_from_builtins(config.tariff))
+    assert loaded.tariff.currency == "EUR"
 
 
 # (id, replacements, expected message after "FILE:") — the whole message, or its prefix when it ends with "…"
@@ -461,7 +462,7 @@ def test_example_is_valid(tmp_path: Path) -> None:
     assert config.terminal.family is Family.APOLLO
     assert loaded.secrets.upstream_password is not None
     assert loaded.secrets.upstream_password.reveal() == f"{SECRET_TEXT}-upstream.password"
-    assert loaded.tariff.config.currency == "EUR"
+    assert loaded.tariff.currency == "EUR"
 
 
 def _struct_fields(t: mi.Type, data: object, found: set[tuple[type, str]]) -> None:
@@ -504,6 +505,11 @@ def test_example_documents_every_field() -> None:
     _struct_fields(info, doc.data, found)
     every: set[tuple[type, str]] = set()
     _all_struct_fields(info, every)
+    # tariff: is a mapping in one of its forms; the example shows the simple form in full
+    tariff = mi.type_info(TariffConfig)
+    assert isinstance(doc.data, dict)
+    _struct_fields(tariff, doc.data["tariff"], found)
+    _all_struct_fields(tariff, every)
     assert (TariffBand, "weekdays") in every
     assert (TariffConfig, "bands") in every
     missing = sorted(f"{cls.__name__}.{name}" for cls, name in every - found)

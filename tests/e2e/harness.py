@@ -31,12 +31,13 @@ import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agent.money.tariff import Tariff, tariff_config_from_builtins
+from agent.money.tariff import tariff_from_builtins
 from hil.rig.config import DEFAULT_TARIFF, base_config, deep_merge
 from hil.rig.invariants import (
     FINAL_SIM_STATUSES,
@@ -71,7 +72,7 @@ from hil.rig.procs import evpay_agent_argv as _evpay_agent_argv
 from hil.rig.procs import first_json_line as _first_json_line
 from hil.stream import Finding, StreamCapture, check
 from hil.stream.capture import parse_broker_url
-from statemachines.pricing import Usage, UsageBucket, UsageKind
+from statemachines.pricing import Usage, UsageKind
 from tests.mosquitto import Broker
 
 __all__ = [
@@ -119,9 +120,9 @@ ACTIVE_STATIONS: list[Station] = []
 
 def expected_cost_minor(tariff: Mapping[str, Any], energy_wh: int) -> int:
     """The tariff (``agent.money.tariff``) applied to ``energy_wh`` of charging and no time components."""
-    priced = Tariff(tariff_config_from_builtins(dict(tariff)))
-    usage = Usage(buckets=(UsageBucket("", UsageKind.CHARGING, energy_wh=energy_wh),))
-    return priced.cost_minor(usage)
+    priced = tariff_from_builtins(dict(tariff))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return priced.cost_minor(priced.accumulate(Usage(), at, at, energy_wh, UsageKind.CHARGING))
 
 
 # --- the station ----------------------------------------------------------------------------------

@@ -80,6 +80,16 @@ DIMENSIONS: dict[str, Callable[[World], Any]] = {
     "kill inside an outage": lambda w: any(f.inside for f in w.faults),
     "crash point armed": lambda w: any(w.crash_points),
     "orphan timeout": lambda w: w.terminal.session_timeout_real_s,
+    "tariff form": lambda w: w.tariff.form,
+    "ocpi timezone": lambda w: w.tariff.timezone,
+    "set_tariff commands": lambda w: len(w.tariff_changes),
+    "set_tariff forms": lambda w: tuple(
+        sorted({c.tariff.form + ("/bare" if c.bare else "") for c in w.tariff_changes})
+    ),
+    "set_tariff around a kill": lambda w: any(
+        abs(c.at_s - f.at_s) < 1.0 for c in w.tariff_changes for f in w.faults if f.kind == "agent_kill"
+    ),
+    "current reported": lambda w: w.charger.report_current,
 }
 
 
@@ -119,6 +129,23 @@ def test_worlds_keep_to_the_contracts() -> None:
             for t in p.taps:
                 assert "*" in t.card.masked_pan
                 assert len(t.card.card_hash) == 40
+
+
+def test_tariffs_and_set_tariff_keep_to_the_contracts() -> None:
+    for seed in SEEDS:
+        w = generate(seed)
+        assert len(w.tariff_changes) <= 2
+        for tariff in w.tariffs:
+            assert tariff.currency == w.tariff.currency
+            assert tariff.minor_unit_digits == w.tariff.minor_unit_digits
+            if tariff.form == "ocpi":  # OCPI prices are excl. VAT (§Tariffs 4.4.2)
+                assert not tariff.prices_include_vat
+        times = [c.at_s for c in w.tariff_changes]
+        assert times == sorted(times)
+        assert all(0 < t <= w.script_s for t in times), seed
+        for before, after in zip(w.tariffs, w.tariffs[1:], strict=False):
+            assert after.energy_per_kwh != before.energy_per_kwh, seed  # sessions can be told apart
+        assert all(c.tariff.form == "ocpi" for c in w.tariff_changes if c.bare)
 
 
 def test_small_worlds_are_smaller() -> None:

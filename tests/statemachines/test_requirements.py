@@ -23,6 +23,7 @@ from statemachines.effects import (
     RecordCommitConfirmed,
     RecordCommitDecided,
     RecordEnergyOn,
+    RecordMeter,
     RecordPaymentApproved,
     RecordPaymentDeclined,
     RecordPaymentIncremented,
@@ -340,6 +341,37 @@ def test_req_stop_8_a_retained_register_is_not_the_session_start() -> None:
     station.handle(MeterReading(1, t(7), 100_750, 0.0))  # the real register: the start
     station.handle(MeterReading(1, t(300), 101_750, 7200.0))
     assert station.connectors[1].running_cost_minor == 40  # 1 kWh, not 1.75
+
+
+@pytest.mark.req("STOP-8", "ERR-5")
+def test_req_stop_8_a_retained_register_during_a_session_is_not_its_start_nor_a_step_back() -> None:
+    """A retained meter value delivered while a session runs (a resubscribe: the agent restarted,
+    or its charger connection came back) may be from before the session — the previous vehicle's
+    plug cycle — or behind its last reading. It is neither the start register nor a new baseline
+    (fuzzer seed 28: a restored session took a 15 s old retained register as its start and billed
+    53 Wh for 48 delivered)."""
+    for retained_wh in (100_000, 100_700):  # before the session; behind its last reading
+        station = make_station(1, PLUG_ONLY)
+        run(
+            station,
+            [
+                Plugged(1, t(0)),
+                MeterReading(1, t(1), 100_000, 0.0, retained=True),
+                CardRead(t(5), CARD_A),
+                AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1"),
+            ],
+        )
+        if retained_wh == 100_000:  # the start is still unknown
+            ignored = station.handle(MeterReading(1, t(6.5), retained_wh, 0.0, retained=True))
+            assert not [e for e in ignored if isinstance(e, RecordMeter)]
+        station.handle(MeterReading(1, t(7), 100_750, 0.0))  # the real register: the start
+        if retained_wh == 100_700:
+            ignored = station.handle(MeterReading(1, t(8), retained_wh, 0.0, retained=True))
+            assert not [e for e in ignored if isinstance(e, RecordMeter)]
+        station.handle(MeterReading(1, t(300), 101_750, 7200.0))
+        assert station.connectors[1].running_cost_minor == 40, retained_wh  # 1 kWh, not 1.75 or 1.05
+        newer = station.handle(MeterReading(1, t(301), 101_850, 7200.0, retained=True))  # ahead: counts
+        assert [e.energy_wh for e in newer if isinstance(e, RecordMeter)] == [1100]
 
 
 @pytest.mark.req("STOP-8", "ERR-2")

@@ -41,7 +41,10 @@ from statemachines.events import (
     CardToken,
     CommitResult,
     MeterReading,
+    PaymentMethod,
+    PaymentRestored,
     Plugged,
+    RestoredPayment,
     SettlementOutcome,
     StopRequest,
     StopSource,
@@ -51,6 +54,7 @@ from statemachines.events import (
     TimerKind,
     Unplugged,
 )
+from statemachines.pricing import Usage, UsageKind
 from tests.statemachines.scenarios import CHARGING, PLUG_ONLY
 from tests.statemachines.test_properties import PRICER, StationMachine
 from tests.support.pricing import LinearPricer
@@ -192,3 +196,68 @@ def test_req_start_8_a_tariff_set_during_a_card_read_is_shown_before_the_card_is
     assert [e for e in restarted if isinstance(e, StartCardRead)]
     run(station, [CardRead(t(5), CARD_A), AuthorizationResult(1, t(6), AuthorizationOutcome.APPROVED, "S1")])
     assert station.connectors[1].pricer is NEW
+
+
+# --- a session restored after a restart keeps its own tariff (issue 10) ---------------------------------
+
+
+def _restored_payment(energy_wh: int) -> RestoredPayment:
+    """A journaled EMV payment (``energy_wh`` charged by t(600)) still charging at the restart."""
+    usage = OLD.accumulate(Usage(), t(0), t(600), energy_wh, UsageKind.CHARGING)
+    return RestoredPayment(
+        method=PaymentMethod.EMV,
+        session_ref="1-restored",
+        session_id="S7",
+        card=CARD_A,
+        authorized_minor=5000,
+        usage=usage,
+        last_meter_wh=100_000 + energy_wh,
+        last_meter_at=t(600),
+        energy_on=True,
+        started=True,
+    )
+
+
+@pytest.mark.req("STOP-8", "ERR-5")
+def test_req_stop_8_a_restored_session_is_priced_by_its_own_tariff_and_the_next_by_the_stations() -> None:
+    """After a restart the station's tariff is NEW (a journaled set_tariff) and the journal says the
+    open session started with OLD: ``PaymentRestored`` carries OLD; the session's meter values,
+    commit, ``session.ended`` and receipt amount are OLD's; the connector's next session is NEW's."""
+    station = make_station(1, StationConfig(), NEW)
+    restore = PaymentRestored(1, t(700), _restored_payment(1000), plugged=True, pricer=OLD)
+    run(station, [restore])
+    machine = station.connectors[1]
+    assert (machine.pricer, machine.pending_pricer) == (OLD, NEW)
+    assert machine.running_cost_minor == 1000  # 1 kWh at 10.00, not at 20.00
+    effects = run(
+        station,
+        [
+            MeterReading(1, t(760), 101_500, 7200.0),
+            Unplugged(1, t(800)),
+            MeterReading(1, t(801), 101_500, 0.0),
+            CommitResult(1, t(802), "S7", SettlementOutcome.OK),
+        ],
+    )
+    (commit,) = [e for e in effects if isinstance(e, RecordCommitDecided)]
+    (ended,) = [e for e in effects if isinstance(e, PublishSessionEnded)]
+    (receipt,) = [e for e in effects if isinstance(e, IssueReceipt)]
+    assert commit.amount_minor == ended.amount_minor == receipt.amount_minor == 1500  # OLD: 1.5 kWh
+    assert OLD.cost_minor(commit.usage) == 1500 != NEW.cost_minor(commit.usage)
+    run(
+        station,
+        [
+            Plugged(1, t(900)),
+            CardRead(t(905), CARD_B),
+            AuthorizationResult(1, t(906), AuthorizationOutcome.APPROVED, "S8"),
+        ],
+    )
+    assert (machine.pricer, machine.pending_pricer) == (NEW, None)
+
+
+@pytest.mark.req("ERR-5")
+def test_req_err_5_a_restored_session_without_a_journaled_tariff_keeps_the_stations() -> None:
+    """A payment journaled before tariffs were (schema 2): no pricer, the station's tariff prices it."""
+    station = make_station(1, StationConfig(), NEW)
+    run(station, [PaymentRestored(1, t(700), _restored_payment(1000), plugged=True)])
+    assert (station.connectors[1].pricer, station.connectors[1].pending_pricer) == (NEW, None)
+    assert station.connectors[1].running_cost_minor == 2000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from statemachines.pricing import Usage, UsageKind
+from statemachines.pricing import Period, Usage, UsageKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +20,21 @@ class LinearPricer:
     session_fee_minor: int = 0
 
     def accumulate(
-        self, usage: Usage, start: datetime, end: datetime, energy_wh: int, kind: UsageKind
+        self,
+        usage: Usage,
+        start: datetime,
+        end: datetime,
+        energy_wh: int,
+        kind: UsageKind,
+        *,
+        power_w: float | None = None,
+        current_a: float | None = None,
     ) -> Usage:
         duration_ms = max(0, int((end - start).total_seconds() * 1000))
         if usage.started_at is None:
-            usage = Usage(started_at=start, buckets=usage.buckets)
-        return usage.add("", kind, energy_wh, duration_ms)
+            usage = Usage(started_at=start)
+        period = Period(start, kind, energy_wh, duration_ms, power_w, current_a)
+        return usage.extended(period, merge=bool(usage.periods) and usage.periods[-1].kind is kind)
 
     def cost_minor(self, usage: Usage) -> int:
         energy = usage.energy_wh * self.per_kwh_minor // 1000

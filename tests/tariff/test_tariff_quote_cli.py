@@ -238,3 +238,106 @@ def test_installed_entry_point(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["gross_minor"] == 1918
+
+
+# ---------------------------------------------------------------------------------- OCPI 2.2.1 forms
+
+OCPI = Path(__file__).parent / "ocpi"
+
+
+@pytest.mark.req("START-8")
+def test_describe_ocpi_tariff_from_the_agent_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--config`` takes every tariff form, including ``tariff.ocpi_file`` read relative to the
+    config file (as the agent's config loader reads it)."""
+    (tmp_path / "tariffs").mkdir()
+    (tmp_path / "tariffs" / "t2.json").write_text(
+        (OCPI / "tariff_2_alt_text.json").read_text(encoding="utf-8")
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "station_id: s1\ntariff:\n  ocpi_file: tariffs/t2.json\n  timezone: Europe/Berlin\n", encoding="utf-8"
+    )
+    code, out, err = run(capsys, "tariff", "describe", "--config", str(config), "--language", "nl")
+    assert (code, out, err) == (0, "2.00 euro p/uur inclusief BTW.\n", "")
+
+
+def test_config_with_a_bare_ocpi_tariff_in_yaml(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "t9.yaml"
+    data = json.loads((OCPI / "tariff_9_025kwh_start.json").read_text(encoding="utf-8"))
+    config.write_text(yaml.safe_dump({"tariff": data}), encoding="utf-8")
+    code, out, _ = run(capsys, "tariff", "describe", "--config", str(config))
+    assert (code, out) == (0, "0.60 EUR per session + 0.275 EUR/kWh · incl. VAT\n")
+
+
+@pytest.mark.req("STOP-8")
+def test_quote_an_ocpi_tariff(capsys: pytest.CaptureFixture[str]) -> None:
+    """OCPI tariff 4 (complex), Monday 09:30 UTC: 165 min charging (no current reported, so the
+    "below 32 A" element applies: a maximum holds on an unreported value) and 42 min idle."""
+    code, out, err = run(
+        capsys,
+        "tariff",
+        "quote",
+        "--ocpi-tariff",
+        str(OCPI / "tariff_4_complex.json"),
+        "--timezone",
+        "UTC",
+        "--energy-wh",
+        "20000",
+        "--charging-s",
+        str(165 * 60),
+        "--idle-s",
+        str(42 * 60),
+        "--start",
+        "2025-03-03T09:30:00Z",
+    )
+    assert (code, err) == (0, "")
+    quote = json.loads(out)
+    assert (quote["net_minor"], quote["gross_minor"]) == (900, 1030)  # the spec's 9.00 / 10.30
+    assert [(ln["kind"], ln["band"], ln["gross_minor"]) for ln in quote["lines"]] == [
+        ("time", "elements[1]", 330),
+        ("session_fee", "elements[0]", 288),  # 2.875, allocated so the lines add up to 10.30
+        ("idle_fee", "elements[4]", 412),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--config", str(EXAMPLE), "--ocpi-tariff", str(OCPI / "tariff_8_simple_025kwh.json")],
+            "not allowed with argument",
+        ),
+        ([], "one of the arguments --config --ocpi-tariff is required"),
+        (
+            ["--config", str(EXAMPLE), "--timezone", "UTC"],
+            "--timezone UTC: the tariff in " + str(EXAMPLE) + " says timezone 'Europe/Amsterdam'",
+        ),
+    ],
+)
+def test_tariff_source_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    try:
+        code = agent.cli.main(["tariff", "describe", *argv])
+    except SystemExit as exc:  # argparse rejects the combination itself
+        code = int(exc.code or 0)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_error_in_an_ocpi_file_names_that_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "t.yaml").write_text(
+        "country_code: DE\nparty_id: ALL\nid: '1'\ncurrency: EUR\nlast_updated: '2025-01-01T00:00:00Z'\n"
+        "elements:\n  - price_components:\n      - {type: TIME, price: 1, vat: 100, step_size: 60}\n",
+        encoding="utf-8",
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text("tariff:\n  ocpi_file: t.yaml\n", encoding="utf-8")
+    code, _, err = run(capsys, "tariff", "describe", "--config", str(config))
+    assert code == 2
+    assert err == (
+        f"evpay-agent: error: {tmp_path}/t.yaml:8: elements[0].price_components[0].vat: "
+        "expected a number below 100, got 100\n"
+    )

@@ -36,6 +36,11 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
             return st.booleans()
         case mi.IntType():
             return _int(t)
+        case mi.FloatType():
+            low = t.ge if t.ge is not None else t.gt
+            return st.floats(min_value=low, max_value=1e6, allow_nan=False, allow_infinity=False).filter(
+                lambda x: t.gt is None or x > t.gt
+            )
         case mi.StrType():
             return _str(t)
         case mi.LiteralType():
@@ -56,11 +61,49 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
     raise NotImplementedError(f"no strategy for {t!r}")
 
 
+def _ocpi_tariff(price: str) -> dict[str, Any]:
+    return {
+        "country_code": "NL",
+        "party_id": "EVP",
+        "id": "t1",
+        "currency": "EUR",
+        "last_updated": "2026-01-01T00:00:00Z",
+        "elements": [{"price_components": [{"type": "ENERGY", "price": price, "vat": 21, "step_size": 1}]}],
+    }
+
+
+@functools.cache
+def tariff_objects() -> st.SearchStrategy[dict[str, Any]]:
+    """``SetTariff.tariff``, which msgspec types as any object: the documented forms (the simple
+    form as drawn from its Struct, the OCPI wrapper, a bare OCPI Tariff), as docs/asyncapi.yaml
+    lists them; anything else the command handler refuses (``tariff_error``)."""
+    from agent.money.tariff import TariffConfig
+
+    prices = st.sampled_from(["0.30", "0.39", "1"])
+    return st.one_of(
+        structs(TariffConfig).map(lambda t: msgspec.json.decode(msgspec.json.encode(t))),
+        st.builds(
+            lambda price, zone: {"ocpi": _ocpi_tariff(price), "timezone": zone, "minor_unit_digits": 2},
+            prices,
+            st.sampled_from([None, "Europe/Amsterdam"]),
+        ),
+        prices.map(_ocpi_tariff),
+    )
+
+
+def _field_strategy(cls: type[msgspec.Struct], field: mi.Field) -> st.SearchStrategy[Any]:
+    from agent.upstream.contract import SetTariff
+
+    if cls is SetTariff and field.name == "tariff":
+        return tariff_objects()
+    return for_type(field.type)
+
+
 @functools.cache
 def structs(cls: type[msgspec.Struct]) -> st.SearchStrategy[msgspec.Struct]:
     """Instances of ``cls`` satisfying every msgspec constraint (optional fields drawn or left out)."""
     info = mi.type_info(cls)
     assert isinstance(info, mi.StructType)
-    required = {f.name: for_type(f.type) for f in info.fields if f.required}
-    optional = {f.name: for_type(f.type) for f in info.fields if not f.required}
+    required = {f.name: _field_strategy(cls, f) for f in info.fields if f.required}
+    optional = {f.name: _field_strategy(cls, f) for f in info.fields if not f.required}
     return st.fixed_dictionaries(required, optional=optional).map(lambda kw: cls(**kw))

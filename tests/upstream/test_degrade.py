@@ -327,7 +327,7 @@ def test_the_publisher_degrades_a_receipt(store: Store, caplog: pytest.LogCaptur
     journal = Journal(store)
     publisher = _publisher(store, _Client(), journal)
     ref, sid = "1-a", "577090037"
-    usage = Usage(_AT).add("", UsageKind.CHARGING, 1000, 60_000)
+    usage = Usage(_AT).add(UsageKind.CHARGING, 1000, 60_000)
     card = CardToken(CardKind.EMV, "0123456789ABCDEF0123456789ABCDEF01234567", "476173******0010", "B" * 40)
     journal.record(RecordCardRead(1, ref, card=card, amount_minor=5000), at=_AT)
     journal.record(

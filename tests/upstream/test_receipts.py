@@ -43,9 +43,10 @@ NOTHING = TARIFF.quote(Usage())
 
 
 def _quote(energy_wh: int, charging_min: int, idle_min: int = 0) -> Quote:
-    usage = Usage().add("", UsageKind.CHARGING, energy_wh, charging_min * 60_000)
+    charged = T0 + timedelta(minutes=charging_min)
+    usage = TARIFF.accumulate(Usage(), T0, charged, energy_wh, UsageKind.CHARGING)
     if idle_min:
-        usage = usage.add("", UsageKind.IDLE, 0, idle_min * 60_000)
+        usage = TARIFF.accumulate(usage, charged, charged + timedelta(minutes=idle_min), 0, UsageKind.IDLE)
     return TARIFF.quote(usage)
 
 

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.money.tariff import TariffConfig
+from agent.money.tariff import Tariff, tariff_fingerprint, tariff_from_builtins
 from agent.upstream.client import UpstreamClient
 from agent.upstream.commands import ActiveSession, CommandHandler, RuntimePort, ScreenMessage
 from agent.upstream.contract import (
@@ -77,8 +77,10 @@ class FakePort:
     def active_session(self, connector_id: int) -> ActiveSession | None:
         return self.sessions.get(connector_id)
 
-    def set_tariff(self, tariff: TariffConfig) -> None:
-        self.calls.append(("set_tariff", tariff))
+    async def set_tariff(self, tariff: Mapping[str, object]) -> Tariff:
+        parsed = tariff_from_builtins(dict(tariff), default_timezone="Europe/Amsterdam")  # validates
+        self.calls.append(("set_tariff", parsed))
+        return parsed
 
     def display_message(self, message: ScreenMessage) -> None:
         self.calls.append(("display_message", message))
@@ -231,8 +233,84 @@ async def test_set_tariff_is_validated_and_handed_over(tmp_path: Path) -> None:
     assert result.status == "accepted"
     [(name, tariff)] = port.calls
     assert name == "set_tariff"
-    assert isinstance(tariff, TariffConfig)
-    assert tariff.energy_per_kwh == "0.39"
+    assert isinstance(tariff, Tariff)
+    assert result.data == {"currency": "EUR", "fingerprint": tariff_fingerprint(tariff)}
+
+
+OCPI_TARIFF = {  # OCPI 2.2.1 §Tariffs 4.3.1: 0.30 EUR/kWh excl. 21 % VAT
+    "country_code": "NL",
+    "party_id": "EVP",
+    "id": "t1",
+    "currency": "EUR",
+    "last_updated": "2026-01-01T00:00:00Z",
+    "elements": [{"price_components": [{"type": "ENERGY", "price": "0.30", "vat": 21, "step_size": 1}]}],
+}
+
+
+@pytest.mark.req("UP-3")
+@pytest.mark.parametrize(
+    "tariff",
+    [{"ocpi": OCPI_TARIFF, "timezone": "Europe/Amsterdam", "minor_unit_digits": 2}, OCPI_TARIFF],
+    ids=["ocpi-wrapper", "bare-ocpi"],
+)
+async def test_set_tariff_takes_the_ocpi_forms(tmp_path: Path, tariff: dict[str, object]) -> None:
+    """The OCPI wrapper and a bare OCPI Tariff object (depends on the tariff rewrite's OCPI forms)."""
+    handler, port, _ = make(tmp_path)
+    result = await handler.handle("set_tariff", cmd(correlation_id="o", tariff=tariff))
+    assert (result.status, result.code) == ("accepted", None), result.reason
+    [(_, parsed)] = port.calls
+    assert isinstance(parsed, Tariff)
+    assert parsed.currency == "EUR"
+
+
+def _ocpi_component(**component: object) -> dict[str, object]:
+    return {**OCPI_TARIFF, "elements": [{"price_components": [component]}]}
+
+
+BAD_TARIFFS = [
+    pytest.param(
+        {**TARIFF, "energy_per_kwh": 0.39},
+        "invalid_type",
+        "tariff.energy_per_kwh: expected a decimal string",
+        id="price-as-number",
+    ),
+    pytest.param({**TARIFF, "fee": "1"}, "unknown_field", "unknown field 'tariff.fee'", id="unknown-field"),
+    pytest.param({**TARIFF, "currency": "euro"}, "invalid_value", "tariff.currency: ", id="bad-currency"),
+    pytest.param({**TARIFF, "vat_rate_percent": "100"}, "invalid_value", "tariff.vat_rate_percent", id="vat"),
+    pytest.param(
+        {"prices_include_vat": True, "vat_rate_percent": "21"},
+        "missing_field",
+        "missing field 'tariff.currency'",
+        id="no-currency",
+    ),
+    pytest.param(
+        {"ocpi": _ocpi_component(type="ENERGY", price="0.30")},
+        "missing_field",
+        "missing field 'tariff.ocpi.elements[0].price_components[0].step_size'",
+        id="ocpi-no-step-size",
+    ),
+    pytest.param(
+        _ocpi_component(type="LITRE", price="1", step_size=1),
+        "invalid_value",
+        "tariff.elements[0].price_components[0].type: ",
+        id="bare-ocpi-bad-type",
+    ),
+]
+
+
+@pytest.mark.req("UP-3")
+@pytest.mark.parametrize(("tariff", "code", "reason"), BAD_TARIFFS)
+async def test_invalid_set_tariff_is_answered_with_code_and_path_and_changes_nothing(
+    tmp_path: Path, tariff: dict[str, object], code: str, reason: str
+) -> None:
+    """A bad tariff in any form: an error result with the offending field's path; the port (the
+    runtime) is never handed anything (the OCPI cases depend on the tariff rewrite)."""
+    handler, port, _ = make(tmp_path)
+    result = await handler.handle("set_tariff", cmd(correlation_id="bad", tariff=tariff))
+    assert (result.status, result.code, result.correlation_id) == ("error", code, "bad"), result.reason
+    assert result.reason is not None
+    assert result.reason.startswith(reason), result.reason
+    assert port.calls == []
 
 
 @pytest.mark.req("START-5")
