@@ -4,10 +4,10 @@ the library and by ``evpay-agent tariff price`` (docs/tariff.md "OCPI 2.2.1 exam
 The tariffs in ``ocpi/`` are the spec's example files, copied unchanged (``ocpi/README.md``: their
 licence; ``tariff_3_alt_url_022`` is our own tariff with the 0.22/kWh that example 3's text assumes;
 ``cdr_example_tariff`` is the tariff embedded in ``cdr_example.json``); the ``cdr_*.json`` files are
-the spec's scenarios written as OCPI CDRs. Each example is priced three ways, which must agree exactly: the session built with
-``Tariff.accumulate`` (as the connector machine does), the CDR read with ``usage_from_cdr``, and the
-CLI on the CDR file. Amounts are exact ``Fraction`` values in euros; where the spec's printed total
-differs from ours, ``spec`` says what it prints and why we differ.
+the spec's scenarios written as OCPI CDRs. Each example is priced three ways, which must agree
+exactly: the session built with ``Tariff.accumulate`` (as the connector machine does), the CDR read
+with ``usage_from_cdr``, and the CLI on the CDR file. Amounts are exact ``Fraction`` values in
+euros; where the spec's printed total differs from ours, ``spec`` says what it prints and why.
 """
 
 from __future__ import annotations
