@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import Final
 
 PathItem = str | int
 KeyPath = tuple[PathItem, ...]
@@ -14,6 +16,25 @@ def format_path(path: Iterable[PathItem]) -> str:
     for item in path:
         text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else item)
     return text
+
+
+_MSGSPEC_RE: Final = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MSGSPEC_PATH_ITEM_RE: Final = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def explain_msgspec_error(text: str) -> tuple[KeyPath, str, str]:
+    """A ``msgspec.ValidationError`` text as (the key path, a message for people, msgspec's own
+    message): ``"Object contains unknown field `fee` - at `$.tariff`"`` →
+    ``(("tariff", "fee"), "unknown field", …)``; a missing field names itself; backquotes go."""
+    match = _MSGSPEC_RE.match(text)
+    raw, path_text = (match["message"], match["path"] or "") if match else (text, "")
+    path: KeyPath = tuple(key if key else int(i) for key, i in _MSGSPEC_PATH_ITEM_RE.findall(path_text))
+    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", raw):
+        return (*path, unknown[1]), "unknown field", raw
+    if missing := re.fullmatch(r"Object missing required field `(.*)`", raw):
+        return path, f"missing required field '{missing[1]}'", raw
+    message = raw.replace("`", "")
+    return path, message[:1].lower() + message[1:], raw
 
 
 class AgentError(Exception):

@@ -27,7 +27,7 @@ from typing import Final
 
 import msgspec
 
-from agent.config.yamlload import MAX_BYTES, YamlDocument, format_path, read_yaml_file
+from agent.config.yamlload import YamlDocument, format_path, read_json_file, read_yaml_file
 from agent.errors import ConfigError, KeyPath, PathItem
 from agent.money.engine import Dimension, ExactPrice
 from agent.money.ocpi import OcpiError, ocpi_cdr_from_builtins
@@ -62,31 +62,7 @@ def _read_document(path: Path) -> _Document:
     if path.suffix.lower() != ".json":
         doc = read_yaml_file(path)
         return _Document(file, doc.data, doc)
-    try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(file, f"cannot read: {exc.strerror or type(exc).__name__}") from None
-    if len(raw) > MAX_BYTES:
-        raise ConfigError(file, f"file larger than {MAX_BYTES} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
-    except UnicodeDecodeError:
-        raise ConfigError(file, "not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(file, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
-    except ValueError as exc:  # a duplicate key
-        raise ConfigError(file, str(exc)) from None
-    return _Document(file, data, None)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    found: dict[str, object] = {}
-    for name, value in pairs:
-        if name in found:
-            raise ValueError(f"duplicate key {name!r}")
-        found[name] = value
-    return found
+    return _Document(file, read_json_file(path), None)
 
 
 def load_tariff_file(path: Path, *, timezone: str | None = None) -> Tariff:

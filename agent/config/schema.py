@@ -30,7 +30,6 @@ Decisions (documented in ``docs/configuration.md`` too):
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 from msgspec import Meta
 
-from agent.config.yamlload import KeyPath, PathItem, YamlDocument, read_yaml_file
+from agent.config.yamlload import KeyPath, PathItem, YamlDocument, read_json_file, read_yaml_file
 from agent.errors import ConfigError, format_path
 from agent.money.tariff import (
     Tariff,
@@ -892,7 +891,6 @@ def parse_config(doc: YamlDocument, *, base_dir: Path | None = None) -> AgentCon
 
 _OCPI_FILE_KEY: Final = "ocpi_file"
 _OCPI_KEY: Final = "ocpi"
-MAX_OCPI_FILE_BYTES: Final = 1024 * 1024  # like the config file itself (yamlload.MAX_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -936,49 +934,21 @@ def _read_ocpi_file(doc: YamlDocument, key: KeyPath, path: Path) -> tuple[_OcpiS
     YAML with the config loader's rules). An unreadable or undecodable file is a
     :class:`ConfigError` at ``key`` naming the file; a syntax error names the file's own line."""
     shown = str(path)
-    if path.suffix.lower() != ".json":
-        try:
-            ocpi_doc = read_yaml_file(path, display=shown)
-        except ConfigError as exc:
-            if exc.line is None:  # cannot read it, too large, not UTF-8 …
-                reason = exc.reason.removeprefix("cannot read: ")
-                text = f"cannot read {shown}: {reason}" if reason != exc.reason else f"{shown}: {reason}"
-                raise doc.error(key, text) from None
-            raise
-        data: object = ocpi_doc.data
-        source = _OcpiSource(shown, ocpi_doc)
-    else:
-        try:
-            with path.open("rb") as stream:
-                raw = stream.read(MAX_OCPI_FILE_BYTES + 1)
-        except OSError as exc:
-            raise doc.error(key, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
-        if len(raw) > MAX_OCPI_FILE_BYTES:
-            raise doc.error(key, f"{shown} is larger than {MAX_OCPI_FILE_BYTES} bytes")
-        try:
-            data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
-        except UnicodeDecodeError:
-            raise doc.error(key, f"{shown} is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                shown, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno
-            ) from None
-        except ValueError as exc:  # a duplicate key
-            raise ConfigError(shown, str(exc)) from None
-        source = _OcpiSource(shown, None)
+    json_file = path.suffix.lower() == ".json"
+    try:
+        ocpi_doc = None if json_file else read_yaml_file(path, display=shown)
+        data = read_json_file(path, display=shown) if ocpi_doc is None else ocpi_doc.data
+    except ConfigError as exc:
+        if exc.line is None and not (json_file and exc.reason.startswith("duplicate key")):
+            reason = exc.reason.removeprefix("cannot read: ")  # cannot read it, too large, not UTF-8 …
+            text = f"cannot read {shown}: {reason}" if reason != exc.reason else f"{shown}: {reason}"
+            raise doc.error(key, text) from None
+        raise
+    source = _OcpiSource(shown, ocpi_doc)
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {_yaml_kind(data)}"
         raise doc.error(key, f"{shown}: expected an OCPI 2.2.1 Tariff object (a mapping), got {got}")
     return source, data
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"duplicate key {name!r}")
-        out[name] = value
-    return out
 
 
 def _tariff_error(doc: YamlDocument, source: _OcpiSource | None, exc: TariffConfigError) -> ConfigError:

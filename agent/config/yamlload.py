@@ -18,6 +18,7 @@ YAML syntax errors name the file and line (the key path is not known while the t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "YamlDocument",
     "format_path",
     "load_yaml",
+    "read_json_file",
     "read_yaml_file",
 ]
 
@@ -214,3 +216,34 @@ def read_yaml_file(path: Path, *, display: str | None = None) -> YamlDocument:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(file, "not UTF-8 text", line=line) from None
     return load_yaml(text, file)
+
+
+def read_json_file(path: Path, *, display: str | None = None) -> object:
+    """Read and decode the JSON file ``path`` with :func:`read_yaml_file`'s limits (UTF-8, optional
+    BOM, :data:`MAX_BYTES`) and duplicate keys rejected. Raises :class:`ConfigError` (with the
+    line for a syntax error)."""
+    file = display if display is not None else str(path)
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(file, f"cannot read: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(file, f"file larger than {MAX_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError:
+        raise ConfigError(file, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(file, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    except ValueError as exc:  # a duplicate key
+        raise ConfigError(file, str(exc)) from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for name, value in pairs:
+        if name in found:
+            raise ValueError(f"duplicate key {name!r}")
+        found[name] = value
+    return found

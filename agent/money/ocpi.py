@@ -12,7 +12,6 @@ a card session at the charger never has: a tariff with one is rejected clearly.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -21,7 +20,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta
 
-from agent.errors import AgentError, PathItem, format_path
+from agent.errors import AgentError, PathItem, explain_msgspec_error, format_path
 
 __all__ = [
     "CdrChargingPeriod",
@@ -165,20 +164,10 @@ class OcpiCdr(msgspec.Struct, frozen=True, kw_only=True):  # §CDRs 10.3.1 (the 
 
 # --- validation -------------------------------------------------------------------------------------
 
-_MSGSPEC_PATH_RE: Final = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_MSGSPEC_PATH_ITEM_RE: Final = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
 
 def _convert_error(text: str) -> OcpiError:
-    match = _MSGSPEC_PATH_RE.match(text)
-    message, path_text = (match["message"], match["path"] or "") if match else (text, "")
-    path: list[PathItem] = [key if key else int(i) for key, i in _MSGSPEC_PATH_ITEM_RE.findall(path_text)]
-    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
-        return OcpiError((*path, unknown[1]), "unknown field")
-    if missing := re.fullmatch(r"Object missing required field `(.*)`", message):
-        return OcpiError(tuple(path), f"missing required field '{missing[1]}'")
-    message = message.replace("`", "")
-    return OcpiError(tuple(path), message[:1].lower() + message[1:])
+    path, message, _ = explain_msgspec_error(text)
+    return OcpiError(path, message)
 
 
 def _datetime(path: tuple[PathItem, ...], text: str) -> datetime:

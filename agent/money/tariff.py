@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from agent.errors import AgentError, PathItem, format_path
+from agent.errors import AgentError, PathItem, explain_msgspec_error, format_path
 from agent.money.engine import (
     Bound,
     Component,
@@ -193,8 +193,6 @@ _DECIMAL_FIELDS: Final = frozenset(
         "maximum_price",
     }
 )
-_MSGSPEC_PATH_RE: Final = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_MSGSPEC_PATH_ITEM_RE: Final = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
 def tariff_config_from_builtins(obj: object) -> TariffConfig:
@@ -209,23 +207,14 @@ def tariff_config_from_builtins(obj: object) -> TariffConfig:
 
 
 def _config_error_from_msgspec(obj: object, text: str) -> TariffConfigError:
-    match = _MSGSPEC_PATH_RE.match(text)
-    message, path_text = (match["message"], match["path"] or "") if match else (text, "")
-    path: list[PathItem] = [
-        key if key else int(index) for key, index in _MSGSPEC_PATH_ITEM_RE.findall(path_text)
-    ]
-    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
-        return TariffConfigError((*path, unknown[1]), "unknown field")
-    if missing := re.fullmatch(r"Object missing required field `(.*)`", message):
-        return TariffConfigError(tuple(path), f"missing required field '{missing[1]}'")
-    wrong_type = re.fullmatch(r"Expected `str( \| null)?`, got `\w+`", message)
+    path, message, raw = explain_msgspec_error(text)
+    wrong_type = re.fullmatch(r"Expected `str( \| null)?`, got `\w+`", raw)
     if path and path[-1] in _DECIMAL_FIELDS and wrong_type:
         value = _lookup(obj, path)
         return TariffConfigError(
-            tuple(path), f'expected a decimal string, got {value!r} (write it quoted, e.g. "0.39")'
+            path, f'expected a decimal string, got {value!r} (write it quoted, e.g. "0.39")'
         )
-    message = message.replace("`", "")
-    return TariffConfigError(tuple(path), message[:1].lower() + message[1:])
+    return TariffConfigError(path, message)
 
 
 def _lookup(obj: object, path: Iterable[PathItem]) -> object:
