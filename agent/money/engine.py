@@ -302,8 +302,13 @@ class Engine:
     ) -> Usage:
         """Append ``start``..``end`` (UTC instants, ``start <= end``) to ``usage``: split where the
         active elements could change, energy spread in proportion to time (exact integers,
-        cumulative floor), each piece merged into the last period when nothing changed."""
-        total_ms = (end - start) // _MS
+        cumulative floor), each piece merged into the last period when it follows on without a gap
+        and nothing changed. Times are whole ms counted from the session's start, so stretches
+        that follow each other meet exactly; a gap (the agent was down) starts a new period."""
+        base = usage.started_at or start
+        a_ms, b_ms = (start - base) // _MS, (end - base) // _MS
+        start, end = base + timedelta(milliseconds=a_ms), base + timedelta(milliseconds=b_ms)
+        total_ms = b_ms - a_ms
         if power_w is None and kind is UsageKind.CHARGING and total_ms > 0:
             power_w = energy_wh * _MS_PER_HOUR / total_ms  # the interval's average power
         energy0 = usage.energy_wh
@@ -336,7 +341,7 @@ class Engine:
         if not usage.periods:
             return False
         last = usage.periods[-1]
-        if last.kind is not piece.kind:
+        if last.kind is not piece.kind or last.end != piece.start:
             return False
         last_state = self.period_states(usage)[-1]
         return self._key(last.kind, last_state) == self._key(piece.kind, state)

@@ -38,8 +38,8 @@ Rules (a finding's ``rule``):
 ``periods``
     ``charging_periods`` (contract 1.2.0, docs/upstream.md): on ``session.ended`` and the
     receipt, equal; ``start_date_time`` non-decreasing; ENERGY adds up to ``energy_wh``;
-    TIME + PARKING_TIME is the time the periods span, which begins after the session began and
-    ends no earlier than its last meter value and no later than ``session.ended``
+    the periods do not overlap (a gap — the agent was down — is allowed) and run from after the
+    session began to no earlier than its last meter value and no later than ``session.ended``
     (:data:`PERIOD_SLACK_S`); MAX_CURRENT only in a world whose charger reports ``current_a``,
     never above the connector's ``max_current_a``.
 ``energy``
@@ -461,6 +461,7 @@ class _Periods:
     parking_ms: int = 0
     order: list[str] = field(default_factory=list)  # kinds of the periods with time, in order
     end: float | None = None  # the last period's start + its time (epoch s)
+    ends: list[float] = field(default_factory=list)  # each period's start + its time (epoch s)
     currents: list[Fraction] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -505,6 +506,7 @@ def _read_periods(value: object) -> _Periods:
             elif kind == "MAX_CURRENT":
                 found.currents.append(volume)
         found.end = start + duration_ms / 1000
+        found.ends.append(found.end)
     return found
 
 
@@ -867,8 +869,8 @@ class _Oracle:
 
     def rule_periods(self) -> None:
         """``charging_periods`` (contract 1.2.0, docs/upstream.md) on ``session.ended`` and the
-        receipt: the same; start times non-decreasing; ENERGY adds up to ``energy_wh``; TIME +
-        PARKING_TIME is the time the periods span and lies within the session (after its start,
+        receipt: the same; start times non-decreasing; ENERGY adds up to ``energy_wh``; the periods do
+        not overlap (gaps allowed: time the agent was down) and lie within the session (after its start,
         up to its last meter value, before ``session.ended``); MAX_CURRENT only from a charger that
         reports ``current_a``, within the connector's limit."""
         report_current = self.world.charger.report_current
@@ -912,12 +914,19 @@ class _Oracle:
             if not starts or periods.end is None:
                 continue
             span_ms = (periods.end - starts[0]) * 1000
-            if abs(periods.time_ms - span_ms) > PERIOD_SLACK_S * 1000:
+            if periods.time_ms > span_ms + PERIOD_SLACK_S * 1000:
                 self.add(
                     "periods",
                     f"{name}: TIME + PARKING_TIME of the charging periods is {periods.time_ms} ms, but they "
                     f"span {span_ms:.0f} ms ({_stamp(starts[0])} → {_stamp(periods.end)})",
                 )
+            for i in range(1, len(starts)):  # a gap (the agent was down) is allowed, an overlap not
+                if starts[i] < periods.ends[i - 1] - PERIOD_SLACK_S:
+                    self.add(
+                        "periods",
+                        f"{name}: charging_periods[{i}] starts {_stamp(starts[i])}, before the period "
+                        f"before it ends ({_stamp(periods.ends[i - 1])})",
+                    )
             began = session.created_at
             if began is not None and starts[0] < began - PERIOD_SLACK_S:
                 self.add(
