@@ -1117,7 +1117,9 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
         payload=(TerminalState,),
         title="Payment terminal state",
         description=(
-            "Retained; published on every change of the terminal link or PSP state (TERM-6). "
+            "Retained; the terminal link and PSP state (TERM-6), published when it changes. States "
+            "that follow each other faster than one publish (`connecting` → `setting_up` → `ready` "
+            "within milliseconds) are coalesced: the retained value is always the latest. "
             "An alarm `terminal_offline` follows when the link stays down too long."
         ),
     ),
