@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from agent import __version__, crashpoints
 from agent.config.schema import LoadedConfig
 from agent.logs import kv
@@ -303,7 +305,7 @@ def _terminal(loaded: LoadedConfig, opts: AppOptions) -> PspTerminal:
 def _charger(loaded: LoadedConfig, opts: AppOptions) -> ChargerDriver:
     config = loaded.config
     cc = config.charger
-    topics = {name: getattr(cc.topics, name) for name in ("plug", "status", "meter", "alive", "cmd")}
+    topics = {f.name: getattr(cc.topics, f.name) for f in msgspec.structs.fields(cc.topics)}  # every one
     tls = None
     if cc.tls is not None:
         tls = TlsOptions(ca_file=cc.tls.ca_file, cert_file=cc.tls.cert_file, key_file=cc.tls.key_file)

@@ -13,7 +13,10 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Final
+
+from agent.timefmt import utc_timestamp
 
 _PRIORITIES: Final = (
     (logging.CRITICAL, 2),
@@ -47,7 +50,8 @@ class JournaldFormatter(logging.Formatter):
 
 
 def kv(fields: Mapping[str, object] | None = None, /, **more: object) -> str:
-    """``key=value`` pairs; values with spaces or quotes are JSON-style quoted."""
+    """``key=value`` pairs; values with spaces or quotes are JSON-style quoted; an aware datetime
+    in the agent's one timestamp format (agent.timefmt: RFC 3339 UTC ``Z``)."""
     items = {**(fields or {}), **more}
     parts = []
     for key, value in items.items():
@@ -55,6 +59,8 @@ def kv(fields: Mapping[str, object] | None = None, /, **more: object) -> str:
             text = "-"
         elif isinstance(value, bool):
             text = "true" if value else "false"
+        elif isinstance(value, datetime) and value.tzinfo is not None:
+            text = utc_timestamp(value)
         else:
             text = str(value)
         if not _SAFE.match(text):

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Set up and run evpay-agent on a fresh Debian machine: `bash hil/bootstrap.sh demo|test`.
+# Set up and run evpay-agent on a fresh Debian machine: `bash hil/bootstrap.sh demo|test|release`.
 #
-#   demo  the agent against the built-in terminal simulator, a complete paid session, decoded
-#   test  lint (ruff), types (mypy --strict on the whole tree) and the whole test suite
+#   demo     the agent against the built-in terminal simulator, a complete paid session, decoded
+#   test     lint (ruff), types (mypy --strict on the whole tree) and the whole test suite
+#   release  [--arch ARCH] the Debian package dist/evpay-agent_VERSION_ARCH.deb (docs/release.md):
+#            for this machine's architecture, or arm64/armhf in an emulated Debian 12 container
 #
-# Creates .venv (python3 -m venv) with the project and its dev tools, and installs mosquitto and
-# socat with apt-get when they are missing and we may (root, or passwordless sudo).
+# demo and test create .venv (python3 -m venv): demo installs the project alone, test adds its dev
+# tools. Missing Debian packages are installed with apt-get when we may (root, or passwordless sudo):
+# mosquitto (demo, test), socat and the packaging tools dpkg-dev, binutils and lintian (test), and
+# python3-venv (all three).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 target="${1:-}"
-case "$target" in demo|test) ;; *) echo "usage: bash hil/bootstrap.sh demo|test" >&2; exit 2;; esac
+usage() { echo "usage: bash hil/bootstrap.sh demo|test|release [--arch amd64|arm64|armhf]" >&2; exit 2; }
+case "$target" in demo|test|release) ;; *) usage;; esac
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -28,25 +33,63 @@ apt_install() {
 }
 
 missing=()
-command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-command -v socat >/dev/null || missing+=(socat)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ "$target" != release ]; then
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+fi
+if [ "$target" = test ]; then
+  command -v socat >/dev/null || missing+=(socat)
+  # the packaging test (tests/packaging/test_deb.py) builds the .deb and runs lintian on it
+  command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+  command -v strip >/dev/null || missing+=(binutils)
+  command -v lintian >/dev/null || missing+=(lintian)
+fi
+if [ "$target" = release ]; then
+  command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+  command -v strip >/dev/null || missing+=(binutils)
+fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}" || true; fi
 
-python3 - <<'PY' || { echo "evpay-agent needs Python >= 3.11" >&2; exit 1; }
+python3 - <<'PY' || { echo "evpay-agent needs Python >= 3.11 (Debian 12 or later; see systemd/install.sh)" >&2; exit 1; }
 import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-stamp=".venv/.evpay-installed"
+if [ "$target" = release ]; then
+  shift
+  arch=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --arch) [ $# -ge 2 ] || usage; arch="$2"; shift 2;;
+      --arch=*) arch="${1#--arch=}"; shift;;
+      *) usage;;
+    esac
+  done
+  if [ -z "$arch" ] || [ "$arch" = "$(dpkg --print-architecture)" ]; then
+    exec bash systemd/debian/build-deb.sh
+  fi
+  exec bash systemd/debian/cross-build.sh "$arch"
+fi
+
+# demo: the project and its dependencies; test: also the dev tools. Separate stamps, so a demo
+# after a test reuses the dev install (a superset) and a test after a demo adds the dev tools.
+runtime_stamp=".venv/.evpay-installed-runtime"
+dev_stamp=".venv/.evpay-installed"
+fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ "$target" = demo ]; then
+  if ! fresh "$dev_stamp" && ! fresh "$runtime_stamp"; then
+    log "installing evpay-agent into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+    touch "$runtime_stamp"
+  fi
+elif ! fresh "$dev_stamp"; then
   log "installing evpay-agent and its dev tools into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-  touch "$stamp"
+  touch "$dev_stamp"
 fi
 
 case "$target" in

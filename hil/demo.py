@@ -8,6 +8,13 @@ prints the agent's state changes and terminal/charger actions as they happen, th
 the terminal's sessions table, the journal's payment, the itemised price and what the back office
 received upstream — checked with ``hil.check_stream`` (the demo fails on any finding).
 
+``python -m hil.demo --workdir DIR`` keeps what the run leaves in ``DIR`` (otherwise a temporary
+directory): the generated ``agent.yaml``, the journal ``state/journal.sqlite3``, the agent's log
+``agent.log`` and the upstream capture ``upstream.jsonl``.
+
+Terminal session ids are shown as everywhere else (journal, upstream, receipts, logs): the decimal
+value of the terminal's 4-byte Session ID (psp-reference §5.14).
+
 ``python -m hil.demo --driver-only`` is the lower-level demo: the PSP driver alone against the
 terminal simulator, with every frame on the wire decoded.
 """
@@ -97,9 +104,10 @@ def step(text: str) -> None:
 class AgentProcess:
     """``evpay-agent run -c CONFIG`` as a child process; selected log lines are printed."""
 
-    def __init__(self, config: Path, out: TextIO) -> None:
+    def __init__(self, config: Path, out: TextIO, log: Path | None = None) -> None:
         self.config = config
         self.out = out
+        self.log = log  # every line of the agent's log is appended here
         self.lines: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -115,12 +123,23 @@ class AgentProcess:
     async def _read(self) -> None:
         assert self._proc is not None
         assert self._proc.stderr is not None
-        async for raw in self._proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            self.lines.append(line)
-            text = re.sub(r"^<\d>", "", line)
-            if _SHOWN.search(text):
-                print(f"  agent +{time.monotonic() - self._t0:5.1f}s  {text}", file=self.out, flush=True)
+        log = self.log.open("a", encoding="utf-8") if self.log is not None else None
+        try:
+            async for raw in self._proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                self.lines.append(line)
+                if log is not None:
+                    log.write(line + "\n")
+                    log.flush()
+                self._show(line)
+        finally:
+            if log is not None:
+                log.close()
+
+    def _show(self, line: str) -> None:
+        text = re.sub(r"^<\d>", "", line)
+        if _SHOWN.search(text):
+            print(f"  agent +{time.monotonic() - self._t0:5.1f}s  {text}", file=self.out, flush=True)
 
     async def wait_for(self, pattern: str, timeout_s: float = STEP_TIMEOUT_S) -> str:
         regex = re.compile(pattern)
@@ -175,11 +194,13 @@ def _money(minor: object) -> str:
     return f"{int(str(minor)) / 100:.2f} EUR"
 
 
-async def run_agent_demo(out: TextIO) -> int:
-    with tempfile.TemporaryDirectory(prefix="evpay-demo-") as tmp:
-        workdir = Path(tmp)
+async def run_agent_demo(out: TextIO, workdir: Path | None = None) -> int:
+    """The full demo; ``workdir``: keep the run's files there (an existing, empty directory)."""
+    if workdir is not None:
         with LocalBroker(workdir) as broker:
             return await _run_with_broker(workdir, broker.url, out)
+    with tempfile.TemporaryDirectory(prefix="evpay-demo-") as tmp, LocalBroker(Path(tmp)) as broker:
+        return await _run_with_broker(Path(tmp), broker.url, out)
 
 
 async def _run_with_broker(workdir: Path, broker_url: str, out: TextIO) -> int:
@@ -202,7 +223,7 @@ async def _run_with_broker(workdir: Path, broker_url: str, out: TextIO) -> int:
         capture = StreamCapture(host, port, UPSTREAM_PREFIX, workdir / "upstream.jsonl")
         async with charger, capture:
             await charger.wait_connected()
-            agent = AgentProcess(config, out)
+            agent = AgentProcess(config, out, workdir / "agent.log")
             step(f"starting the agent: evpay-agent run -c {config.name}")
             await agent.start()
             try:
@@ -246,7 +267,7 @@ async def _drive(
         card = row["card"]
         pan = card.get("masked_pan") if isinstance(card, dict) else None
         print(
-            f"  session {row['session_id_hex']}: {row['status']}, "
+            f"  session {row['session_id']}: {row['status']}, "
             f"authorized {_money(row['authorized_minor'])}, "
             f"committed {_money(row['committed_minor'])}, card {pan}",
             file=out,
@@ -384,11 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.demo", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--driver-only", action="store_true", help="the PSP driver alone, frames decoded")
     parser.add_argument("--family", choices=["apollo", "p6x"], default="apollo", help="with --driver-only")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the config, journal, agent log and upstream capture here"
+    )
     args = parser.parse_args(argv)
     if args.driver_only:
         return asyncio.run(run_driver_demo(args.family, sys.stdout))
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(run_agent_demo(sys.stdout))
+        return asyncio.run(run_agent_demo(sys.stdout, args.workdir))
     except (RuntimeError, BrokerError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

@@ -156,4 +156,12 @@ def test_agent_folders_show_the_architecture() -> None:
     folders = {p.name for p in (ROOT / "agent").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders == {"cli", "config", "money", "runtime", "store", "upstream"}
     loose = {p.name for p in (ROOT / "agent").glob("*.py")}
-    assert loose == {"__init__.py", "__main__.py", "app.py", "crashpoints.py", "errors.py", "logs.py"}
+    assert loose == {
+        "__init__.py",
+        "__main__.py",
+        "app.py",
+        "crashpoints.py",
+        "errors.py",
+        "logs.py",
+        "timefmt.py",
+    }

@@ -65,3 +65,85 @@ def test_sysusers_and_tmpfiles_agree_with_the_unit() -> None:
     assert "u evpay-agent " in sysusers
     assert "m evpay-agent dialout" in sysusers
     assert "/var/lib/evpay-agent 0750 evpay-agent evpay-agent" in tmpfiles
+
+
+# --- systemd/install.sh: prerequisites checked first, with what to do about them ------------------
+
+INSTALL = ROOT / "systemd" / "install.sh"
+
+
+def _fake_bin(tmp_path: Path, version: str, *, venv: bool = True) -> Path:
+    """python3 reporting ``version`` (and whether venv/ensurepip import), a non-root ``id``, and
+    systemd tools that do nothing: install.sh must stop at its checks, never install anything."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    scripts = {
+        "python3": f"""#!/bin/sh
+case "$*" in
+  *version_info*) echo {version};;
+  *ensurepip*) exit {0 if venv else 1};;
+  *) echo "unexpected python3 call: $*" >&2; exit 99;;
+esac
+""",
+        "id": "#!/bin/sh\necho 1000\n",
+        **{tool: "#!/bin/sh\nexit 99\n" for tool in ("systemd-sysusers", "systemd-tmpfiles", "systemctl")},
+    }
+    for name, text in scripts.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    return bindir
+
+
+def _install(bindir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(INSTALL), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": f"{bindir}:/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+    )
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.10", "2.7"])
+def test_install_sh_refuses_an_old_python_and_says_what_to_do(tmp_path: Path, version: str) -> None:
+    proc = _install(_fake_bin(tmp_path, version))
+    assert proc.returncode == 1
+    assert f"needs Python >= 3.11, but python3 is Python {version}" in proc.stderr
+    assert "Debian 11 (bullseye) has 3.9" in proc.stderr
+    assert "EVPAY_PYTHON" in proc.stderr
+    assert "run as root" not in proc.stderr  # stopped at the first check
+
+
+def test_install_sh_needs_the_venv_module(tmp_path: Path) -> None:
+    proc = _install(_fake_bin(tmp_path, "3.11", venv=False))
+    assert proc.returncode == 1
+    assert "no venv module or no ensurepip" in proc.stderr
+    assert "apt-get install python3-venv" in proc.stderr
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13", "3.20"])
+def test_install_sh_accepts_python_3_11_and_later(tmp_path: Path, version: str) -> None:
+    bindir = _fake_bin(tmp_path, version)
+    checked = _install(bindir, "--check")
+    assert checked.returncode == 0, checked.stderr
+    assert f"prerequisites met (Python {version}, venv; from the checkout" in checked.stderr
+    real = _install(bindir)  # every check passes: only then does it want root
+    assert real.returncode == 1
+    assert "run as root" in real.stderr
+
+
+def test_install_sh_offline_from_a_wheelhouse(tmp_path: Path) -> None:
+    bindir = _fake_bin(tmp_path, "3.11")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    empty = _install(bindir, "--check", "--wheels", str(wheels))
+    assert empty.returncode == 1
+    assert "holds no evpay_agent-*.whl" in empty.stderr
+    assert "hil/bootstrap.sh release" in empty.stderr
+    (wheels / "evpay_agent-0.1.0-py3-none-any.whl").touch()
+    ok = _install(bindir, "--check", "--wheels", str(wheels))
+    assert ok.returncode == 0, ok.stderr
+    assert f"from {wheels}" in ok.stderr
+    missing = _install(bindir, "--check", "--wheels", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1
+    assert "no such directory" in missing.stderr

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from agent import __version__
 
@@ -21,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.cli.diagram",
     "agent.cli.tariff",
     "agent.cli.config",
+    "agent.cli.unit_dropin",
     "agent.cli.run",
     "agent.cli.status",
     "agent.cli.sessions",
@@ -37,12 +39,20 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+def installed_version() -> str:
+    """The installed distribution's version (what pip and the .deb installed), else the source's."""
+    try:
+        return metadata.version("evpay-agent")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evpay-agent",
         description="Card payment at EV chargers with Payter P6X / Apollo terminals.",
     )
-    parser.add_argument("--version", action="version", version=f"evpay-agent {__version__}")
+    parser.add_argument("--version", action="version", version=f"evpay-agent {installed_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agent import logs
 from agent.app import App, AppOptions, build_app
+from agent.cli.config import report
 from agent.config.schema import DEFAULT_CONFIG_PATH, load_config
 from agent.errors import ConfigError
 from agent.logs import kv
@@ -106,8 +107,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         loaded = load_config(args.config)
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_CONFIG) from None
+    except ConfigError as exc:  # every error, one line each (agent.cli.config.report)
+        raise report(exc, consequence="; not starting", exit_code=EXIT_CONFIG) from None
     logs.configure("debug" if args.verbose >= 2 else loaded.config.log_level)
     for warning in loaded.warnings:
         _LOGGER.warning("%s", warning)

@@ -3,8 +3,10 @@
 :func:`load_config` reads the file with :mod:`agent.config.yamlload` (safe, duplicate keys rejected, line
 of every key kept), converts it into the frozen msgspec Structs below, runs the range and
 cross-field rules, builds the tariff, checks every referenced secret / TLS file is readable and
-returns a :class:`LoadedConfig`. Any problem raises one :class:`~agent.errors.ConfigError` whose
-text is ``FILE:LINE: PATH: REASON``; nothing is half-loaded.
+returns a :class:`LoadedConfig`. Problems raise one :class:`ConfigErrors` (a
+:class:`~agent.errors.ConfigError`) holding **every** error found (issue 11), each
+``FILE:LINE: PATH: REASON``, sorted by line: :class:`_Check` checks each section and key on its
+own, then the rules and references on whatever validated. Nothing is half-loaded.
 
 Decisions (documented in ``docs/configuration.md`` too):
 
@@ -32,10 +34,14 @@ from __future__ import annotations
 
 import os
 import stat
+import types
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any, Final, Literal, final
+from typing import Annotated, Any, Final, Literal, Union, final, get_args, get_origin
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -77,6 +83,7 @@ __all__ = [
     "AuthorizationConfig",
     "ChargerConfig",
     "ChargerTopics",
+    "ConfigErrors",
     "ConnectorEntry",
     "LoadedConfig",
     "OcpiTariffForm",
@@ -112,6 +119,20 @@ class _Rule(ValueError):
 
     def __init__(self, rel: str, reason: str) -> None:
         super().__init__(f"`{rel}`: {reason}")
+        self.rel = rel
+        self.reason = reason
+
+
+# While the collector of :func:`load_config` runs, ``__post_init__`` leaves the rules to it: it
+# asks ``rules()`` for every broken one (each its own error) instead of msgspec's first.
+_COLLECTING: ContextVar[bool] = ContextVar("evpay_agent_config_collecting", default=False)
+
+
+def _enforce(rules: Iterable[_Rule]) -> None:
+    """``__post_init__``: raise the first broken rule (msgspec reports it at the Struct's path)."""
+    if not _COLLECTING.get():
+        for rule in rules:
+            raise rule
 
 
 def _duplicates(values: tuple[object, ...]) -> int | None:
@@ -124,11 +145,11 @@ def _duplicates(values: tuple[object, ...]) -> int | None:
     return None
 
 
-def _check_absolute(struct: object, *names: str) -> None:
+def _check_absolute(struct: object, *names: str) -> Iterator[_Rule]:
     for name in names:
         value: str | None = getattr(struct, name)
         if value is not None and not value.startswith("/"):
-            raise _Rule(name, f"must be an absolute path, got {value!r}")
+            yield _Rule(name, f"must be an absolute path, got {value!r}")
 
 
 def _topic_problem(topic: str) -> str | None:
@@ -184,10 +205,13 @@ class QuirksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ] = "session_cancelled"
 
     def __post_init__(self) -> None:
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
         if isinstance(self.accepted_preambles, tuple) and not self.accepted_preambles:
-            raise _Rule("accepted_preambles", 'needs at least one byte (or "any")')
+            yield _Rule("accepted_preambles", 'needs at least one byte (or "any")')
         if (index := _duplicates(tuple(self.baud_rates))) is not None:
-            raise _Rule(f"baud_rates[{index}]", "listed twice")
+            yield _Rule(f"baud_rates[{index}]", "listed twice")
 
     def to_quirks(self) -> Quirks:
         preambles = self.accepted_preambles
@@ -308,9 +332,12 @@ class TlsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     key_file: Annotated[AbsPath | None, Meta(description="client private key (PEM); a secret")] = None
 
     def __post_init__(self) -> None:
-        _check_absolute(self, "ca_file", "cert_file", "key_file")
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
+        yield from _check_absolute(self, "ca_file", "cert_file", "key_file")
         if (self.cert_file is None) != (self.key_file is None):
-            raise _Rule(
+            yield _Rule(
                 "cert_file" if self.cert_file is None else "key_file", "cert_file and key_file go together"
             )
 
@@ -352,9 +379,13 @@ class ChargerTopics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     cmd: Annotated[str, Meta(description="agent→charger energy commands, per connector")] = (
         "{prefix}/{connector}/cmd"
     )
+    payment: Annotated[
+        str,
+        Meta(description="agent→charger retained payment facts for the charger's OCPP stack, per connector"),
+    ] = "{prefix}/{connector}/payment"
 
     def __post_init__(self) -> None:
-        for name in ("plug", "status", "meter", "alive", "cmd"):
+        for name in ("plug", "status", "meter", "alive", "cmd", "payment"):
             template: str = getattr(self, name)
             try:
                 names = _placeholders(template)
@@ -371,7 +402,7 @@ class ChargerTopics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise _Rule(name, problem)
 
     def topic(
-        self, kind: Literal["plug", "status", "meter", "alive", "cmd"], prefix: str, connector: int
+        self, kind: Literal["plug", "status", "meter", "alive", "cmd", "payment"], prefix: str, connector: int
     ) -> str:
         template: str = getattr(self, kind)
         return template.format(prefix=prefix, connector=connector)
@@ -397,13 +428,16 @@ class ChargerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     tls: Annotated[TlsConfig | None, Meta(description="TLS settings; need an mqtts:// broker_url")] = None
 
     def __post_init__(self) -> None:
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
         if problem := _broker_url_problem(self.broker_url, self.tls):
-            raise _Rule("broker_url", problem)
-        _check_absolute(self, "password_file")
+            yield _Rule("broker_url", problem)
+        yield from _check_absolute(self, "password_file")
         if self.password_file is not None and self.username is None:
-            raise _Rule("password_file", "a password needs a username")
+            yield _Rule("password_file", "a password needs a username")
         if problem := _topic_problem(self.prefix):
-            raise _Rule("prefix", problem)
+            yield _Rule("prefix", problem)
 
 
 class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -431,19 +465,23 @@ class UpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ] = 10_000  # DESIGN.md §7: sized for a 10 000-message backlog
 
     def __post_init__(self) -> None:
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
         if problem := _broker_url_problem(self.broker_url, self.tls):
-            raise _Rule("broker_url", problem)
-        _check_absolute(self, "password_file")
+            yield _Rule("broker_url", problem)
+        yield from _check_absolute(self, "password_file")
         if self.password_file is not None and self.username is None:
-            raise _Rule("password_file", "a password needs a username")
+            yield _Rule("password_file", "a password needs a username")
         try:
             names = _placeholders(self.prefix)
         except ValueError as exc:
-            raise _Rule("prefix", str(exc)) from None
+            yield _Rule("prefix", str(exc))
+            return
         if unknown := sorted(names - {"station_id"}):
-            raise _Rule("prefix", f"unknown placeholder {{{unknown[0]}}} (only {{station_id}})")
-        if problem := _topic_problem(self.prefix):
-            raise _Rule("prefix", problem)
+            yield _Rule("prefix", f"unknown placeholder {{{unknown[0]}}} (only {{station_id}})")
+        elif problem := _topic_problem(self.prefix):
+            yield _Rule("prefix", problem)
 
     def topic_prefix(self, station_id: str) -> str:
         return self.prefix.format(station_id=station_id)
@@ -518,12 +556,15 @@ class SessionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ] = False
 
     def __post_init__(self) -> None:
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
         for name in ("start_modes", "stop_modes"):
             modes: tuple[object, ...] = getattr(self, name)
             if (index := _duplicates(modes)) is not None:
-                raise _Rule(f"{name}[{index}]", "listed twice")
+                yield _Rule(f"{name}[{index}]", "listed twice")
         if StopMode.UNPLUG not in self.stop_modes:
-            raise _Rule("stop_modes", "must include unplug: unplugging always stops a session (STOP-3)")
+            yield _Rule("stop_modes", "must include unplug: unplugging always stops a session (STOP-3)")
 
 
 class AuthorizationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -553,19 +594,22 @@ class AuthorizationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     ] = False
 
     def __post_init__(self) -> None:
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
         if self.amount_minor > self.maximum_minor:
-            raise _Rule("amount_minor", f"{self.amount_minor} is above maximum_minor {self.maximum_minor}")
+            yield _Rule("amount_minor", f"{self.amount_minor} is above maximum_minor {self.maximum_minor}")
         if self.strategy is AuthorizationStrategy.INCREMENTAL and self.increment_minor == 0:
-            raise _Rule("increment_minor", "incremental authorization needs a step above 0")
+            yield _Rule("increment_minor", "incremental authorization needs a step above 0")
         if self.strategy is AuthorizationStrategy.DRIVER_CAP:
             choices = self.driver_cap_choices_minor
             if not choices:
-                raise _Rule("driver_cap_choices_minor", "driver_cap needs at least one choice")
+                yield _Rule("driver_cap_choices_minor", "driver_cap needs at least one choice")
             if (index := _duplicates(tuple(choices))) is not None:
-                raise _Rule(f"driver_cap_choices_minor[{index}]", "listed twice")
+                yield _Rule(f"driver_cap_choices_minor[{index}]", "listed twice")
             for index, choice in enumerate(choices):
                 if choice > self.maximum_minor:
-                    raise _Rule(
+                    yield _Rule(
                         f"driver_cap_choices_minor[{index}]",
                         f"{choice} is above maximum_minor {self.maximum_minor}",
                     )
@@ -687,6 +731,88 @@ TARIFF_FORMS: Final[tuple[type[msgspec.Struct], ...]] = (TariffConfig, OcpiTarif
 # ---------------------------------------------------------------------------------------------------
 
 
+class _Unavailable(Exception):
+    """A value a cross-section rule needs did not validate (its own error is reported already)."""
+
+
+_Get = Callable[..., Any]  # get("session", "start_modes") -> the validated value, or _Unavailable
+
+
+def _attribute_getter(root: object) -> _Get:
+    def get(*path: PathItem) -> Any:
+        value: Any = root
+        for n, item in enumerate(path):
+            if value is None:  # ``tls: null`` has no ``ca_file``: nothing there to check
+                raise _Unavailable(format_path(path[:n]))
+            value = value[item] if isinstance(item, int) else getattr(value, item)
+        return value
+
+    return get
+
+
+def _station_rules(get: _Get) -> Iterator[_Rule]:
+    """The rules across sections of :class:`AgentConfig`, on whatever validated: each rule reads
+    its values with ``get`` and is skipped when one of them is :class:`_Unavailable`."""
+    with suppress(_Unavailable):
+        state_dir: str = get("state_dir")
+        if not state_dir.startswith("/"):
+            yield _Rule("state_dir", f"must be an absolute path, got {state_dir!r}")
+    with suppress(_Unavailable):
+        ids = tuple(c.id for c in get("connectors"))
+        if (index := _duplicates(ids)) is not None:
+            yield _Rule(
+                f"connectors[{index}].id",
+                f"duplicate connector id {ids[index]} (first at connectors[{ids.index(ids[index])}])",
+            )
+    apollo = True
+    with suppress(_Unavailable):
+        apollo = get("terminal", "family") is Family.APOLLO
+    if not apollo:  # psp-reference §8: UI Request/Event and Update Session are Apollo-only
+        for name in ("start_modes", "stop_modes"):
+            with suppress(_Unavailable):
+                for index, mode in enumerate(get("session", name)):
+                    if mode == "ui":
+                        yield _Rule(
+                            f"session.{name}[{index}]", "ui needs an Apollo terminal (psp-reference §5.21)"
+                        )
+        with suppress(_Unavailable):
+            if get("session", "routing") is Routing.UI_SELECTION:
+                yield _Rule("session.routing", "ui_selection needs an Apollo terminal (psp-reference §5.21)")
+        with suppress(_Unavailable):
+            strategy = get("authorization", "strategy")
+            if strategy is AuthorizationStrategy.INCREMENTAL:
+                yield _Rule(
+                    "authorization.strategy",
+                    "incremental needs Update Session, Apollo only (psp-reference §5.20)",
+                )
+            if strategy is AuthorizationStrategy.DRIVER_CAP:
+                yield _Rule(
+                    "authorization.strategy",
+                    "driver_cap needs the Apollo selection screen (psp-reference §5.21)",
+                )
+    with suppress(_Unavailable):
+        if get("session", "routing") is Routing.UI_SELECTION and StartMode.UI not in get(
+            "session", "start_modes"
+        ):
+            yield _Rule("session.routing", "ui_selection needs ui among session.start_modes")
+    with suppress(_Unavailable):
+        limit_s = get("session", "card_decision_s") - RFID_AUTH_MARGIN_S
+        if get("rfid", "auth_timeout_s") > limit_s:
+            yield _Rule(
+                "rfid.auth_timeout_s",
+                f"must be at most session.card_decision_s - {RFID_AUTH_MARGIN_S} ({limit_s}): the terminal "
+                "drops a card not decided in time (psp-reference §9.2)",
+            )
+    with suppress(_Unavailable):
+        timeout_s = get("terminal", "session_timeout_s")
+        for index, connector in enumerate(get("connectors")):
+            if connector.max_duration_s is not None and connector.max_duration_s >= timeout_s:
+                yield _Rule(
+                    f"connectors[{index}].max_duration_s",
+                    f"must be below terminal.session_timeout_s ({timeout_s}) (TERM-2)",
+                )
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The agent's YAML file (DESIGN.md §5.1)."""
 
@@ -726,53 +852,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     )
 
     def __post_init__(self) -> None:
-        _check_absolute(self, "state_dir")
-        ids = tuple(c.id for c in self.connectors)
-        if (index := _duplicates(ids)) is not None:
-            raise _Rule(
-                f"connectors[{index}].id",
-                f"duplicate connector id {ids[index]} (first at connectors[{ids.index(ids[index])}])",
-            )
-        apollo = self.terminal.family is Family.APOLLO
-        if not apollo:  # psp-reference §8: UI Request/Event and Update Session are Apollo-only
-            session = self.session
-            for name, modes in (("start_modes", session.start_modes), ("stop_modes", session.stop_modes)):
-                for index, mode in enumerate(modes):
-                    if mode == "ui":
-                        raise _Rule(
-                            f"session.{name}[{index}]", "ui needs an Apollo terminal (psp-reference §5.21)"
-                        )
-            if session.routing is Routing.UI_SELECTION:
-                raise _Rule("session.routing", "ui_selection needs an Apollo terminal (psp-reference §5.21)")
-            strategy = self.authorization.strategy
-            if strategy is AuthorizationStrategy.INCREMENTAL:
-                raise _Rule(
-                    "authorization.strategy",
-                    "incremental needs Update Session, Apollo only (psp-reference §5.20)",
-                )
-            if strategy is AuthorizationStrategy.DRIVER_CAP:
-                raise _Rule(
-                    "authorization.strategy",
-                    "driver_cap needs the Apollo selection screen (psp-reference §5.21)",
-                )
-        if self.session.routing is Routing.UI_SELECTION and StartMode.UI not in self.session.start_modes:
-            raise _Rule("session.routing", "ui_selection needs ui among session.start_modes")
-        limit_s = self.session.card_decision_s - RFID_AUTH_MARGIN_S
-        if self.rfid.auth_timeout_s > limit_s:
-            raise _Rule(
-                "rfid.auth_timeout_s",
-                f"must be at most session.card_decision_s - {RFID_AUTH_MARGIN_S} ({limit_s}): the terminal "
-                "drops a card not decided in time (psp-reference §9.2)",
-            )
-        for index, connector in enumerate(self.connectors):
-            if (
-                connector.max_duration_s is not None
-                and connector.max_duration_s >= self.terminal.session_timeout_s
-            ):
-                raise _Rule(
-                    f"connectors[{index}].max_duration_s",
-                    f"must be below terminal.session_timeout_s ({self.terminal.session_timeout_s}) (TERM-2)",
-                )
+        _enforce(self.rules())
+
+    def rules(self) -> Iterator[_Rule]:
+        return _station_rules(_attribute_getter(self))
 
     # -- mappings onto the runtime objects ---------------------------------------------------------
 
@@ -856,6 +939,7 @@ class LoadedConfig:
     tariff: Tariff
     secrets: Secrets
     warnings: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()  # files assumed present (check-config --example)
 
     def to_profile(self) -> Profile:
         return self.config.to_profile()
@@ -866,27 +950,19 @@ class LoadedConfig:
 
 def parse_config(doc: YamlDocument, *, base_dir: Path | None = None) -> AgentConfig:
     """Validate loaded YAML into an :class:`AgentConfig` and check its tariff. Raises
-    :class:`ConfigError` located at the offending key.
+    :class:`ConfigErrors` with every error found, each located at the offending key.
 
     No file access beyond what produced ``doc``, except ``tariff.ocpi_file`` when ``base_dir`` (the
     config file's directory) is given: that file is read and its content put in ``tariff.ocpi``.
     Without ``base_dir`` a tariff with an ``ocpi_file`` is checked only as far as its keys go."""
-    if not isinstance(doc.data, dict):
-        got = "an empty file" if doc.data is None else f"a {_yaml_kind(doc.data)}"
-        raise doc.error((), f"expected a mapping of settings, got {got}")
-    try:
-        config = msgspec.convert(doc.data, AgentConfig)
-    except msgspec.ValidationError as exc:
-        raise _from_validation_error(doc, str(exc)) from None
-    resolved = _resolve_ocpi_file(doc, config.tariff, base_dir)
+    check = _Check(doc, base_dir=base_dir)
+    config = check.schema()
+    resolved = check.tariff()
+    check.raise_errors()
+    assert config is not None  # no errors: every section validated
     if resolved is None:
         return config
-    tariff, source = resolved
-    try:
-        tariff_from_builtins(tariff)  # every form's checks (decimals, bands, OCPI fields, timezone…)
-    except TariffConfigError as exc:
-        raise _tariff_error(doc, source, exc) from None
-    return msgspec.structs.replace(config, tariff=tariff)
+    return msgspec.structs.replace(config, tariff=resolved[0])
 
 
 _OCPI_FILE_KEY: Final = "ocpi_file"
@@ -997,12 +1073,6 @@ def _from_validation_error(doc: YamlDocument, text: str, *, prefix: KeyPath = ()
         return doc.error((*path, message.split("`")[1]), "unknown key")
     if message.startswith("Object missing required field `"):
         return doc.error((*path, message.split("`")[1]), "missing required key")
-    if path[:1] == ["tariff"] and not prefix and isinstance(doc.data, dict):
-        # the tariff module words its errors better ("write it quoted"); a tariff that is no mapping
-        try:
-            tariff_from_builtins(doc.data.get("tariff"))
-        except TariffConfigError as exc:
-            return doc.error(("tariff", *exc.path), exc.message)
     return doc.error(path, message)
 
 
@@ -1032,77 +1102,391 @@ def _world_readable(file: str) -> bool:
         return False
 
 
-def load_config(path: Path | str, *, display: str | None = None) -> LoadedConfig:
+def _missing(file: str) -> bool:
+    try:
+        os.stat(file)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _error_order(main: str) -> Callable[[ConfigError], tuple[bool, str, int]]:
+    """Errors of the config file first, by line; then those of a referenced file (an OCPI tariff)."""
+    return lambda e: (e.file != main, e.file, e.line or 0)
+
+
+@final
+class ConfigErrors(ConfigError):
+    """Every error found in one config file and the files it references, sorted by line, with the
+    warnings and hints found on the way. ``str()`` is one ``FILE:LINE: PATH: REASON`` line per
+    error; as a :class:`ConfigError` it is located at its first error."""
+
+    def __init__(
+        self,
+        file: str,
+        errors: Iterable[ConfigError],
+        *,
+        warnings: Iterable[str] = (),
+        hints: Iterable[str] = (),
+    ) -> None:
+        self.errors: tuple[ConfigError, ...] = tuple(sorted(errors, key=_error_order(file)))
+        if not self.errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = self.errors[0]
+        super().__init__(first.file, first.reason, line=first.line, path=first.path)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+        self.hints: tuple[str, ...] = tuple(hints)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
+
+
+_INVALID: Final = object()  # a value that did not validate (its error is recorded)
+
+_SECRET_HINT: Final = (
+    "{count} referenced secret or TLS file{s} not exist. Create {them} (readable by the service "
+    "user only), or, for a copy of the shipped example whose paths are placeholders, run "
+    "`evpay-agent check-config --example FILE`: it checks everything else and lists the lines "
+    "marked `# EDIT:` that must be edited before starting"
+)
+
+
+def _unannotated(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _struct_type(tp: Any, value: object) -> type[msgspec.Struct] | None:
+    """The Struct ``value`` is to be checked as, field by field: ``tp`` itself or, for a mapping,
+    the one Struct of a union (``TlsConfig | None``)."""
+    tp = _unannotated(tp)
+    if _is_struct(tp):
+        return tp  # type: ignore[no-any-return]
+    if isinstance(value, dict) and get_origin(tp) in (Union, types.UnionType):
+        structs = [m for m in map(_unannotated, get_args(tp)) if _is_struct(m)]
+        if len(structs) == 1:
+            return structs[0]  # type: ignore[no-any-return]
+    return None
+
+
+def _item_struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    """``X`` of ``tuple[X, ...]`` when ``X`` is a Struct (``connectors``)."""
+    tp = _unannotated(tp)
+    args = get_args(tp)
+    if get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _unannotated(args[0])
+        if _is_struct(item):
+            return item  # type: ignore[no-any-return]
+    return None
+
+
+def _field_default(field: msgspec.structs.FieldInfo) -> object:
+    if field.default is not msgspec.NODEFAULT:
+        return field.default
+    return field.default_factory()
+
+
+class _Check:
+    """One run of the checks over a loaded file, collecting every error instead of raising the first.
+
+    1. :meth:`schema`: each Struct is checked key by key (unknown keys, missing keys), each field
+       converted on its own against its annotated type (msgspec: types, ranges, patterns), nested
+       Structs and lists of Structs recursively; a Struct whose fields all validated is built and
+       its own rules (``rules()``) each add their error; the rules across sections
+       (:func:`_station_rules`) run on whatever validated.
+    2. :meth:`tariff`, :meth:`files`, :meth:`advise`: the tariff (incl. an ``ocpi_file``), the
+       secret and TLS files and the warnings, each on the values that validated.
+
+    ``valid`` maps a key path to its validated value (defaults for keys left out); at most one
+    error is kept per key path (the first found).
+    """
+
+    def __init__(self, doc: YamlDocument, *, base_dir: Path | None, placeholders: bool = False) -> None:
+        self.doc = doc
+        self.base_dir = base_dir
+        self.placeholders = placeholders
+        self.errors: list[ConfigError] = []
+        self.warnings: list[ConfigError] = []
+        self.missing: list[str] = []  # secret / TLS files that do not exist
+        self.assumed: list[str] = []  # ... and were assumed present (placeholders)
+        self.valid: dict[KeyPath, object] = {}
+        self._seen: set[tuple[str, str | None]] = set()
+        for error in doc.errors:  # duplicate keys found by the YAML loader
+            self.add(error)
+
+    # -- recording ---------------------------------------------------------------------------------
+
+    def add(self, error: ConfigError) -> None:
+        where = (error.file, error.path)
+        if where not in self._seen:
+            self._seen.add(where)
+            self.errors.append(error)
+
+    def error_at(self, path: KeyPath, reason: str) -> None:
+        self.add(self.doc.error(path, reason))
+        for n in range(len(path), -1, -1):  # neither the key nor what holds it is valid
+            self.valid.pop(path[:n], None)
+
+    def warn(self, path: KeyPath, reason: str) -> None:
+        self.warnings.append(self.doc.error(path, f"warning: {reason}"))
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            hints = []
+            if self.missing and not self.placeholders:
+                count = len(self.missing)
+                hints.append(
+                    _SECRET_HINT.format(
+                        count=count, s=" does" if count == 1 else "s do", them="it" if count == 1 else "them"
+                    )
+                )
+            raise ConfigErrors(self.doc.file, self.errors, warnings=self.warning_texts(), hints=hints)
+
+    def warning_texts(self) -> tuple[str, ...]:
+        return tuple(str(w) for w in sorted(self.warnings, key=_error_order(self.doc.file)))
+
+    def get(self, *path: PathItem) -> Any:
+        """The validated value at ``path``; raises :class:`_Unavailable` when it did not validate."""
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.valid:
+                held = self.valid[path[:n]]
+                if held is None and n < len(path):  # tls: null has no ca_file
+                    break
+                return _attribute_getter(held)(*path[n:])
+        raise _Unavailable(format_path(path))
+
+    # -- 1. the schema -----------------------------------------------------------------------------
+
+    def schema(self) -> AgentConfig | None:
+        """The config when every section validated (else ``None``, errors recorded)."""
+        doc = self.doc
+        if not isinstance(doc.data, dict):
+            got = "an empty file" if doc.data is None else f"a {_yaml_kind(doc.data)}"
+            raise doc.error((), f"expected a mapping of settings, got {got}")
+        token = _COLLECTING.set(True)
+        try:
+            config = self._struct(doc.data, AgentConfig, ())
+        finally:
+            _COLLECTING.reset(token)
+        return config if isinstance(config, AgentConfig) else None
+
+    def _struct(self, value: object, cls: type[msgspec.Struct], path: KeyPath) -> object:
+        if not isinstance(value, dict):
+            return self._leaf(value, cls, path)
+        fields = msgspec.structs.fields(cls)
+        known = {field.encode_name for field in fields}
+        ok = True
+        for key in value:
+            if key not in known:
+                self.error_at((*path, key), "unknown key")
+                ok = False
+        kwargs: dict[str, object] = {}
+        for field in fields:
+            child = (*path, field.encode_name)
+            if field.encode_name not in value:
+                if field.required:
+                    self.error_at(child, "missing required key")
+                    ok = False
+                else:
+                    self.valid[child] = _field_default(field)
+                continue
+            result = self._value(value[field.encode_name], field.type, child)
+            if result is _INVALID:
+                ok = False
+            else:
+                kwargs[field.name] = self.valid[child] = result
+        if not ok:
+            if cls is AgentConfig:  # the rules across sections, on the sections that validated
+                self._rules(_station_rules(self.get), path)
+            return _INVALID
+        try:
+            instance = cls(**kwargs)  # _COLLECTING: rules() is asked below, not in __post_init__
+        except _Rule as rule:  # a Struct whose __post_init__ raises its rule itself
+            self._rules((rule,), path)
+            return _INVALID
+        except (ValueError, TypeError) as exc:  # what msgspec would report at the Struct's path
+            self.error_at(path, str(exc))
+            return _INVALID
+        rules: Callable[[], Iterable[_Rule]] | None = getattr(instance, "rules", None)
+        if rules is not None and self._rules(rules(), path):
+            return _INVALID
+        self.valid[path] = instance
+        return instance
+
+    def _value(self, value: object, tp: Any, path: KeyPath) -> object:
+        if (struct := _struct_type(tp, value)) is not None:
+            return self._struct(value, struct, path)
+        if (item := _item_struct_type(tp)) is not None and isinstance(value, list):
+            items = [self._struct(v, item, (*path, index)) for index, v in enumerate(value)]
+            if any(i is _INVALID for i in items):
+                return _INVALID
+        return self._leaf(value, tp, path)  # for a list of Structs: its own constraints (min_length)
+
+    def _leaf(self, value: object, tp: Any, path: KeyPath) -> object:
+        try:
+            return msgspec.convert(value, tp)
+        except msgspec.ValidationError as exc:
+            if path == ("tariff",):  # not a mapping: the tariff module words it better
+                try:
+                    tariff_from_builtins(value)
+                except TariffConfigError as tariff_exc:
+                    self.error_at(("tariff", *tariff_exc.path), tariff_exc.message)
+                    return _INVALID
+            error = _from_validation_error(self.doc, str(exc), prefix=path)
+            self.add(error)
+            self.valid.pop(path, None)
+            return _INVALID
+
+    def _rules(self, rules: Iterable[_Rule], path: KeyPath) -> bool:
+        """Record each broken rule at its key; whether there was one."""
+        broken = False
+        for rule in rules:
+            broken = True
+            self.error_at((*path, *_parse_path(rule.rel)), rule.reason)
+        return broken
+
+    # -- 2. what the values reference ----------------------------------------------------------------
+
+    def tariff(self) -> tuple[dict[str, Any], Tariff] | None:
+        """The tariff mapping (an ``ocpi_file`` read into ``ocpi``) and the tariff, when valid;
+        ``None`` when not or when an ``ocpi_file`` cannot be read (no ``base_dir``)."""
+        doc = self.doc
+        try:
+            raw: dict[str, Any] = self.get("tariff")
+        except _Unavailable:
+            return None
+        try:
+            resolved = _resolve_ocpi_file(doc, raw, self.base_dir)
+        except ConfigError as exc:
+            self.add(exc)
+            return None
+        if resolved is None:
+            return None
+        mapping, source = resolved
+        try:
+            tariff = tariff_from_builtins(mapping)  # every form's checks (decimals, bands, OCPI fields…)
+        except TariffConfigError as exc:
+            self.add(_tariff_error(doc, source, exc))
+            return None
+        try:  # the journal keeps the tariff (issue 10) and refuses anything that looks like a card number
+            check_no_pan("tariff", {"tariff": tariff_to_builtins(tariff)})
+        except JournalError as exc:
+            self.add(doc.error(("tariff",), f"{exc} (the journal refuses to keep it)"))
+            return None
+        return mapping, tariff
+
+    def _readable(self, key: KeyPath, file: str, *, read: bool) -> str | None:
+        """The content (``read``) or ``""`` of a readable ``file``; ``None`` after recording why not."""
+        if _missing(file):
+            self.missing.append(file)
+            if self.placeholders:  # check-config --example: a placeholder path counts as present
+                self.assumed.append(file)
+                return ""
+        try:
+            return _check_readable(self.doc, key, file, read=read) or ""
+        except ConfigError as exc:
+            self.add(exc)
+            return None
+
+    def files(self) -> Secrets:
+        """Check every referenced secret and TLS file is readable; read the passwords (UP-4)."""
+
+        def secret(key: KeyPath) -> Secret | None:
+            try:
+                file: str | None = self.get(*key)
+            except _Unavailable:
+                return None
+            if file is None:
+                return None
+            value = self._readable(key, file, read=True)
+            if value is not None and _world_readable(file):
+                self.warn(key, f"{file} is readable by everyone; chmod o-r")
+            return None if value is None else Secret(value)
+
+        secrets = Secrets(
+            charger_password=secret(("charger", "password_file")),
+            upstream_password=secret(("upstream", "password_file")),
+        )
+        for section in ("charger", "upstream"):
+            for name in ("ca_file", "cert_file", "key_file"):
+                key: KeyPath = (section, "tls", name)
+                with suppress(_Unavailable):
+                    file: str | None = self.get(*key)
+                    readable = file is not None and self._readable(key, file, read=False) is not None
+                    if readable and name == "key_file" and file is not None and _world_readable(file):
+                        self.warn(key, f"{file} is readable by everyone; chmod o-r")
+        with suppress(_Unavailable):
+            terminal: TerminalConfig = self.get("terminal")
+            url_key: KeyPath = ("terminal", "url")
+            terminal_url = urlsplit(terminal.url)
+            if terminal_url.scheme == "tls":
+                query = {k: v[-1] for k, v in parse_qs(terminal_url.query).items()}
+                for option in ("cafile", "certfile", "keyfile"):
+                    if option in query:
+                        if not query[option].startswith("/"):
+                            self.add(self.doc.error(url_key, f"{option} must be an absolute path"))
+                        else:
+                            self._readable(url_key, query[option], read=False)
+        return secrets
+
+    def advise(self) -> None:
+        """Warnings: questionable settings that work."""
+        with suppress(_Unavailable):
+            terminal: TerminalConfig = self.get("terminal")
+            if terminal.family is Family.P6X and urlsplit(terminal.url).scheme == "tcp":
+                self.warn(
+                    ("terminal", "url"),
+                    "P6X is serial-only per Payter (psp-reference §1.1); tcp:// works only through a "
+                    "serial device server in front of its RS-232 port",
+                )
+        with suppress(_Unavailable):
+            idle_fee = self.get("tariff").get("idle_fee_per_minute", "0")  # the simple form's (STOP-9)
+            enabled = self.get("session", "idle_fee_enabled")
+            if not enabled and isinstance(idle_fee, str) and idle_fee.strip("0.") != "":
+                self.warn(
+                    ("tariff", "idle_fee_per_minute"),
+                    "the idle fee is never charged while session.idle_fee_enabled is false (STOP-9)",
+                )
+        with suppress(_Unavailable):
+            upstream: UpstreamConfig = self.get("upstream")
+            if upstream.tls is None and urlsplit(upstream.broker_url).scheme == "mqtt":
+                self.warn(("upstream", "broker_url"), "plain mqtt:// to the backend; use mqtts:// (UP-4)")
+
+
+def load_config(path: Path | str, *, display: str | None = None, placeholders: bool = False) -> LoadedConfig:
     """Load, validate and check the config file at ``path`` (CFG-1).
 
     Checks that every referenced secret and TLS file is readable and reads the passwords.
     ``display`` names the file in messages (default: ``path`` as given). Raises
-    :class:`ConfigError` (``FILE:LINE: PATH: REASON``); never returns a partial config.
+    :class:`ConfigErrors` with every error (``FILE:LINE: PATH: REASON`` each, sorted by line) and
+    the warnings, or a single :class:`ConfigError` when the file cannot be read or parsed as YAML;
+    never returns a partial config.
+
+    ``placeholders`` (``check-config --example`` only, never ``run``): a secret or TLS file that
+    does not exist counts as present (an empty secret); everything else is checked. The files
+    assumed are in :attr:`LoadedConfig.placeholders`.
     """
-    doc = read_yaml_file(Path(path), display=display)
-    config = parse_config(doc, base_dir=Path(path).parent)
-    tariff = config.to_tariff()
-    try:  # the journal keeps the tariff (issue 10) and refuses anything that looks like a card number
-        check_no_pan("tariff", {"tariff": tariff_to_builtins(tariff)})
-    except JournalError as exc:
-        raise doc.error(("tariff",), f"{exc} (the journal refuses to keep it)") from None
-    warnings: list[str] = []
-
-    def warn(key: KeyPath, reason: str) -> None:
-        warnings.append(str(doc.error(key, f"warning: {reason}")))
-
-    def secret(key: KeyPath, file: str | None) -> Secret | None:
-        if file is None:
-            return None
-        value = _check_readable(doc, key, file, read=True)
-        if _world_readable(file):
-            warn(key, f"{file} is readable by everyone; chmod o-r")
-        return Secret(value or "")
-
-    def tls_files(key: KeyPath, tls: TlsConfig | None) -> None:
-        if tls is None:
-            return
-        for name in ("ca_file", "cert_file", "key_file"):
-            file: str | None = getattr(tls, name)
-            if file is not None:
-                _check_readable(doc, (*key, name), file, read=False)
-        if tls.key_file is not None and _world_readable(tls.key_file):
-            warn((*key, "key_file"), f"{tls.key_file} is readable by everyone; chmod o-r")
-
-    secrets = Secrets(
-        charger_password=secret(("charger", "password_file"), config.charger.password_file),
-        upstream_password=secret(("upstream", "password_file"), config.upstream.password_file),
-    )
-    tls_files(("charger", "tls"), config.charger.tls)
-    tls_files(("upstream", "tls"), config.upstream.tls)
-
-    terminal_url = urlsplit(config.terminal.url)
-    url_key: KeyPath = ("terminal", "url")
-    if terminal_url.scheme == "tls":
-        query = {k: v[-1] for k, v in parse_qs(terminal_url.query).items()}
-        for option in ("cafile", "certfile", "keyfile"):
-            if option in query:
-                if not query[option].startswith("/"):
-                    raise doc.error(url_key, f"{option} must be an absolute path")
-                _check_readable(doc, url_key, query[option], read=False)
-    if config.terminal.family is Family.P6X and terminal_url.scheme == "tcp":
-        warn(
-            url_key,
-            "P6X is serial-only per Payter (psp-reference §1.1); tcp:// works only through a "
-            "serial device server in front of its RS-232 port",
-        )
-    idle_fee = config.tariff.get("idle_fee_per_minute", "0")  # the simple form's (STOP-9)
-    if not config.session.idle_fee_enabled and isinstance(idle_fee, str) and idle_fee.strip("0.") != "":
-        warn(
-            ("tariff", "idle_fee_per_minute"),
-            "the idle fee is never charged while session.idle_fee_enabled is false (STOP-9)",
-        )
-    if config.upstream.tls is None and urlsplit(config.upstream.broker_url).scheme == "mqtt":
-        warn(("upstream", "broker_url"), "plain mqtt:// to the backend; use mqtts:// (UP-4)")
+    doc = read_yaml_file(Path(path), display=display, collect=True)  # duplicate keys: doc.errors
+    check = _Check(doc, base_dir=Path(path).parent, placeholders=placeholders)
+    config = check.schema()
+    resolved = check.tariff()
+    secrets = check.files()
+    check.advise()
+    check.raise_errors()
+    assert config is not None  # no errors: all of it validated
+    assert resolved is not None
     return LoadedConfig(
         file=doc.file,
-        config=config,
-        tariff=tariff,
+        config=msgspec.structs.replace(config, tariff=resolved[0]),
+        tariff=resolved[1],
         secrets=secrets,
-        warnings=tuple(warnings),
+        warnings=check.warning_texts(),
+        placeholders=tuple(check.assumed),
     )

@@ -65,6 +65,7 @@ class YamlDocument:
     file: str
     data: object
     lines: Mapping[KeyPath, int]
+    errors: tuple[ConfigError, ...] = ()  # duplicate keys, when loaded with collect=True
 
     def line_of(self, path: Iterable[PathItem]) -> int:
         """The line of ``path``, or of its longest prefix that exists in the file (a missing key is
@@ -97,10 +98,12 @@ def _line(node: yaml.Node) -> int:
 
 
 class _Builder:
-    def __init__(self, loader: _Loader, file: str) -> None:
+    def __init__(self, loader: _Loader, file: str, *, collect: bool = False) -> None:
         self._loader = loader
         self._file = file
+        self._collect = collect
         self.lines: dict[KeyPath, int] = {}
+        self.errors: list[ConfigError] = []
 
     def _error(self, node: yaml.Node, path: KeyPath, reason: str) -> ConfigError:
         return ConfigError(self._file, reason, line=_line(node), path=format_path(path))
@@ -141,16 +144,22 @@ class _Builder:
             key = str(key_node.value)
             child = (*path, key)
             if key in first_line:
-                raise self._error(key_node, child, f"duplicate key (first at line {first_line[key]})")
+                error = self._error(key_node, child, f"duplicate key (first at line {first_line[key]})")
+                if not self._collect:
+                    raise error
+                self.errors.append(error)  # the first value stays; the rest of the file is checked
+                continue
             first_line[key] = self.lines[child] = _line(key_node)
             result[key] = self.build(value_node, child, depth + 1)
         return result
 
 
-def load_yaml(text: str, file: str) -> YamlDocument:
+def load_yaml(text: str, file: str, *, collect: bool = False) -> YamlDocument:
     """Parse one YAML document from ``text``; ``file`` is only used in error messages.
 
     An empty document (only comments or nothing) gives ``data=None``. Raises :class:`ConfigError`.
+    ``collect``: a duplicate key does not raise but is recorded in :attr:`YamlDocument.errors`
+    (the first value is kept) so that the rest of the file can still be checked.
     """
     if len(text) > MAX_BYTES:
         raise ConfigError(file, f"file larger than {MAX_BYTES} bytes")
@@ -165,10 +174,10 @@ def load_yaml(text: str, file: str) -> YamlDocument:
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(file, None, {(): 1})
-        builder = _Builder(loader, file)
+        builder = _Builder(loader, file, collect=collect)
         builder.lines[()] = _line(node)
         data = builder.build(node, (), 0)
-        return YamlDocument(file, data, builder.lines)
+        return YamlDocument(file, data, builder.lines, tuple(builder.errors))
     except yaml.composer.ComposerError as exc:
         if exc.problem == "but found another document" or "single document" in str(exc.context):
             mark = exc.problem_mark
@@ -198,10 +207,10 @@ def _syntax_error(file: str, exc: yaml.MarkedYAMLError) -> ConfigError:
     )
 
 
-def read_yaml_file(path: Path, *, display: str | None = None) -> YamlDocument:
+def read_yaml_file(path: Path, *, display: str | None = None, collect: bool = False) -> YamlDocument:
     """Read and parse ``path`` (UTF-8, optional BOM). ``display`` names the file in messages
     (default: the path as given). Raises :class:`ConfigError`, e.g. ``agent.yaml: cannot read: No
-    such file or directory``."""
+    such file or directory``. ``collect``: as for :func:`load_yaml`."""
     file = display if display is not None else str(path)
     try:
         with path.open("rb") as stream:
@@ -215,7 +224,7 @@ def read_yaml_file(path: Path, *, display: str | None = None) -> YamlDocument:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(file, "not UTF-8 text", line=line) from None
-    return load_yaml(text, file)
+    return load_yaml(text, file, collect=collect)
 
 
 def read_json_file(path: Path, *, display: str | None = None) -> object:

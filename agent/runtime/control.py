@@ -113,7 +113,7 @@ class ControlSocket:
         self.max_clients = max_clients
         self._sock: socket.socket | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
-        self._clients = 0
+        self._connections = 0
         self._numbers = itertools.count(1)
         self.served = 0  # requests answered (errors included)
 
@@ -227,9 +227,9 @@ class ControlSocket:
         except OSError:
             conn.close()
             return
-        self._clients += 1
+        self._connections += 1
         try:
-            if self._clients > self.max_clients:
+            if self._connections > self.max_clients:
                 await self._reply(writer, _error_line("busy: too many control connections"))
                 return
             while await self._one(reader, writer):
@@ -239,7 +239,7 @@ class ControlSocket:
         except Exception:
             _LOGGER.exception("control client failed")
         finally:
-            self._clients -= 1
+            self._connections -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -52,6 +52,7 @@ from agent.logs import kv
 from agent.money.receipts import apollo_final_screen
 from agent.money.tariff import Tariff
 from agent.runtime import screens
+from agent.runtime.charger_payment import PaymentFeed
 from agent.runtime.recovery import (
     ChargerFacts,
     reconcile_terminal_sessions,
@@ -71,8 +72,10 @@ from agent.upstream.alarms import (
     PossibleOrphanApproval,
     ShellAlarm,
 )
+from agent.upstream.contract import Receipt
 from agent.upstream.publisher import ConnectorSnapshot, Publisher
 from drivers.charger import base as charger
+from drivers.charger.payloads import PaymentPayload
 from drivers.errors import DriverError
 from drivers.psp.errors import PspNotOk, SessionNotFound, UnexpectedState
 from drivers.terminal import (
@@ -148,6 +151,7 @@ from statemachines.events import (
     CommitResult,
     Event,
     MeterReading,
+    PaymentRestored,
     Plugged,
     SettlementOutcome,
     TariffChanged,
@@ -300,6 +304,8 @@ class Runtime:
             "terminal-actor", self._execute_terminal, self._progress
         )
         self.facts = ChargerFacts()
+        # docs/ocpp21.md: what the charger's OCPP stack needs (payment topic), derived per step
+        self.payment_feed = PaymentFeed(journal, self._currency)
         self.restarts: dict[str, int] = {}
         self.ready = asyncio.Event()  # config, journal and tasks are up (not gated on the terminal)
         self.recovered = asyncio.Event()  # ERR-5 restore done; new cards accepted from here on
@@ -510,6 +516,7 @@ class Runtime:
         changed = event.pricer if isinstance(event, TariffChanged) else None
         if not stored and changed is None:
             return []
+        issued: dict[str, Receipt] = {}  # the step's receipts, for the charger's settlement message
         at = getattr(event, "at", None)
         durable = changed is not None or not all(isinstance(e, RecordMeter) and e.periodic for e in stored)
         final: list[tuple[int, screens.PrebuiltScreen]] = []
@@ -556,6 +563,8 @@ class Runtime:
                     case IssueReceipt():
                         machine = self.station.connectors[effect.connector_id]
                         receipt = self.publisher.receipt(effect, machine.pricer)  # the session's tariff
+                        if receipt is not None:
+                            issued[effect.session_ref] = receipt
                         if receipt is not None and effect.declined is None and self.options.final_screen:
                             screen_type, props = apollo_final_screen(receipt, receipt.qr_url)
                             final.append(
@@ -568,7 +577,28 @@ class Runtime:
                         self.publisher.alarm(effect)
                     case _:
                         raise AssertionError(f"not a stored effect: {effect!r}")
+            payments = self.payment_feed.messages(stored, issued, at or self.clock())
+            if payments:
+                self.store.after_commit(partial(self._offer_payments, payments))
         return final
+
+    def _currency(self, cid: int) -> tuple[str, int]:
+        """The currency of connector ``cid``'s session (its tariff): code, minor unit digits."""
+        pricer = self.station.connectors[cid].pricer
+        return pricer.currency, pricer.minor_unit_digits
+
+    def _offer_payments(self, payments: Mapping[int, PaymentPayload]) -> None:
+        """After the step's commit: the charger's payment messages (docs/ocpp21.md); never raises."""
+        for cid, payload in payments.items():
+            try:
+                self.charger.offer_payment(cid, payload)
+            except Exception:
+                _LOGGER.exception("charger payment not offered %s", kv(connector=cid))
+                continue
+            _LOGGER.info(
+                "charger payment %s",
+                kv(connector=cid, event=payload.event, session=payload.session_id, psp_ref=payload.psp_ref),
+            )
 
     def _execute(self, effect: Effect, final_screens: set[int]) -> None:
         """Execute one effect that is not stored, after the step's commit."""
@@ -1064,6 +1094,10 @@ class Runtime:
         self._close_unapproved([r for r in rows if not r.approved])
         restorable = [r for r in rows if r.approved]
         await self._wait_for_charger_state()
+        try:  # docs/ocpp21.md: a settlement journaled but perhaps never published reaches the charger
+            self._offer_payments(self.payment_feed.last_settlements())
+        except JournalError as exc:
+            _LOGGER.error("recovery: charger settlements not read %s", kv(error=str(exc)))
         if restorable:
             _LOGGER.info("recovery: restoring open payments %s", kv(count=len(restorable)))
         tariffs = session_tariffs(self.journal, restorable)  # STOP-8: each its own tariff
@@ -1175,14 +1209,26 @@ class _RestoreNow(_Internal):
     events: list[Event]
 
     def apply(self, runtime: Runtime) -> None:
+        # counts only the open payments whose restore step committed (the leading ChargerLost and
+        # the buffered charger events are no restore); a fresh journal says there was nothing to do
+        wanted = restored = 0
         for event in self.events:
-            runtime.step(event)
+            committed = runtime.step(event)
+            if isinstance(event, PaymentRestored):
+                wanted += 1
+                restored += committed
         buffered, runtime._buffered = runtime._buffered, []
         for event in buffered:
             runtime.step(event)
         runtime.recovered.set()
-        restored = sum(1 for e in self.events if not isinstance(e, ChargerLost))
-        _LOGGER.info("recovery: restore done %s", kv(restored=restored, charger_events=len(buffered)))
+        if wanted:
+            counts = {"restored": restored, "failed": wanted - restored} if restored < wanted else {}
+            _LOGGER.info(
+                "recovery: restore done %s",
+                kv(counts or {"restored": restored}, charger_events=len(buffered)),
+            )
+        else:
+            _LOGGER.info("recovery: no open payment to restore %s", kv(charger_events=len(buffered)))
 
 
 def _is_stored(effect: Effect) -> bool:

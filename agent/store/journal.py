@@ -48,6 +48,7 @@ from typing import Any, Final, assert_never
 from agent import crashpoints
 from agent.errors import AgentError
 from agent.store.db import DB_FILE, METER_SYNC_INTERVAL_S, Store, StoreError
+from agent.timefmt import normalize_timestamp, parse_timestamp, utc_timestamp
 from statemachines.effects import (
     JournalRecord,
     RecordCardRead,
@@ -109,7 +110,16 @@ class JournalError(AgentError):
 
 
 def _utc_iso(at: datetime | None = None) -> str:
-    return (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+    """The journal's timestamps: the agent's one format (RFC 3339 UTC ``Z``, agent.timefmt), to
+    the microsecond (restart pricing and ordering need the exact instants)."""
+    return utc_timestamp(at or datetime.now(UTC), timespec="microseconds")
+
+
+def _json_default(value: object) -> object:
+    """``json.dumps`` fallback of :meth:`Journal.note`: datetimes in the one format, else text."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return _utc_iso(value)
+    return str(value)
 
 
 def check_no_pan(kind: str, values: Mapping[str, object]) -> None:
@@ -156,9 +166,9 @@ def usage_to_json(usage: Usage) -> str:
     """``{"started_at", "periods": [[start, kind, energy_wh, duration_ms, power_w, current_a], …]}``."""
     return json.dumps(
         {
-            "started_at": usage.started_at.isoformat() if usage.started_at else None,
+            "started_at": _utc_iso(usage.started_at) if usage.started_at else None,
             "periods": [
-                [p.start.isoformat(), p.kind.value, p.energy_wh, p.duration_ms, p.power_w, p.current_a]
+                [_utc_iso(p.start), p.kind.value, p.energy_wh, p.duration_ms, p.power_w, p.current_a]
                 for p in usage.periods
             ],
         },
@@ -174,11 +184,11 @@ def usage_from_json(text: str | None) -> Usage:
         return Usage()
     raw = json.loads(text)
     started_text = raw.get("started_at")
-    started = datetime.fromisoformat(started_text) if started_text else None
+    started = parse_timestamp(started_text) if started_text else None
     if "periods" in raw:
         periods = tuple(
             Period(
-                start=datetime.fromisoformat(start),
+                start=parse_timestamp(start),
                 kind=UsageKind(kind),
                 energy_wh=int(energy),
                 duration_ms=int(ms),
@@ -266,7 +276,7 @@ class PaymentRow:
             authorized_minor=self.authorized_minor,
             usage=usage_from_json(self.usage_json),
             last_meter_wh=self.last_meter_wh,
-            last_meter_at=datetime.fromisoformat(self.last_meter_at) if self.last_meter_at else None,
+            last_meter_at=parse_timestamp(self.last_meter_at) if self.last_meter_at else None,
             energy_on=self.energy_on,
             disposal=Disposal(self.disposal) if self.disposal else None,
             final_minor=self.final_minor or 0,
@@ -309,12 +319,29 @@ class PaymentRow:
 
 _COLUMNS: Final = tuple(f.name for f in dataclasses.fields(PaymentRow))
 _BOOLEAN_COLUMNS: Final = frozenset({"energy_on", "recovered", "orphan_suspected"})
+_TIMESTAMP_COLUMNS: Final = frozenset(
+    {
+        "last_meter_at",
+        "disposal_decided_at",
+        "disposal_sent_at",
+        "disposal_confirmed_at",
+        "started_at",
+        "updated_at",
+        "ended_at",
+        "session_started_at",
+        "orphan_cleared_at",
+    }
+)
 
 
 def _row(values: sqlite3.Row) -> PaymentRow:
     data: dict[str, Any] = dict(zip(_COLUMNS, values, strict=True))
     for name in _BOOLEAN_COLUMNS:
         data[name] = bool(data[name])
+    for name in _TIMESTAMP_COLUMNS:  # schema < 4 (a read-only reader of a journal not migrated yet)
+        data[name] = normalize_timestamp(data[name])
+    if data["usage_json"]:
+        data["usage_json"] = data["usage_json"].replace('+00:00"', 'Z"')
     data["state"] = PaymentState(data["state"])
     return PaymentRow(**data)
 
@@ -354,16 +381,22 @@ class EventRow:
 
 def record_data(record: JournalRecord) -> dict[str, object]:
     """The JSON object of ``record`` in the ``events`` log: its fields (the usage is kept in the
-    payment row, not repeated), cards as kind/token/masked PAN/brand, enums as their values."""
+    payment row, not repeated), cards as kind/token/masked PAN/brand, enums as their values.
+
+    Card facts the record does not know are left out rather than written as ``null``: a Card Read
+    carries no brand (DFCA0A is an Auth-stage tag, psp-reference §6.4), the approval names it
+    (``card_brand``); the payment row holds what is known, ``NULL`` only when the terminal never
+    said (issue 11: "says VISA but journals brand: null")."""
     out: dict[str, object] = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
         if f.name in ("connector_id", "usage"):
             continue
+        if f.name in ("card", "card_brand") and value is None:
+            continue
         if isinstance(value, CardToken):
-            out.update(
-                card_kind=value.kind.value, token=value.token, masked_pan=value.masked_pan, brand=value.brand
-            )
+            out.update(card_kind=value.kind.value, token=value.token)
+            out.update({k: v for k, v in (("masked_pan", value.masked_pan), ("brand", value.brand)) if v})
         elif isinstance(value, Enum):
             out[f.name] = value.value
         else:
@@ -515,7 +548,7 @@ class Journal:
             with self.store.atomic():
                 self._conn.execute(
                     "INSERT INTO events (at, kind, connector_id, payment_id, data) VALUES (?, ?, ?, ?, ?)",
-                    (when, kind, connector_id, session_ref, json.dumps(dict(data), default=str)),
+                    (when, kind, connector_id, session_ref, json.dumps(dict(data), default=_json_default)),
                 )
                 if session_ref is not None and changes:
                     self._update(session_ref, when, **changes)
@@ -790,7 +823,8 @@ class Journal:
         if row is None:
             return None
         fingerprint, text, configured, set_at = row
-        return StationTariffRow(StoredTariff(fingerprint, json.loads(text)), configured, set_at)
+        stored = StoredTariff(fingerprint, json.loads(text))
+        return StationTariffRow(stored, configured, normalize_timestamp(set_at) or set_at)
 
     def tariff(self, fingerprint: str) -> StoredTariff | None:
         """A stored tariff by fingerprint."""
@@ -850,7 +884,22 @@ class Journal:
         rows = self._conn.execute(
             f"SELECT id, at, kind, connector_id, payment_id, data FROM events {where} ORDER BY id", args
         ).fetchall()
-        return [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [_event_row(r) for r in rows]
+
+    def last_events_per_connector(self, kind: str) -> list[EventRow]:
+        """The newest event of ``kind`` of each connector (index ``events_kind``, schema 4: the
+        cost follows the number of connectors, not the journal's age)."""
+        rows = self._conn.execute(
+            "SELECT id, at, kind, connector_id, payment_id, data FROM events WHERE id IN "
+            "(SELECT max(id) FROM events WHERE kind = ? AND connector_id IS NOT NULL GROUP BY connector_id) "
+            "ORDER BY id",
+            (kind,),
+        ).fetchall()
+        return [_event_row(r) for r in rows]
+
+
+def _event_row(r: sqlite3.Row) -> EventRow:
+    return EventRow(r[0], normalize_timestamp(r[1]) or r[1], r[2], r[3], r[4], json.loads(r[5]))
 
 
 def _select(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> list[PaymentRow]:
@@ -927,4 +976,4 @@ def read_window(
             conn.close()
     except sqlite3.Error as exc:
         raise JournalError(f"cannot read the journal {path}: {exc}") from exc
-    return payments, [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+    return payments, [_event_row(r) for r in rows]

@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0.0 document of the upstream contract, generated from :mod:`agent.upstream.contract`.
+"""The AsyncAPI 3.1.0 document of the upstream contract, generated from :mod:`agent.upstream.contract`.
 
 ``python -m agent.upstream.contract --asyncapi > docs/asyncapi.yaml`` writes it; a test fails when the
 checked-in file is stale and validates every example below against the document's own schemas.
@@ -9,10 +9,14 @@ the agent publishes, ``receive`` = the agent subscribes), retain flags and QoS c
 
 from __future__ import annotations
 
+import ast
+import copy
 import inspect
 import re
-from collections.abc import Mapping
-from typing import Any, Final
+import sys
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal
 
 import msgspec
 import yaml
@@ -685,6 +689,92 @@ def _clean(node: Any) -> Any:
     return node
 
 
+def _pascal(name: str) -> str:
+    """``price_unit`` → ``PriceUnit``, ``payment.captured`` → ``PaymentCaptured``."""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part)
+
+
+def _structs(types: Iterable[Any]) -> dict[str, type[msgspec.Struct]]:
+    """Every Struct class reachable from ``types``, by name (= its schema's name)."""
+    found: dict[str, type[msgspec.Struct]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, msgspec.inspect.StructType):
+            if node.cls.__name__ in found:
+                return
+            found[node.cls.__name__] = node.cls
+        if isinstance(node, tuple | list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, msgspec.Struct):
+            for name in node.__struct_fields__:
+                walk(getattr(node, name))
+
+    walk(msgspec.inspect.multi_type_info(list(types)))
+    return found
+
+
+def _literal_aliases(cls: type[msgspec.Struct], attribute: str) -> dict[frozenset[Any], str]:
+    """The ``Literal`` aliases the annotation of ``cls.attribute`` names (``status: AuthStatus``),
+    by their set of values. Annotations are strings here (``from __future__ import annotations``)."""
+    for base in cls.__mro__:
+        annotation = inspect.get_annotations(base).get(attribute)
+        if annotation is None:
+            continue
+        if not isinstance(annotation, str):
+            return {}
+        namespace = vars(sys.modules[base.__module__])
+        aliases: dict[frozenset[Any], str] = {}
+        for node in ast.walk(ast.parse(annotation, mode="eval")):
+            name = node.id if isinstance(node, ast.Name) else None
+            value = namespace.get(name) if name else None
+            if name and typing.get_origin(value) is Literal:
+                aliases[frozenset(typing.get_args(value))] = name
+        return aliases
+    return {}
+
+
+def _needs_title(node: Mapping[str, Any]) -> bool:
+    """A schema a code generator turns into a model of its own: an object or an enum."""
+    return "$ref" not in node and (node.get("type") == "object" or "enum" in node or "properties" in node)
+
+
+def _title_nested(node: Any, name: str, aliases: Mapping[frozenset[Any], str]) -> None:
+    """Give every inline object and enum under ``node`` a title: the ``Literal`` alias the field is
+    declared with, else ``name`` (struct + field, + ``Item``/``Value`` for items and map values)."""
+    if isinstance(node, list):
+        for item in node:
+            _title_nested(item, name, aliases)
+        return
+    if not isinstance(node, dict):
+        return
+    if _needs_title(node) and "title" not in node:
+        node["title"] = aliases.get(frozenset(node.get("enum", ())), name)
+    for key, value in node.items():
+        if key in ("anyOf", "oneOf", "allOf"):
+            _title_nested(value, name, aliases)
+        elif key == "items":
+            _title_nested(value, f"{name}Item", aliases)
+        elif key == "additionalProperties":
+            _title_nested(value, f"{name}Value", aliases)
+        elif key == "properties" and isinstance(value, dict):
+            for prop, schema in value.items():
+                _title_nested(schema, f"{name}{_pascal(prop)}", aliases)
+
+
+def _add_titles(schemas: dict[str, Any], structs: Mapping[str, type[msgspec.Struct]]) -> None:
+    """Title every schema and enum (code generators such as ``@asyncapi/modelina`` name their models
+    after it; an untitled inline enum becomes ``AnonymousSchema_N``). Struct fields take the name of
+    their ``Literal`` alias (``AuthStatus``) or struct + field in PascalCase (``ReceiptLineUnit``)."""
+    for schema_name, schema in schemas.items():
+        schema.setdefault("title", schema_name)
+        cls = structs.get(schema_name)
+        fields = {f.encode_name: f.name for f in msgspec.structs.fields(cls)} if cls else {}
+        for prop, prop_schema in schema.get("properties", {}).items():
+            aliases = _literal_aliases(cls, fields[prop]) if cls and prop in fields else {}
+            _title_nested(prop_schema, f"{schema_name}{_pascal(prop)}", aliases)
+
+
 def _message_name(cls: type[msgspec.Struct]) -> str:
     return cls.__name__
 
@@ -710,7 +800,7 @@ def _operation_id(spec: TopicSpec) -> str:
 
 
 def asyncapi_document() -> Any:
-    """The AsyncAPI 3.0.0 document as plain data."""
+    """The AsyncAPI 3.1.0 document as plain data."""
     types = list(EXAMPLES)
     _, schemas = msgspec.json.schema_components(
         [*types, *_EXTRA_SCHEMAS], ref_template="#/components/schemas/{name}"
@@ -720,12 +810,13 @@ def asyncapi_document() -> Any:
     inbound += [t for t in types if t.__struct_config__.forbid_unknown_fields]
     for inbound_type in inbound:  # unknown fields are errors
         schemas[inbound_type.__name__]["additionalProperties"] = False
-    schemas.update(_OCPI_SCHEMAS)
+    schemas.update(copy.deepcopy(_OCPI_SCHEMAS))
     tariff = schemas[SetTariff.__name__]["properties"]["tariff"]
     schemas[SetTariff.__name__]["properties"]["tariff"] = {
         "description": tariff["description"],
         "anyOf": _TARIFF_FORMS,
     }
+    _add_titles(schemas, _structs([*types, *_EXTRA_SCHEMAS]))
     messages: dict[str, Any] = {}
     for cls, examples in EXAMPLES.items():
         schema = schemas[cls.__name__]
@@ -776,7 +867,7 @@ def asyncapi_document() -> Any:
             operations[_operation_id(request)]["reply"] = {"channel": {"$ref": f"#/channels/{spec.key}"}}
     return _clean(
         {
-            "asyncapi": "3.0.0",
+            "asyncapi": "3.1.0",
             "info": {
                 "title": "evpay-agent upstream MQTT contract",
                 "version": CONTRACT_VERSION,

@@ -51,7 +51,9 @@ from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
 from agent.store.outbox import Outbox
-from drivers.charger.mqtt_bridge import cancel_and_wait, retrieve_disconnect_error
+from agent.timefmt import utc_timestamp
+from drivers.charger.mqtt_bridge import cancel_and_wait
+from drivers.mqtt_internals import close_socket, retrieve_disconnect_error
 from drivers.psp.session import Watch
 
 __all__ = [
@@ -215,12 +217,12 @@ class UpstreamClient:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self.version = version
-        self.started_at = wall_clock().astimezone(UTC).isoformat().replace("+00:00", "Z")
+        self.started_at = utc_timestamp(wall_clock())
         self._birth = json.dumps(
             {"state": "online", "version": version, "started_at": self.started_at}, separators=(",", ":")
         ).encode()
         self._will_payload = b'{"state":"offline"}'
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._retained: dict[str, bytes] = {}
         self._retained_dirty: dict[str, None] = {}  # ordered set of topics to (re)publish
         self._retained_wake = asyncio.Event()
@@ -283,7 +285,7 @@ class UpstreamClient:
         """Deliver messages matching ``topic_filter`` to ``handler`` (called synchronously on the
         receive loop; exceptions are logged). Renewed after every reconnection."""
         self._subscriptions[topic_filter] = (handler, qos)
-        client = self._client
+        client = self._mqtt
         if client is not None:
             try:
                 async with asyncio.timeout(self._publish_timeout_s):
@@ -304,7 +306,7 @@ class UpstreamClient:
     ) -> None:
         """Publish outside the outbox; returns after the PUBACK (QoS 1). Raises
         :class:`UpstreamNotConnected` when offline, :class:`UpstreamError` when it fails."""
-        client = self._client
+        client = self._mqtt
         if client is None:
             raise UpstreamNotConnected(f"not connected to {self.broker_url}; {topic} not published")
         properties = None
@@ -374,8 +376,8 @@ class UpstreamClient:
             except (aiomqtt.MqttError, TimeoutError, OSError, _SubscribeRefused) as exc:
                 self._record_failure(exc)
             finally:
-                retrieve_disconnect_error(client)
-                self._discard(client)
+                close_socket(client)  # a failed attempt may have left it open; then retrieve
+                retrieve_disconnect_error(client)  # what aiomqtt (or the close) set on its future
             if self.stats.connects and self._connected_once_in_attempt:
                 attempt = 0
             self._connected_once_in_attempt = False
@@ -402,14 +404,6 @@ class UpstreamClient:
             _LOGGER.debug("upstream %s", message)
         self.last_error = message
 
-    @staticmethod
-    def _discard(client: aiomqtt.Client) -> None:
-        """Close a socket a failed attempt may have left open (so aiomqtt's loop task ends)."""
-        paho = client._client
-        if paho.socket() is not None:
-            with contextlib.suppress(Exception):
-                paho._sock_close()
-
     async def _session(self, client: aiomqtt.Client) -> None:
         async with asyncio.timeout(self._connect_timeout_s):
             await client.__aenter__()
@@ -421,7 +415,7 @@ class UpstreamClient:
                     self.status_topic, self._birth, qos=STATUS_QOS, retain=True, timeout=math.inf
                 )
                 await self._subscribe_all(client)
-            self._client = client
+            self._mqtt = client
             self._retained_dirty = dict.fromkeys(self._retained)
             self._retained_wake.set()
             self._drain_wake.set()
@@ -451,7 +445,7 @@ class UpstreamClient:
             await self._say_offline(client)
             raise
         finally:
-            self._client = None
+            self._mqtt = None
             self.connected.set(False)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
                 async with asyncio.timeout(CLOSE_PUBLISH_TIMEOUT_S):

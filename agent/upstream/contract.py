@@ -1,7 +1,7 @@
 """The upstream MQTT contract (DESIGN.md §5.3; UP-1, UP-3): topics, payloads and commands.
 
 Every payload is a frozen msgspec Struct; the same Structs encode what the agent publishes, validate
-what it receives and give the JSON Schemas of ``docs/asyncapi.yaml`` (AsyncAPI 3.0.0), which is
+what it receives and give the JSON Schemas of ``docs/asyncapi.yaml`` (AsyncAPI 3.1.0), which is
 generated from this module::
 
     python -m agent.upstream.contract --asyncapi > docs/asyncapi.yaml
@@ -36,13 +36,14 @@ import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 from msgspec import Meta
 
+from agent import timefmt
 from agent.errors import AgentError, format_path
 from agent.money.tariff import TariffConfigError
 from statemachines.connector import ConnectorMachineState as MachineState
@@ -191,10 +192,9 @@ AuthStatus = Literal["accepted", "rejected", "blocked", "expired", "no_credit"]
 
 
 def utc_timestamp(at: datetime) -> str:
-    """``2026-03-01T10:00:00.000Z`` for a timezone-aware ``at`` (millisecond precision)."""
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError("utc_timestamp needs a timezone-aware datetime")
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-03-01T10:00:00.000Z`` for a timezone-aware ``at`` (millisecond precision; the
+    agent's one timestamp format, :mod:`agent.timefmt`)."""
+    return timefmt.utc_timestamp(at)
 
 
 def new_msg_id() -> str:

@@ -36,6 +36,12 @@ Commands
     driver's transport has accepted the command (for the MQTT bridge: the broker's PUBACK of a QoS 1
     publish). Whether energy actually flows is reported by the charger as a :class:`StatusChanged`.
     On failure they raise :class:`ChargerError`, whose ``code`` says why.
+
+Payment information
+    :meth:`ChargerDriver.offer_payment` hands the charger what its own OCPP 2.1 stack needs for the
+    local payment terminal use cases (docs/ocpp21.md): never raises, never blocks; the driver
+    delivers the latest payload of each connector when it can (the MQTT bridge: retained, QoS 1,
+    again after every reconnect). A driver without such a channel ignores it (the default).
 """
 
 from __future__ import annotations
@@ -46,9 +52,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from drivers.errors import DriverError
+
+if TYPE_CHECKING:
+    from drivers.charger.payloads import PaymentPayload
 
 
 class ChargingState(enum.StrEnum):
@@ -183,6 +192,11 @@ class ChargerDriver(abc.ABC):
     @abc.abstractmethod
     async def disable_energy(self, connector_id: int) -> None:
         """Withhold energy on ``connector_id``; returns once handed over; raises :class:`ChargerError`."""
+
+    def offer_payment(self, connector_id: int, payload: PaymentPayload) -> None:
+        """The latest payment information of ``connector_id`` for the charger's OCPP stack
+        (docs/ocpp21.md). Never raises and never blocks; this default ignores it."""
+        return None
 
     @property
     @abc.abstractmethod

@@ -52,11 +52,13 @@ from drivers.charger.payloads import (
     AlivePayload,
     CommandPayload,
     MeterPayload,
+    PaymentPayload,
     PlugPayload,
     StatusPayload,
     parse_ts,
 )
 from drivers.charger.topics import CHARGER_TO_AGENT, DEFAULT_PREFIX, TopicMap, parse_connector
+from drivers.mqtt_internals import mqtt_socket, retrieve_disconnect_error
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024  # a meter payload with OCMF signed data i
 DEFAULT_EVENT_QUEUE = 10_000
 SUBSCRIBE_QOS = 1
 COMMAND_QOS = 1
+PAYMENT_QOS = 1  # payment: QoS 1 and retained (docs/charger-bridge.md "payment")
+PAYMENT_RETRY_S = 1.0  # a payment publish without PUBACK in command_timeout_s is retried after this
 
 
 class InvalidReason:
@@ -100,6 +104,9 @@ class BridgeStats:
     connection_losses: int = 0
     events_dropped: int = 0  # oldest events dropped because the consumer fell behind
     commands_sent: int = 0
+    payments_offered: int = 0  # offer_payment calls
+    payments_sent: int = 0  # payment publishes acknowledged (republishes after a reconnect included)
+    payment_failures: int = 0  # payment publishes not acknowledged in time (retried)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,14 +162,6 @@ async def cancel_and_wait(task: asyncio.Task[None], *, retry_s: float = 0.1) -> 
         _LOGGER.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
-def retrieve_disconnect_error(client: aiomqtt.Client) -> None:
-    """Mark aiomqtt's disconnect error as retrieved (it is reported through the caught ``MqttError``;
-    unretrieved, asyncio logs "Future exception was never retrieved" when it is collected)."""
-    future = client._disconnected
-    if future.done() and not future.cancelled():
-        future.exception()
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -179,9 +178,8 @@ def ack_now(client: aiomqtt.Client) -> None:
     """
     if _TCP_QUICKACK is None:
         return
-    paho = getattr(client, "_client", None)  # aiomqtt has no public accessor for the socket
-    sock = paho.socket() if paho is not None else None
-    if isinstance(sock, socket.socket):
+    sock = mqtt_socket(client)  # aiomqtt has no public accessor for the socket
+    if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except OSError:
@@ -257,7 +255,7 @@ class MqttBridgeDriver(ChargerDriver):
         if reconnect_max_s < reconnect_min_s:
             raise ChargerError(ChargerErrorCode.INVALID_CONFIG, "reconnect_max_s < reconnect_min_s")
         self._protocol = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
-        self._client_id = client_id or f"evpay-agent-charger-{secrets.token_hex(4)}"
+        self._identifier = client_id or f"evpay-agent-charger-{secrets.token_hex(4)}"
         self._keepalive_s = keepalive_s
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
@@ -275,11 +273,16 @@ class MqttBridgeDriver(ChargerDriver):
         self._alive_decoder = msgspec.json.Decoder(AlivePayload)
         self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task[None] | None = None
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._online = False
         self._closed = False
         self._connected = asyncio.Event()
         self.stats = BridgeStats()
+        # payment (agent → charger): the latest payload per connector, republished after every
+        # (re)connect; ``_payments_due``: not yet acknowledged on the current connection
+        self._payments: dict[int, bytes] = {}
+        self._payments_due: set[int] = set()
+        self._payment_wake = asyncio.Event()
 
     # -- configuration helpers -------------------------------------------------------------------
 
@@ -341,7 +344,7 @@ class MqttBridgeDriver(ChargerDriver):
     @property
     def connected(self) -> bool:
         """Whether the driver is connected to the broker and subscribed."""
-        return self._client is not None
+        return self._mqtt is not None
 
     @property
     def topics(self) -> TopicMap:
@@ -356,7 +359,7 @@ class MqttBridgeDriver(ChargerDriver):
         if self._closed:
             raise ChargerError(ChargerErrorCode.CLOSED, "driver closed")
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"charger-mqtt-bridge[{self._client_id}]")
+            self._task = asyncio.create_task(self._run(), name=f"charger-mqtt-bridge[{self._identifier}]")
 
     async def close(self) -> None:
         if self._closed:
@@ -365,7 +368,7 @@ class MqttBridgeDriver(ChargerDriver):
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
-        self._client = None
+        self._mqtt = None
         self._queue.put_nowait(_END)
 
     def events(self) -> AsyncIterator[ChargerEvent]:
@@ -387,6 +390,48 @@ class MqttBridgeDriver(ChargerDriver):
     async def disable_energy(self, connector_id: int) -> None:
         await self._command(connector_id, "disable", None)
 
+    def offer_payment(self, connector_id: int, payload: PaymentPayload) -> None:
+        """Publish ``payload`` on ``payment`` of ``connector_id`` (QoS 1, retained) as soon as the
+        broker is reachable; a newer payload of the same connector replaces one not yet sent. The
+        latest payload of every connector is published again after each (re)connect (a broker
+        without persistence forgets retained messages). Never raises, never blocks."""
+        if connector_id not in self._known or isinstance(connector_id, bool):
+            _LOGGER.warning("charger payment for unknown connector %r dropped", connector_id)
+            return
+        self.stats.payments_offered += 1
+        self._payments[connector_id] = self._encoder.encode(payload)
+        self._payments_due.add(connector_id)
+        self._payment_wake.set()
+
+    async def _send_payments(self, client: aiomqtt.Client) -> None:
+        """While connected: publish every due payment payload (retained, QoS 1), in connector order."""
+        self._payments_due.update(self._payments)  # a fresh connection: republish the latest
+        self._payment_wake.set()
+        while True:
+            await self._payment_wake.wait()
+            self._payment_wake.clear()
+            while self._payments_due:
+                connector_id = min(self._payments_due)
+                self._payments_due.discard(connector_id)
+                data = self._payments[connector_id]
+                topic = self._topics.topic("payment", connector_id)
+                try:
+                    async with asyncio.timeout(self._command_timeout_s):
+                        await client.publish(topic, data, qos=PAYMENT_QOS, retain=True, timeout=math.inf)
+                except TimeoutError:
+                    self.stats.payment_failures += 1
+                    _LOGGER.warning("charger payment on %s not acknowledged; retrying", topic)
+                    if self._payments.get(connector_id) == data:
+                        self._payments_due.add(connector_id)
+                    await asyncio.sleep(PAYMENT_RETRY_S)
+                    continue
+                except aiomqtt.MqttError as exc:  # the connection is going: resent after the reconnect
+                    _LOGGER.info("charger payment on %s not sent: %s", topic, exc)
+                    return
+                ack_now(client)
+                self.stats.payments_sent += 1
+                _LOGGER.debug("charger payment published %s (%d bytes)", topic, len(data))
+
     async def _command(
         self, connector_id: int, action: Literal["enable", "disable"], max_current_a: int | None
     ) -> None:
@@ -400,7 +445,7 @@ class MqttBridgeDriver(ChargerDriver):
             raise ChargerError(ChargerErrorCode.CLOSED, "driver closed", connector_id=connector_id)
         if self._task is None:
             raise ChargerError(ChargerErrorCode.NOT_STARTED, "call start() first", connector_id=connector_id)
-        client = self._client
+        client = self._mqtt
         if client is None:
             raise ChargerError(
                 ChargerErrorCode.NOT_CONNECTED,
@@ -453,7 +498,7 @@ class MqttBridgeDriver(ChargerDriver):
                 self._port,
                 username=self._username,
                 password=self._password,
-                identifier=self._client_id,
+                identifier=self._identifier,
                 protocol=self._protocol,
                 keepalive=self._keepalive_s,
                 timeout=self._connect_timeout_s,
@@ -468,20 +513,28 @@ class MqttBridgeDriver(ChargerDriver):
                     self.stats.connects += 1
                     await self._subscribe(client)
                     attempt = 0
-                    self._client = client
+                    self._mqtt = client
                     self._connected.set()
-                    _LOGGER.info("charger bridge connected to %s as %s", self._broker_url, self._client_id)
-                    async for message in client.messages:
-                        try:
-                            self._on_message(message)
-                        except Exception:  # a bug here must not end the bridge
-                            self.stats.invalid += 1
-                            self.stats.invalid_by_reason["internal_error"] += 1
-                            _LOGGER.exception("charger bridge failed on a message on %s", message.topic.value)
+                    _LOGGER.info("charger bridge connected to %s as %s", self._broker_url, self._identifier)
+                    payments = asyncio.create_task(
+                        self._send_payments(client), name=f"charger-payments[{self._identifier}]"
+                    )
+                    try:
+                        async for message in client.messages:
+                            try:
+                                self._on_message(message)
+                            except Exception:  # a bug here must not end the bridge
+                                self.stats.invalid += 1
+                                self.stats.invalid_by_reason["internal_error"] += 1
+                                _LOGGER.exception(
+                                    "charger bridge failed on a message on %s", message.topic.value
+                                )
+                    finally:
+                        await cancel_and_wait(payments)
             except (aiomqtt.MqttError, _SubscribeRefused) as exc:
                 retrieve_disconnect_error(client)
-                was_connected = self._client is not None
-                self._client = None
+                was_connected = self._mqtt is not None
+                self._mqtt = None
                 self._connected.clear()
                 if was_connected:
                     self.stats.connection_losses += 1

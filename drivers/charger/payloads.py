@@ -75,6 +75,73 @@ class CommandPayload(msgspec.Struct, kw_only=True):
     correlation_id: CorrelationId
 
 
+PAYMENT_VERSION = 1  # ``v`` of :class:`PaymentPayload`; a breaking change increments it
+MAX_REF_CHARS = 64
+PaymentEvent = Literal["authorized", "cost", "settled"]
+# OCPP 2.1 PaymentStatusEnumType, spelled as OCPP spells it (NotifySettlementRequest.status)
+SettlementStatus = Literal["Settled", "Canceled", "Rejected", "Failed"]
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REF_CHARS)]
+Decimal = Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]+(\.[0-9]+)?$")]
+Last4 = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}$")]
+
+
+class PaymentPayload(msgspec.Struct, kw_only=True, frozen=True):
+    """``{prefix}/{connector}/payment`` (agent → charger, QoS 1, **retained**; docs/charger-bridge.md,
+    docs/ocpp21.md): what the charger's own OCPP 2.1 stack needs for the local payment terminal
+    use cases, as one self-contained snapshot of the connector's current EMV payment.
+
+    ``event`` says what changed: ``authorized`` (the terminal approved the card), ``cost`` (a running
+    cost update), ``settled`` (the payment was committed or voided; final). Every message repeats
+    the fields known so far, so the retained message alone is enough after a reconnect. Amounts are
+    given in minor units (``*_minor``, integers) **and** as decimal strings in major units (what OCPP
+    puts in its JSON numbers). Card data: brand and the last four PAN digits only, never a PAN.
+
+    Idempotency: a charger keys what it does on ``(session_id, event)`` and, for ``cost``, on
+    ``energy_wh``; the same ``settled`` content may arrive more than once (the agent republishes
+    after every reconnect, the broker redelivers the retained message), never a second one with a
+    different content.
+    """
+
+    v: int = PAYMENT_VERSION
+    event: PaymentEvent
+    session_id: Ref  # the agent's session id (upstream ``session_id``, receipt id)
+    psp_ref: Ref  # the terminal's session id as the terminal reports it (OCPP idToken / pspRef)
+    id_token_type: Literal["DirectPayment"] = "DirectPayment"
+    method: Literal["emv"] = "emv"
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+    minor_unit_digits: Annotated[int, msgspec.Meta(ge=0, le=4)]
+    authorized_minor: NonNegativeInt | None  # None: no limit (never for EMV in practice)
+    authorized: Decimal | None
+    partial: bool = False  # the terminal approved less than requested
+    card_brand: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    card_last4: Last4 | None = None
+    energy_wh: NonNegativeInt = 0  # the session's energy so far
+    cost_minor: NonNegativeInt = 0  # the running cost so far (the tariff's price of the usage)
+    cost: Decimal = "0"
+    power_w: float | None = None
+    charging_s: NonNegativeInt = 0  # time energy flowed so far (OCPP totalUsage.chargingTime)
+    idle_s: NonNegativeInt = 0  # time plugged in and not charging so far (totalUsage.idleTime)
+    status: SettlementStatus | None = None  # settled only
+    settlement_minor: NonNegativeInt | None = None  # settled only: what was captured (0 when voided)
+    settlement_amount: Decimal | None = None
+    settlement_time: str | None = None  # settled only: when the terminal confirmed it (ISO 8601 UTC)
+    receipt_id: Ref | None = None  # settled only, when the agent issued a receipt
+    receipt_url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None  # the QR receipt link
+    net_minor: NonNegativeInt | None = None  # settled only, from the receipt: VAT breakdown
+    vat_minor: NonNegativeInt | None = None
+    vat_rate_percent: Decimal | None = None
+    ts: str  # when the agent learned what this message reports (ISO 8601 UTC, ms, ``Z``)
+
+
+def decimal_text(minor: int, digits: int) -> str:
+    """``1234`` minor units with 2 digits → ``"12.34"`` (exact; no float on the way)."""
+    if digits == 0:
+        return str(minor)
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10**digits)
+    return f"{sign}{whole}.{frac:0{digits}d}"
+
+
 def parse_ts(value: object) -> datetime | None:
     """An ISO 8601 timestamp with a UTC offset (``Z`` or ``+hh:mm``) → aware UTC ``datetime``.
 

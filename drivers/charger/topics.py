@@ -1,21 +1,22 @@
 """MQTT topic templates of the charger bridge (DESIGN.md §3.3), validated once at construction.
 
-Five topic names, each a template with the placeholders ``{prefix}`` and ``{connector}``:
+Six topic names, each a template with the placeholders ``{prefix}`` and ``{connector}``:
 
-=========  ==============================  =================
-name       default template                direction
-=========  ==============================  =================
-plug       ``{prefix}/{connector}/plug``   charger → agent
-status     ``{prefix}/{connector}/status`` charger → agent
-meter      ``{prefix}/{connector}/meter``  charger → agent
-alive      ``{prefix}/alive``              charger → agent
-cmd        ``{prefix}/{connector}/cmd``    agent → charger
-=========  ==============================  =================
+=========  ================================  =================
+name       default template                  direction
+=========  ================================  =================
+plug       ``{prefix}/{connector}/plug``     charger → agent
+status     ``{prefix}/{connector}/status``   charger → agent
+meter      ``{prefix}/{connector}/meter``    charger → agent
+alive      ``{prefix}/alive``                charger → agent
+cmd        ``{prefix}/{connector}/cmd``      agent → charger
+payment    ``{prefix}/{connector}/payment``  agent → charger
+=========  ================================  =================
 
 Rules: only those two placeholders (no format specs); the per-connector topics contain
 ``{connector}`` exactly once, ``alive`` not at all; no MQTT wildcards (``+``, ``#``), no NUL, no
 leading ``$``, no empty result; the ``{connector}`` topic level may have literal text around the
-placeholder (``cp{connector}``); the five topics must be distinguishable from each other.
+placeholder (``cp{connector}``); the six topics must be distinguishable from each other.
 Subscriptions replace the topic level holding ``{connector}`` with ``+`` so that messages for
 unknown connectors are seen (and counted) rather than silently missed.
 """
@@ -30,8 +31,8 @@ from types import MappingProxyType
 
 from drivers.charger.base import ChargerError, ChargerErrorCode
 
-TOPIC_NAMES = ("plug", "status", "meter", "alive", "cmd")
-PER_CONNECTOR = frozenset({"plug", "status", "meter", "cmd"})
+TOPIC_NAMES = ("plug", "status", "meter", "alive", "cmd", "payment")
+PER_CONNECTOR = frozenset({"plug", "status", "meter", "cmd", "payment"})
 CHARGER_TO_AGENT = ("alive", "plug", "status", "meter")
 DEFAULT_PREFIX = "charger"
 DEFAULT_TOPICS: Mapping[str, str] = MappingProxyType(
@@ -41,6 +42,7 @@ DEFAULT_TOPICS: Mapping[str, str] = MappingProxyType(
         "meter": "{prefix}/{connector}/meter",
         "alive": "{prefix}/alive",
         "cmd": "{prefix}/{connector}/cmd",
+        "payment": "{prefix}/{connector}/payment",
     }
 )
 _CONNECTOR = "{connector}"
@@ -69,7 +71,7 @@ class _Template:
 
 
 class TopicMap:
-    """The five topics for one prefix and a set of template overrides."""
+    """The six topics for one prefix and a set of template overrides."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, overrides: Mapping[str, str] | None = None) -> None:
         if not isinstance(prefix, str) or any(ch in prefix for ch in "{}"):

@@ -49,7 +49,7 @@ class SessionNotFound(PspNotOk):
         self.session_id = session_id
 
     def __str__(self) -> str:
-        return f"{self.request.name}: session 0x{self.session_id:08X} not found (0x0C)"
+        return f"{self.request.name}: session {self.session_id} not found (0x0C)"
 
 
 class LinkLost(PspError, TransportError):

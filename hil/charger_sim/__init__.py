@@ -9,7 +9,7 @@ docs/charger-bridge.md for the contract and the control commands (``help`` lists
 from __future__ import annotations
 
 from hil.charger_sim.habits import ChargerHabits, MeterMode, PlugOrder
-from hil.charger_sim.simulator import ChargerSimulator, CommandRecord, ConnectorSnapshot
+from hil.charger_sim.simulator import ChargerSimulator, CommandRecord, ConnectorSnapshot, PaymentRecord
 
 __all__ = [
     "ChargerHabits",
@@ -17,5 +17,6 @@ __all__ = [
     "CommandRecord",
     "ConnectorSnapshot",
     "MeterMode",
+    "PaymentRecord",
     "PlugOrder",
 ]

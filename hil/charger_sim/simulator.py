@@ -49,15 +49,17 @@ import aiomqtt
 import msgspec
 
 from drivers.charger.base import ChargingState
-from drivers.charger.mqtt_bridge import NO_DELAY, cancel_and_wait, retrieve_disconnect_error
+from drivers.charger.mqtt_bridge import NO_DELAY, cancel_and_wait
 from drivers.charger.payloads import (
     AlivePayload,
     CommandPayload,
+    PaymentPayload,
     PlugPayload,
     StatusPayload,
     format_ts,
 )
 from drivers.charger.topics import DEFAULT_PREFIX, TopicMap, parse_connector
+from drivers.mqtt_internals import mqtt_socket, retrieve_disconnect_error
 from hil.charger_sim.habits import (
     DEFAULT_METER_INTERVAL_S,
     ChargerHabits,
@@ -94,6 +96,8 @@ HELP = """commands:
   reconnect [S]     disconnect cleanly (no will, no alive offline), stay away S seconds (default
                     0; commands sent meanwhile are lost) and connect again, publishing alive and
                     the state as after any connect
+  payments [C]      JSON list of the payment messages received (of connector C), in order: each
+                    {"connector_id", "retained", "payload"} (docs/charger-bridge.md "payment")
   redeliver         republish the last retained alive, plug and status (and meter when retained)
                     of every connector, byte for byte, retained (a broker session resume)
   habits            JSON of the habits in effect
@@ -134,6 +138,18 @@ class CommandRecord:
     max_current_a: int | None
     correlation_id: str
     accepted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    """A ``payment`` message the simulator received (``payload``: the decoded JSON object)."""
+
+    connector_id: int
+    retained: bool
+    payload: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"connector_id": self.connector_id, "retained": self.retained, "payload": self.payload}
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +278,13 @@ class ChargerSimulator:
         self._known = frozenset(self._connectors)
         self._reconnect_delay_s = reconnect_delay_s
         self._phases = phases
-        self._client_id = client_id or f"charger-sim-{id(self):x}"
+        self._identifier = client_id or f"charger-sim-{id(self):x}"
         self._keepalive_s = keepalive_s
         self._encoder = msgspec.json.Encoder()
         self._cmd_decoder = msgspec.json.Decoder(CommandPayload)
+        self._payment_decoder = msgspec.json.Decoder(PaymentPayload)
+        self.payments: list[PaymentRecord] = []  # every payment message received, in order
+        self.invalid_payments = 0
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._last: dict[str, _Outgoing] = {}  # the last alive/plug/status/meter queued, by topic
         self._contact = asyncio.Event()
@@ -275,7 +294,7 @@ class ChargerSimulator:
         self._timer_changed = asyncio.Event()
         self._connected = asyncio.Event()
         self._quit = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._control_server: asyncio.Server | None = None
         self._control_clients: set[asyncio.Task[None]] = set()
@@ -292,8 +311,8 @@ class ChargerSimulator:
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._run_mqtt(), name=f"charger-sim-mqtt[{self._client_id}]"),
-            asyncio.create_task(self._run_meter(), name=f"charger-sim-meter[{self._client_id}]"),
+            asyncio.create_task(self._run_mqtt(), name=f"charger-sim-mqtt[{self._identifier}]"),
+            asyncio.create_task(self._run_meter(), name=f"charger-sim-meter[{self._identifier}]"),
         ]
 
     async def close(self) -> None:
@@ -304,7 +323,7 @@ class ChargerSimulator:
         self._closed = True
         if self._tasks:
             await cancel_and_wait(self._tasks[1])  # the meter: no new messages from here on
-        client = self._client
+        client = self._mqtt
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -330,7 +349,7 @@ class ChargerSimulator:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return self._mqtt is not None
 
     async def wait_connected(self, timeout_s: float = 5.0) -> None:
         """Wait until connected with the full state published; raises ``TimeoutError``."""
@@ -382,13 +401,13 @@ class ChargerSimulator:
         No reconnect until :meth:`restore_contact`. The connectors keep their state meanwhile.
         """
         self._contact.clear()
-        client = self._client
+        client = self._mqtt
         if client is None:
             return
         # aiomqtt has no API for an unclean drop; shutting the socket down makes paho see EOF and the
         # broker see a connection end without DISCONNECT, which is what a charger losing power does.
-        sock = client._client.socket()
-        if isinstance(sock, socket.socket):
+        sock = mqtt_socket(client)
+        if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
@@ -403,7 +422,7 @@ class ChargerSimulator:
         Returns ``False`` (nothing done) when not connected."""
         if not (math.isfinite(gap_s) and gap_s >= 0):
             raise ValueError(f"gap {gap_s!r}: expected seconds >= 0")
-        if self._client is None:
+        if self._mqtt is None:
             return False
         self._reconnect_gap_s = gap_s
         self._reconnect.set()
@@ -415,7 +434,7 @@ class ChargerSimulator:
         (same ``ts``): what the agent sees on a broker session resume or a firmware restart that
         replays its state. A connector without a meter published yet gets none. Returns ``False``
         (nothing done) when not connected."""
-        if self._client is None:
+        if self._mqtt is None:
             return False
         topics = [self.topics.topic("alive")]
         for c in self._connectors.values():
@@ -593,7 +612,7 @@ class ChargerSimulator:
             client = aiomqtt.Client(
                 self._host,
                 self._port,
-                identifier=self._client_id,
+                identifier=self._identifier,
                 will=will,
                 keepalive=self._keepalive_s,
                 clean_session=True,
@@ -602,7 +621,9 @@ class ChargerSimulator:
             )
             try:
                 async with client:
-                    await client.subscribe(self.topics.subscription("cmd"), qos=QOS)
+                    await client.subscribe(
+                        [(self.topics.subscription("cmd"), QOS), (self.topics.subscription("payment"), QOS)]
+                    )
                     # a fresh state on every (re)connect, alive first; older queued messages are stale.
                     # Queued in one synchronous step: no timer meter or control change gets in between.
                     while not self._outbox.empty():
@@ -616,21 +637,24 @@ class ChargerSimulator:
                             (self._queue_plug if name == "plug" else self._queue_status)(c)
                         if self._meter_due(c, timer=False):
                             self._queue_meter(c)
-                    self._client = client
+                    self._mqtt = client
                     self.connects += 1
                     _LOGGER.info("charger simulator connected to %s", self.broker_url)
                     async with asyncio.TaskGroup() as group:
                         group.create_task(
-                            self._publish(client), name=f"charger-sim-publish[{self._client_id}]"
+                            self._publish(client), name=f"charger-sim-publish[{self._identifier}]"
                         )
                         group.create_task(
-                            self._announce_connected(), name=f"charger-sim-announce[{self._client_id}]"
+                            self._announce_connected(), name=f"charger-sim-announce[{self._identifier}]"
                         )
                         group.create_task(
-                            self._await_reconnect(), name=f"charger-sim-reconnect[{self._client_id}]"
+                            self._await_reconnect(), name=f"charger-sim-reconnect[{self._identifier}]"
                         )
                         async for message in client.messages:
-                            self._on_command(message)
+                            if self.topics.match(message.topic.value, ("payment",)) is not None:
+                                self._on_payment(message)
+                            else:
+                                self._on_command(message)
             except* _CleanReconnect:
                 clean = True
                 _LOGGER.info("charger simulator reconnects to %s (clean disconnect)", self.broker_url)
@@ -638,7 +662,7 @@ class ChargerSimulator:
                 _LOGGER.info("charger simulator link to %s down: %s", self.broker_url, group_error.exceptions)
             finally:
                 retrieve_disconnect_error(client)
-                self._client = None
+                self._mqtt = None
                 self._connected.clear()
             if clean:
                 await asyncio.sleep(self._reconnect_gap_s)
@@ -678,6 +702,33 @@ class ChargerSimulator:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # a cancellation swallowed by wait_for (3.11)
                 raise asyncio.CancelledError
+
+    def _on_payment(self, message: aiomqtt.Message) -> None:
+        """A ``payment`` message (agent → charger): validated and recorded as received (what the
+        charger's OCPP stack would turn into TransactionEvent / NotifySettlement, docs/ocpp21.md)."""
+        topic = message.topic.value
+        matched = self.topics.match(topic, ("payment",))
+        connector_id = parse_connector(matched[1], self._known) if matched else None
+        raw = message.payload
+        try:
+            if connector_id is None:
+                raise ValueError("unknown connector")
+            if not isinstance(raw, bytes | bytearray):
+                raise ValueError("payload is not bytes")
+            payload = self._payment_decoder.decode(bytes(raw))
+        except (ValueError, msgspec.DecodeError) as exc:  # msgspec errors are ValueErrors
+            self.invalid_payments += 1
+            _LOGGER.warning("charger simulator: invalid payment on %s: %s", topic, exc)
+            return
+        self.payments.append(PaymentRecord(connector_id, bool(message.retain), msgspec.to_builtins(payload)))
+        _LOGGER.info(
+            "charger simulator: connector %s payment %s session=%s psp_ref=%s retained=%s",
+            connector_id,
+            payload.event,
+            payload.session_id,
+            payload.psp_ref,
+            bool(message.retain),
+        )
 
     def _on_command(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -763,6 +814,14 @@ class ChargerSimulator:
             connector_id = self._connector_arg(verb, args, "CODE")
             self.fault(connector_id, args[1])
             return "ok"
+        if verb == "payments":
+            if len(args) > 1:
+                raise ValueError("usage: payments [C]")
+            wanted = self._connector_arg(verb, args) if args else None
+            return json.dumps(
+                [r.as_dict() for r in self.payments if wanted is None or r.connector_id == wanted],
+                separators=(",", ":"),
+            )
         if verb == "habits":
             if args:
                 raise ValueError("usage: habits")
@@ -809,7 +868,7 @@ class ChargerSimulator:
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        task.set_name(f"charger-sim-control-client[{self._client_id}]")
+        task.set_name(f"charger-sim-control-client[{self._identifier}]")
         if self._closed:
             writer.close()
             return

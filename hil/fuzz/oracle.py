@@ -55,6 +55,14 @@ Rules (a finding's ``rule``):
     The agent never exited on its own except at an armed crash point; SIGTERM at the end exits 0.
 ``journal``
     No payment is open in the journal at the end (``evpay-agent sessions --json``).
+``charger_payment``
+    The bridge's ``payment`` topic as the charger simulator received it (docs/charger-bridge.md,
+    docs/ocpp21.md): every message names a session of the stream and its terminal session id; per
+    session at most one distinct ``settled`` content (repeats of the same content are allowed); a
+    ``Settled`` settlement's ``settlement_minor`` = ``payment.captured`` = the ``session.ended``
+    ``amount_minor`` = the terminal's committed amount; a ``Canceled`` one belongs to a voided
+    payment and settles 0; a captured or voided payment has its settlement; no PAN-like digit run
+    (the journal's guard, ``agent.store.journal.check_no_pan``) in any payload.
 ``rig``
     The seed could not run as planned (a process did not start, a control channel failed).
 """
@@ -71,6 +79,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any, Final
 
+from agent.store.journal import JournalError, check_no_pan
 from hil.fuzz.world import TariffWorld, World
 from hil.rig.invariants import payment_is_open
 from hil.stream import Line, MessageLine, check
@@ -190,6 +199,8 @@ class Evidence:
     unexpected_exits: Sequence[str] = ()
     stop_code: int | None = 0
     rig_problems: Sequence[str] = ()
+    # the charger simulator's ``payments`` (None: not collected, the rule is skipped)
+    charger_payments: Sequence[Mapping[str, Any]] | None = None
 
 
 # --- the tariff, independently (docs/tariff.md; OCPI 2.2.1 for the OCPI form) -----------------------
@@ -586,6 +597,7 @@ class _Oracle:
         self.rule_log()
         self.rule_process()
         self.rule_journal()
+        self.rule_charger_payment()
         return self.findings
 
     def rule_stream(self) -> None:
@@ -1053,6 +1065,75 @@ class _Oracle:
                     "journal",
                     f"payment {p.get('payment_id')} still open: state {p.get('state')}, disposal "
                     f"{p.get('disposal')}, confirmed {p.get('disposal_confirmed')}",
+                )
+
+    def rule_charger_payment(self) -> None:
+        if self.e.charger_payments is None:
+            return
+        by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in self.e.charger_payments:
+            payload = record.get("payload")
+            if not isinstance(payload, dict):
+                self.add("charger_payment", f"record without a payload: {record!r:.200}")
+                continue
+            try:
+                check_no_pan("charger payment", payload)  # the journal's own PAN guard (OPS-2)
+            except JournalError as exc:
+                self.add("charger_payment", f"a payment message: {exc}")
+            by_session[str(payload.get("session_id"))].append(payload)
+        for sid, payloads in sorted(by_session.items()):
+            name = f"session {sid}"
+            session = self.stream.sessions.get(sid)
+            if session is None:
+                self.add("charger_payment", f"{name}: payment messages for a session the stream never had")
+                continue
+            refs = {p.get("psp_ref") for p in payloads}
+            if refs != {session.terminal_session_id}:
+                self.add(
+                    "charger_payment",
+                    f"{name}: psp_ref {sorted(map(str, refs))} ≠ terminal session "
+                    f"{session.terminal_session_id}",
+                )
+            settled = {_canonical(p) for p in payloads if p.get("event") == "settled"}
+            if len(settled) > 1:
+                self.add(
+                    "charger_payment", f"{name}: {len(settled)} different settlements: {sorted(settled)}"
+                )
+            if not settled:
+                continue
+            last = json.loads(sorted(settled)[0])
+            captured, voided = session.first("payment.captured"), session.first("payment.voided")
+            ended = session.first("session.ended")
+            amount = _int(last.get("settlement_minor"))
+            if last.get("status") == "Settled":
+                want = _int(captured.get("amount_minor")) if captured is not None else None
+                if captured is None or amount != want:
+                    self.add("charger_payment", f"{name}: settled {amount}, payment.captured {want}")
+                if ended is not None and _int(ended.get("amount_minor")) != amount:
+                    self.add(
+                        "charger_payment",
+                        f"{name}: settled {amount}, session.ended {ended.get('amount_minor')}",
+                    )
+                number = _tsid_int(str(last.get("psp_ref")))
+                sim = self.sim_by_id.get(number) if number is not None else None
+                if sim is None or _int(sim.get("committed_minor")) != amount:
+                    committed = sim.get("committed_minor") if sim is not None else None
+                    self.add(
+                        "charger_payment", f"{name}: settled {amount}, the terminal committed {committed}"
+                    )
+            elif last.get("status") == "Canceled":
+                if voided is None or amount != 0:
+                    self.add(
+                        "charger_payment", f"{name}: Canceled settlement of {amount} without payment.voided"
+                    )
+            else:
+                self.add("charger_payment", f"{name}: settlement status {last.get('status')!r}")
+        for sid, session in sorted(self.stream.sessions.items()):
+            done = session.first("payment.captured") or session.first("payment.voided")
+            if done is not None and not any(p.get("event") == "settled" for p in by_session.get(sid, ())):
+                self.add(
+                    "charger_payment",
+                    f"session {sid}: {done.get('event')} but no settlement reached the charger",
                 )
 
 

@@ -409,6 +409,7 @@ class SeedRun:
         stop_code: int | None = None
         journal: list[dict[str, Any]] | None = None
         sim_sessions: list[dict[str, Any]] = []
+        charger_payments: list[dict[str, Any]] = []
         started = False
         try:
             await self._start()
@@ -425,6 +426,7 @@ class SeedRun:
                 if started:
                     sim_sessions = await self.psp.sessions()
                     journal = await self.agent.sessions()
+                    charger_payments = await self.charger.payments()
             except Exception as exc:
                 self.rig_problems.append(f"rig: collecting the results: {type(exc).__name__}: {exc}")
             await self._close()
@@ -442,6 +444,7 @@ class SeedRun:
             unexpected_exits=self.supervisor.unexpected,
             stop_code=stop_code,
             rig_problems=self.rig_problems,
+            charger_payments=charger_payments,
         )
         seen: dict[str, int] = {}
         findings = evaluate(evidence, seen) if started else [Finding("rig", p) for p in self.rig_problems]

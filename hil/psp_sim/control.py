@@ -321,7 +321,7 @@ class ControlServer:
     def __init__(self, sim: Simulator) -> None:
         self._sim = sim
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[object]] = set()
+        self._connections: set[asyncio.Task[object]] = set()
         self._count = 0
         self._closing = False
 
@@ -336,7 +336,7 @@ class ControlServer:
         if task is not None:
             self._count += 1
             task.set_name(f"psp-sim-control-client-{self._count}")
-            self._clients.add(task)
+            self._connections.add(task)
         try:
             await serve_lines(self._sim, reader.readline, writer)
         except (ConnectionError, OSError) as exc:
@@ -348,7 +348,7 @@ class ControlServer:
                 raise
         finally:
             if task is not None:
-                self._clients.discard(task)
+                self._connections.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -357,7 +357,7 @@ class ControlServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        clients = list(self._clients)
+        clients = list(self._connections)
         for task in clients:
             task.cancel()
         await asyncio.gather(*clients, return_exceptions=True)

@@ -39,7 +39,6 @@ class SimSession:
     def to_json(self) -> dict[str, object]:
         return {
             "session_id": self.session_id,
-            "session_id_hex": f"{self.session_id:08X}",
             "status": self.status,
             "authorized_minor": self.authorized_minor,
             "requested_minor": self.requested_minor,

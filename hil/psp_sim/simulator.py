@@ -1023,7 +1023,7 @@ class Simulator:
                 session,
                 self._timeout_action,
             )
-        _LOGGER.info("session %08X approved for %d (card %s)", session_id, authorized, card.masked())
+        _LOGGER.info("session %d approved for %d (card %s)", session_id, authorized, card.masked())
         return session
 
     def _expire_session(self, session: SimSession, action: TimeoutAction) -> None:
@@ -1036,7 +1036,7 @@ class Simulator:
         else:
             session.status = "expired_voided"
         session.history.append({"event": session.status, "amount_minor": session.committed_minor})
-        _LOGGER.info("session %08X timed out: %s", session.session_id, session.status)
+        _LOGGER.info("session %d timed out: %s", session.session_id, session.status)
 
     def _open_session(self, link: _Link, session_id: int) -> SimSession | None:
         session = self.sessions.get(session_id)

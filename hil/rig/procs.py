@@ -452,6 +452,11 @@ class ChargerSim:
     async def energy_wh(self, connector_id: int) -> int:
         return int((await self.state(connector_id))["energy_wh"])
 
+    async def payments(self, connector_id: int | None = None) -> list[dict[str, Any]]:
+        """The ``payment`` messages the charger received (docs/charger-bridge.md), in order."""
+        verb = "payments" if connector_id is None else f"payments {connector_id}"
+        return [dict(r) for r in await self.control.json(verb)]
+
     async def plug(self, c: int) -> None:
         await self.control.ok(f"plug {c}")
 

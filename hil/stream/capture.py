@@ -53,6 +53,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from drivers.mqtt_internals import close_socket, retrieve_disconnect_error
 from hil.stream.lines import (
     CAPTURE_DOWN,
     CAPTURE_UP,
@@ -83,23 +84,6 @@ class CaptureError(RuntimeError):
 
 class _SubscribeRefused(Exception):
     pass
-
-
-def _retrieve_disconnect_error(client: aiomqtt.Client) -> None:
-    """Mark aiomqtt's disconnect error as retrieved (it is reported by the caught ``MqttError``;
-    unretrieved, asyncio logs "Future exception was never retrieved"). The only private accesses
-    to aiomqtt are here and in :func:`_discard`; tested with aiomqtt 2.5."""
-    future = client._disconnected  # private: aiomqtt 2.x has no accessor
-    if future.done() and not future.cancelled():
-        future.exception()
-
-
-def _discard(client: aiomqtt.Client) -> None:
-    """Close a socket a failed attempt may have left open, so aiomqtt's reader and misc task end."""
-    paho = client._client  # private: the paho client under aiomqtt 2.x
-    if paho.socket() is not None:
-        with contextlib.suppress(Exception):
-            paho._sock_close()
 
 
 class StreamCapture:
@@ -281,8 +265,8 @@ class StreamCapture:
             except (aiomqtt.MqttError, OSError, TimeoutError, _SubscribeRefused) as exc:
                 self.last_error = str(exc) or type(exc).__name__
             finally:
-                _retrieve_disconnect_error(client)
-                _discard(client)
+                close_socket(client)  # then retrieve what the close may report
+                retrieve_disconnect_error(client)
             if self.connected:
                 self.connected = False
                 self.losses += 1

@@ -96,12 +96,12 @@ def _approve(journal: Journal, ref: str = REF, sid: str = SID) -> None:
 def test_migrations_create_schema_and_record_version(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path)
     try:
-        assert journal.schema_version == len(migrations()) == 3
+        assert journal.schema_version == len(migrations()) == 4
         conn = sqlite3.connect(tmp_path / "journal.sqlite3")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"payments", "events", "schema_version", "tariffs", "station_tariff"} <= tables
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
-        assert versions == [(1,), (2,), (3,)]
+        assert versions == [(1,), (2,), (3,), (4,)]
         columns = {r[1] for r in conn.execute("PRAGMA table_info(payments)")}
         assert {
             "session_started_at",
@@ -116,7 +116,7 @@ def test_migrations_create_schema_and_record_version(tmp_path: Path) -> None:
         journal.close()
     again = Journal.open(tmp_path)  # reopening applies nothing twice
     try:
-        assert again.schema_version == 3
+        assert again.schema_version == 4
     finally:
         again.close()
 
@@ -148,7 +148,7 @@ def test_migration_2_marks_the_started_sessions_of_a_schema_1_journal(tmp_path: 
     conn.close()
     journal = Journal.open(tmp_path)
     try:
-        assert journal.schema_version == 3
+        assert journal.schema_version == 4
         started = {ref for ref, *_ in rows if (p := journal.payment(ref)) and p.session_started_at}
         assert started == {"1-charging", "1-stopping", "1-commit"}
         assert all(not p.orphan_suspected and p.host_reference is None for p in journal.payments())
@@ -240,11 +240,11 @@ def test_unknown_facts_stay_unknown(tmp_path: Path) -> None:
         assert row is not None
         assert (row.brand, row.last_meter_wh, row.last_meter_at) == (None, None, None)
         assert row.host_reference == "H-77"
-        assert row.session_started_at == "2025-01-01T12:00:00.000000+00:00"
+        assert row.session_started_at == "2025-01-01T12:00:00.000000Z"
         journal.record(energy_on(meter_wh=1200, first=False), at=datetime(2025, 1, 1, 13, 0, tzinfo=UTC))
         row = journal.payment(REF)
         assert row is not None
-        assert row.session_started_at == "2025-01-01T12:00:00.000000+00:00"  # a resume is no new start
+        assert row.session_started_at == "2025-01-01T12:00:00.000000Z"  # a resume is no new start
         assert row.last_meter_wh == 1200
         assert row.to_restored().last_meter_wh == 1200
     finally:

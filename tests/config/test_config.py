@@ -109,7 +109,8 @@ def test_base_config_is_valid(tmp_path: Path, secret_file: Path) -> None:
     assert loaded.tariff.currency == "EUR"
 
 
-# (id, replacements, expected message after "FILE:") — the whole message, or its prefix when it ends with "…"
+# (id, replacements, expected message after "FILE:") — the whole message, or its prefix when it ends
+# with "…"; one line per error ("FILE:" before each)
 BROKEN: list[tuple[str, list[tuple[str, str]], str]] = [
     (
         "wrong-type",
@@ -126,7 +127,11 @@ BROKEN: list[tuple[str, list[tuple[str, str]], str]] = [
         [("station_id: CS-1\n", "station_id: CS-1\nstation: x\n")],
         "2: station: unknown key",
     ),
-    ("unknown-key-depth2", [("family: apollo", "famly: apollo")], "4: terminal.famly: unknown key"),
+    (
+        "unknown-key-depth2",  # two errors: the misspelt key is unknown and the right one missing
+        [("family: apollo", "famly: apollo")],
+        "2: terminal.family: missing required key\n4: terminal.famly: unknown key",
+    ),
     (
         "unknown-key-depth3",
         [("read_card_header: 0x41", "read_card_hdr: 0x41")],
@@ -192,7 +197,7 @@ BROKEN: list[tuple[str, list[tuple[str, str]], str]] = [
     ),
     (
         "tls-on-p6x",
-        [("url: tcp://10.0.0.5:3201", "url: tls://10.0.0.5:3201"), ("family: apollo", "family: p6x")],
+        [("url: tcp://10.0.0.5:3201", "url: tls://10.0.0.5:3201"), ("family: apollo", "family: p6x"), *NO_UI],
         "3: terminal.url: P6X has no TLS mode; use serial:// (psp-reference §1.1)",
     ),
     (
@@ -278,6 +283,16 @@ BROKEN: list[tuple[str, list[tuple[str, str]], str]] = [
         ],
         "11: charger.topics.plug: needs {connector}: the topic is per connector",
     ),
+    (
+        "payment-topic-per-connector",  # the OCPP 2.1 payment facts (docs/ocpp21.md) are per connector
+        [
+            (
+                "  broker_url: mqtt://127.0.0.1:1883\n",
+                "  broker_url: mqtt://127.0.0.1:1883\n  topics:\n    payment: x/payment\n",
+            )
+        ],
+        "11: charger.topics.payment: needs {connector}: the topic is per connector",
+    ),
 ]
 
 
@@ -289,7 +304,7 @@ def test_broken_config_names_file_line_and_path(
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
-    full = f"{path}:{expected}"
+    full = "\n".join(f"{path}:{line}" for line in expected.split("\n"))
     if expected.endswith("…"):
         assert message.startswith(full[:-1]), message
     else:
@@ -628,11 +643,13 @@ def test_check_config_subprocess(tmp_path: Path, secret_file: Path) -> None:
 
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
-    bad = write_config(bad_dir, edit(BASE, ("family: apollo", "famly: apollo")), secret_file)
+    bad = write_config(bad_dir, edit(BASE, ("read_card_header: 0x41", "read_card_hdr: 0x41")), secret_file)
     result = subprocess.run([*_cli(), "check-config", str(bad)], capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr == f"evpay-agent: error: {bad}:4: terminal.famly: unknown key\n"
+    assert result.stderr == (
+        f"{bad}:7: terminal.quirks.read_card_hdr: unknown key\nevpay-agent: error: {bad}: 1 error\n"
+    )
 
     unreadable = tmp_path / "secret-dir"
     unreadable.mkdir()
@@ -642,6 +659,6 @@ def test_check_config_subprocess(tmp_path: Path, secret_file: Path) -> None:
     )
     assert result.returncode == 2
     reason = f"upstream.password_file: cannot read {unreadable}: Is a directory"
-    assert result.stderr == f"evpay-agent: error: {bad_secret}:29: {reason}\n"
+    assert result.stderr == f"{bad_secret}:29: {reason}\nevpay-agent: error: {bad_secret}: 1 error\n"
     assert SECRET_TEXT not in result.stdout + result.stderr
     shutil.rmtree(bad_dir)

@@ -50,7 +50,7 @@ class BackOffice:
         prefix = st.config["upstream"]["prefix"].format(station_id=st.station_id)
         self.prefix = prefix
         self.replies = f"e2e-backoffice/{st.station_id}/replies"
-        self._client = aiomqtt.Client(
+        self._mqtt = aiomqtt.Client(
             st.broker.host,
             st.broker.port,
             protocol=aiomqtt.ProtocolVersion.V5,
@@ -64,11 +64,11 @@ class BackOffice:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> BackOffice:
-        await self._client.__aenter__()
-        await self._client.subscribe(self.replies, qos=1)
-        await self._client.subscribe(f"{self.prefix}/auth/request", qos=1)
-        await self._client.subscribe(f"{self.prefix}/reports/reconciliation", qos=1)
-        await self._client.subscribe(f"{self.prefix}/cmd/+/result", qos=1)
+        await self._mqtt.__aenter__()
+        await self._mqtt.subscribe(self.replies, qos=1)
+        await self._mqtt.subscribe(f"{self.prefix}/auth/request", qos=1)
+        await self._mqtt.subscribe(f"{self.prefix}/reports/reconciliation", qos=1)
+        await self._mqtt.subscribe(f"{self.prefix}/cmd/+/result", qos=1)
         self._task = asyncio.create_task(self._receive(), name="backoffice")
         return self
 
@@ -77,10 +77,10 @@ class BackOffice:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._client.__aexit__(None, None, None)
+        await self._mqtt.__aexit__(None, None, None)
 
     async def _receive(self) -> None:
-        async for message in self._client.messages:
+        async for message in self._mqtt.messages:
             topic = str(message.topic)
             payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
             if topic == self.replies:
@@ -94,7 +94,7 @@ class BackOffice:
                 answer = self.auth_answers.get(request["uid"])
                 if answer is not None:
                     body = {"request_id": request["request_id"], **answer}
-                    await self._client.publish(f"{self.prefix}/auth/response", json.dumps(body), qos=1)
+                    await self._mqtt.publish(f"{self.prefix}/auth/response", json.dumps(body), qos=1)
             elif topic.endswith("/result"):
                 result = json.loads(payload)
                 if result.get("correlation_id") is None:
@@ -119,7 +119,7 @@ class BackOffice:
         null."""
         while not self.anonymous_results.empty():  # earlier unreadable commands' results
             self.anonymous_results.get_nowait()
-        await self._client.publish(f"{self.prefix}/cmd/{name}", payload, qos=1)
+        await self._mqtt.publish(f"{self.prefix}/cmd/{name}", payload, qos=1)
         async with asyncio.timeout(RESULT_TIMEOUT_S):
             return await self.anonymous_results.get()
 
@@ -133,7 +133,7 @@ class BackOffice:
         properties.ResponseTopic = self.replies
         properties.CorrelationData = correlation
         try:
-            await self._client.publish(
+            await self._mqtt.publish(
                 f"{self.prefix}/cmd/{name}", payload, qos=1, retain=retain, properties=properties
             )
             async with asyncio.timeout(within):
@@ -141,7 +141,7 @@ class BackOffice:
         finally:
             del self._waiting[correlation]
             if retain:  # never leave a retained command behind
-                await self._client.publish(f"{self.prefix}/cmd/{name}", b"", qos=1, retain=True)
+                await self._mqtt.publish(f"{self.prefix}/cmd/{name}", b"", qos=1, retain=True)
 
     async def command(self, name: str, **fields: object) -> dict[str, Any]:
         fields.setdefault("correlation_id", f"{name}-{uuid.uuid4().hex[:8]}")

@@ -153,16 +153,16 @@ class FlowOnlyCharger:
         self.energy_wh = 1_000_000
         self.plugged = False
         self.enabled = False
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> FlowOnlyCharger:
         will = aiomqtt.Will(f"{self.prefix}/alive", json.dumps({"online": False}), qos=1, retain=True)
-        self._client = aiomqtt.Client(
+        self._mqtt = aiomqtt.Client(
             self.broker.host, self.broker.port, identifier=f"flow-charger-{uuid.uuid4()}", will=will
         )
-        await self._client.__aenter__()
-        await self._client.subscribe(f"{self.prefix}/+/cmd", qos=1)
+        await self._mqtt.__aenter__()
+        await self._mqtt.subscribe(f"{self.prefix}/+/cmd", qos=1)
         await self._pub("alive", {"online": True}, retain=True)
         await self._pub("1/plug", {"plugged": False}, retain=True)
         await self._pub("1/status", {"state": "idle", "fault": None}, retain=True)
@@ -178,14 +178,14 @@ class FlowOnlyCharger:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        assert self._client is not None
+        assert self._mqtt is not None
         for topic in ("alive", "1/plug", "1/status"):
-            await self._client.publish(f"{self.prefix}/{topic}", b"", qos=1, retain=True)
-        await self._client.__aexit__(None, None, None)
+            await self._mqtt.publish(f"{self.prefix}/{topic}", b"", qos=1, retain=True)
+        await self._mqtt.__aexit__(None, None, None)
 
     async def _pub(self, topic: str, payload: dict[str, Any], *, retain: bool = False) -> None:
-        assert self._client is not None
-        await self._client.publish(f"{self.prefix}/{topic}", json.dumps(payload), qos=1, retain=retain)
+        assert self._mqtt is not None
+        await self._mqtt.publish(f"{self.prefix}/{topic}", json.dumps(payload), qos=1, retain=retain)
 
     async def plug(self, plugged: bool) -> None:
         self.plugged = plugged
@@ -195,8 +195,8 @@ class FlowOnlyCharger:
         await self._pub("1/status", {"state": "idle", "fault": None}, retain=True)
 
     async def _commands(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
+        assert self._mqtt is not None
+        async for message in self._mqtt.messages:
             raw = message.payload if isinstance(message.payload, bytes | bytearray) else b"{}"
             action = json.loads(raw).get("action")
             flowing = self.enabled and self.plugged

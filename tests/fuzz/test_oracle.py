@@ -568,3 +568,60 @@ def test_process_and_rig_problems_are_findings() -> None:
     assert "process: exited with 1" in found
     assert any("SIGTERM at the end" in f for f in found)
     assert "rig: x" in found
+
+
+# --- charger_payment: the bridge's payment topic (docs/charger-bridge.md §2.1) --------------------
+
+
+def _payment(event: str, **fields: Any) -> dict[str, Any]:
+    payload = {"v": 1, "event": event, "session_id": "1-a", "psp_ref": "7", "currency": "EUR",
+               "minor_unit_digits": 2, "authorized_minor": 5000, "card_last4": "0001",
+               "ts": "2026-01-01T00:00:09.000Z", **fields}  # fmt: skip
+    return {"connector_id": 1, "retained": False, "payload": payload}
+
+
+def _settled(amount: int, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "status": "Settled",
+        "settlement_minor": amount,
+        "settlement_amount": f"{amount / 100:.2f}",
+    }
+    return _payment("settled", **{**base, **fields})
+
+
+def test_charger_payment_rule() -> None:
+    stream = Stream()
+    _paid_session(stream, amount=74)
+    sims = [_sim(7, "committed", committed=74)]
+    good = [
+        _payment("authorized"),
+        _payment("cost", cost_minor=39),
+        _settled(74),
+        {**_settled(74), "retained": True},
+    ]
+    assert (
+        _rules(_evidence(stream, sims, charger_payments=good)) == []
+    )  # a repeat of the same content is fine
+    assert _rules(_evidence(stream, sims)) == []  # not collected: the rule is skipped
+
+    def findings(records: list[dict[str, Any]]) -> list[str]:
+        return [
+            r
+            for r in _rules(_evidence(stream, sims, charger_payments=records))
+            if r.startswith("charger_payment")
+        ]
+
+    (missing,) = findings([_payment("authorized")])
+    assert "no settlement reached the charger" in missing
+    (twice,) = findings([_settled(74), _settled(74, settlement_time="2026-01-01T00:00:10.000Z")])
+    assert "2 different settlements" in twice
+    assert any("settled 70, payment.captured 74" in f for f in findings([_settled(70)]))
+    assert any("psp_ref" in f for f in findings([_settled(74, psp_ref="8")]))
+    assert any("Canceled settlement" in f for f in findings([_settled(0, status="Canceled")]))
+    (pan,) = findings([_settled(74), _payment("cost", card_last4="4761739001010119")])
+    assert "card_last4 looks like a full PAN" in pan
+    assert "4761739001010119" not in pan  # the finding names the field, never the value
+    (stranger,) = findings(
+        [_settled(74), {**_settled(74), "payload": {**_settled(74)["payload"], "session_id": "9-z"}}]
+    )
+    assert "never had" in stranger

@@ -516,7 +516,7 @@ def test_offline_flag_near_a_window_edge_or_in_an_unknown_window_is_not_checked(
     assert of(run(lines, tolerance_s=1.0), "offline")  # the edges are 1.5 s away
 
 
-def test_the_last_will_opens_a_disconnected_window() -> None:
+def test_the_last_will_opens_an_offline_window() -> None:
     s = connected()
     s.will().tick(5)
     s.event(1, "S-1", "payment.declined", outcome="failed")  # created while dead? a new process

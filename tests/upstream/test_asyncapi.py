@@ -85,7 +85,7 @@ def test_cli_prints_the_document() -> None:
 
 @pytest.mark.req("UP-1")
 def test_document_shape(doc: Any) -> None:
-    assert doc["asyncapi"] == "3.0.0"
+    assert doc["asyncapi"] == "3.1.0"
     assert doc["info"]["version"] == CONTRACT_VERSION == "1.2.0"
     assert set(doc["channels"]) == {t.key for t in TOPICS}
     for spec in TOPICS:

@@ -280,7 +280,7 @@ async def test_accept_policy_accepts_unknown_tokens_with_the_configured_limit(tm
     assert (await authorizer.authorize(card(OTHER), 1)).status is S.BLOCKED
 
 
-async def test_disconnected_upstream_applies_the_policy_at_once(tmp_path: Path) -> None:
+async def test_offline_upstream_applies_the_policy_at_once(tmp_path: Path) -> None:
     authorizer, backend, _ = make(tmp_path, policy=OfflinePolicy.LOCAL_LIST, timeout_s=30, connected=False)
     await authorizer.local_list.apply(set_list(1, "full", (UID, "accepted", 900)), now=NOW)
     async with asyncio.timeout(1):  # no 30 s wait

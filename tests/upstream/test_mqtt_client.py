@@ -21,6 +21,7 @@ import pytest
 
 from agent.store.outbox import Outbox
 from agent.upstream.client import InboundMessage, UpstreamClient, UpstreamNotConnected
+from drivers.mqtt_internals import paho_client
 from tests.mosquitto import (
     Broker,
     TlsMaterial,
@@ -73,19 +74,19 @@ class Collector:
         self.client_kwargs = client_kwargs
         self.messages: list[tuple[str, bytes, bool]] = []
         self._changed = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Collector:
-        self._client = aiomqtt.Client(
+        self._mqtt = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
             identifier=f"collector-{uuid.uuid4().hex[:8]}",
             **self.client_kwargs,
         )
-        await self._client.__aenter__()
-        await self._client.subscribe(self.topic_filter, qos=1)
-        self._task = asyncio.create_task(self._collect(self._client), name="test-collector")
+        await self._mqtt.__aenter__()
+        await self._mqtt.subscribe(self.topic_filter, qos=1)
+        self._task = asyncio.create_task(self._collect(self._mqtt), name="test-collector")
         return self
 
     async def _collect(self, client: aiomqtt.Client) -> None:
@@ -100,9 +101,9 @@ class Collector:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
+        if self._mqtt is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.__aexit__(None, None, None)
+                await self._mqtt.__aexit__(None, None, None)
 
     def payloads(self, topic: str) -> list[bytes]:
         return [p for t, p, _ in self.messages if t == topic]
@@ -317,8 +318,8 @@ async def test_mqtt_311_mode(mosquitto: Broker, outbox: Outbox) -> None:
             outbox.append(topic, event(n), kind="receipt", connector_id=None)
         await collector.wait_for(lambda: len(collector.messages) >= 20)
         check_in_order_without_gaps(collector.payloads(topic), 20)
-        assert client._client is not None
-        assert client._client._client.protocol == 4
+        assert client._mqtt is not None
+        assert paho_client(client._mqtt).protocol == 4  # MQTTv311
 
 
 @pytest.mark.req("UP-4")

@@ -1,0 +1,123 @@
+"""THE ONLY MODULE THAT TOUCHES PRIVATE INTERNALS OF aiomqtt (issue 11, acceptance 4).
+
+Every other module uses the public APIs of aiomqtt and paho-mqtt, and reaches the two internals
+below only through the functions here. ``git grep -n "\\._client\\|_sock_close\\|_disconnected"``
+finds this file and nothing else. ``tests/upstream/test_mqtt_internals.py`` fails when an internal
+disappears or changes shape. The dependency ranges in ``pyproject.toml``, ``aiomqtt >= 2.3, < 2.6``
+and ``paho-mqtt >= 2.1, < 2.3``, are what was checked: the tests ran with aiomqtt 2.5.1 and
+paho-mqtt 2.2.0 (the newest releases; aiomqtt 3 is a rewrite), and the sources of aiomqtt 2.3.0
+to 2.5.1 and paho-mqtt 2.1.0 have the same attributes and code paths. Widen a range only after
+running the test against the new version.
+
+The internals, and why there is no public way:
+
+1. ``aiomqtt.Client._client`` — the :class:`paho.mqtt.client.Client` under aiomqtt. aiomqtt does not
+   expose it on purpose (empicano/aiomqtt#191: through it a user could replace aiomqtt's callbacks)
+   and has no accessor for the socket either. We only read the socket from it, with paho's public
+   :meth:`~paho.mqtt.client.Client.socket`, plus paho's public :meth:`~paho.mqtt.client.Client.loop_read`
+   and :attr:`~paho.mqtt.client.Client.protocol`:
+
+   - :func:`mqtt_socket`: ``TCP_QUICKACK`` after a PUBACK (``drivers.charger.mqtt_bridge.ack_now``),
+     the charger simulator's unclean drop (``hil.charger_sim``);
+   - :func:`close_socket`: a connection attempt that failed before aiomqtt's ``__aexit__`` (CONNACK
+     not received in time: our own ``asyncio.timeout`` around ``__aenter__``) leaves paho's socket
+     open, aiomqtt's reader registered and its ``loop_misc`` task running until paho's keepalive
+     gives up. It used to call paho's private ``_sock_close``; now it shuts the socket down
+     (public :mod:`socket` API) and lets paho read the end of stream (public ``loop_read``), which is
+     paho's own "connection lost" path: paho closes the socket and tells aiomqtt (its socket-close
+     callback removes the reader and cancels the misc task), synchronously.
+
+2. ``aiomqtt.Client._disconnected`` — the future aiomqtt completes (often with an exception) when the
+   connection ends. Only an ``async for`` over ``client.messages`` running at that moment retrieves
+   the exception; when the receive task was already cancelled (another task of the connection
+   failed first) or not started yet, asyncio logs "Future exception was never retrieved" when the
+   client is collected. :func:`retrieve_disconnect_error` marks it retrieved; the error itself is
+   reported by the ``MqttError`` the caller caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Final
+
+import aiomqtt
+import paho.mqtt.client as paho_mqtt
+
+__all__ = [
+    "ACCEPTANCE_GREP",
+    "ACCEPTANCE_NEEDLES",
+    "PRIVATE_ATTRIBUTES",
+    "close_socket",
+    "disconnect_future",
+    "mqtt_socket",
+    "paho_client",
+    "retrieve_disconnect_error",
+]
+
+# The private attributes of aiomqtt.Client used here, and what each must be (tested).
+PRIVATE_ATTRIBUTES: Final[dict[str, type]] = {
+    "_client": paho_mqtt.Client,
+    "_disconnected": asyncio.Future,
+}
+
+# Issue 11, acceptance 4: this finds this module only (tests/upstream/test_mqtt_internals.py).
+ACCEPTANCE_GREP: Final = r"\._client\|_sock_close\|_disconnected"
+ACCEPTANCE_NEEDLES: Final = ("._client", "_sock_close", "_disconnected")
+
+_CLOSE_READS: Final = 8  # loop_read() calls to reach the end of stream behind buffered packets
+
+
+def paho_client(client: aiomqtt.Client) -> paho_mqtt.Client:
+    """The paho client under ``client`` (private: ``aiomqtt.Client._client``). Use only its public
+    read-only API (``socket()``, ``protocol``); never set its callbacks."""
+    paho = client._client
+    assert isinstance(paho, paho_mqtt.Client)
+    return paho
+
+
+def disconnect_future(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """aiomqtt's disconnection future (private: ``aiomqtt.Client._disconnected``); read it only."""
+    future = client._disconnected
+    assert isinstance(future, asyncio.Future)
+    return future
+
+
+def mqtt_socket(client: aiomqtt.Client) -> socket.socket | None:
+    """The connection's TCP (or TLS) socket, ``None`` when not connected or not a socket (websockets)."""
+    sock = paho_client(client).socket()
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def retrieve_disconnect_error(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect error as retrieved (it is reported through the caught ``MqttError``;
+    unretrieved, asyncio logs "Future exception was never retrieved" when it is collected)."""
+    future = disconnect_future(client)
+    if future.done() and not future.cancelled():
+        future.exception()
+
+
+def close_socket(client: aiomqtt.Client) -> None:
+    """Close a socket a failed connection attempt left open, so aiomqtt's reader and misc task end.
+
+    Public API only (see the module docstring): shut the socket down, then let paho read the end of
+    stream; paho closes the socket and calls aiomqtt's socket-close callback. A no-op when paho has
+    no socket (the usual case: paho closes it itself on a lost connection or a refused CONNACK).
+    """
+    paho = paho_client(client)
+    sock = paho.socket()
+    if not isinstance(sock, socket.socket):
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    for _ in range(_CLOSE_READS):
+        if paho.socket() is None:
+            return
+        # paho maps socket errors to "connection lost" itself and closes the socket before it calls
+        # aiomqtt's on_disconnect. After an __aenter__ cancelled by a timeout that callback raises
+        # CancelledError (it asks the cancelled CONNACK future for its exception): loop_read() is
+        # synchronous, so that CancelledError cannot be a cancellation of the calling task.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            paho.loop_read()
+    # still open (not seen with the pinned versions): aiomqtt's reader sees the end of stream next
