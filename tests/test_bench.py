@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,27 @@ def test_bench_codec_and_outbox_report_their_figures() -> None:
     for key in ("outbox_drain_msgs_per_s", "plain_aiomqtt_qos1_pipelined_msgs_per_s", "ratio_vs_pipelined"):
         assert outbox[key] > 0, key
     assert isinstance(outbox["within_budget"], bool)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
+def test_the_profile_tool_measures_the_meter_path(tmp_path: Path) -> None:
+    """``python -m hil.bench.profile`` (docs/performance.md) runs the bench's rig and reports the
+    meter path's latency and the agent's CPU per reading."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "hil.bench.profile", "meter"),
+            *("--connectors", "2", "--seconds", "2", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout)
+    assert figures["connectors_charging"] == 2
+    assert figures["samples"] > 0
+    assert 0 < figures["meter_to_upstream_p50_ms"] <= figures["meter_to_upstream_p99_ms"]
+    assert figures["cpu_ms_per_reading"] > 0
