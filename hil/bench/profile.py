@@ -33,11 +33,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-import msgspec
-
 import hil.bench.agent as bench_agent
 from hil.bench.agent import BenchError, _percentile, _proc_cpu_ns, _Rig, _Session
+from hil.bench.upstream import MeterWatch
 from hil.broker import LocalBroker
 from hil.psp_sim import SimConfig, Simulator
 
@@ -91,30 +89,7 @@ def _ms(seconds: float) -> float:
 
 
 async def _meter(rig: _Rig, prof: _Profiler, connectors: int, seconds: float) -> dict[str, Any]:
-    stamps: dict[tuple[int, int], float] = {}
-    original = rig.charger._queue_meter
-
-    def stamped(c: Any) -> None:
-        stamps.setdefault((c.connector_id, int(c.energy_wh)), time.monotonic())
-        original(c)
-
-    rig.charger._queue_meter = stamped  # type: ignore[method-assign]
-    arrivals: list[tuple[int, int, float]] = []
-    subscribed = asyncio.Event()
-
-    async def subscribe() -> None:
-        async with aiomqtt.Client("127.0.0.1", rig.broker.port, identifier="profile-upstream") as client:
-            await client.subscribe(METER_TOPIC, qos=1)
-            subscribed.set()
-            async for message in client.messages:
-                stamp = time.monotonic()
-                assert isinstance(message.payload, bytes)
-                body = msgspec.json.decode(message.payload)
-                arrivals.append((int(body["connector_id"]), int(body["meter_wh"]), stamp))
-
-    task = asyncio.create_task(subscribe(), name="profile-upstream-subscriber")
-    try:
-        await asyncio.wait_for(subscribed.wait(), 5)
+    async with MeterWatch(rig, METER_TOPIC, "profile-upstream") as watch:
         agent = await rig.spawn(rig.write_config("meter"))
         await rig.wait_notify(agent)
         await rig.terminal_ready(agent)
@@ -122,17 +97,13 @@ async def _meter(rig: _Rig, prof: _Profiler, connectors: int, seconds: float) ->
             await rig.start_session(agent, cid)
         await asyncio.sleep(1.0)
         await prof.attach(agent.pid)
-        start, t0, cpu0 = len(arrivals), time.monotonic(), _proc_cpu_ns(agent.pid)
+        start, t0, cpu0 = len(watch.arrivals), time.monotonic(), _proc_cpu_ns(agent.pid)
         await asyncio.sleep(seconds)
-        end, t1, cpu1 = len(arrivals), time.monotonic(), _proc_cpu_ns(agent.pid)
+        end, t1, cpu1 = len(watch.arrivals), time.monotonic(), _proc_cpu_ns(agent.pid)
         await prof.detach()
         agent.check_alive()
         await agent.stop()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        rig.charger._queue_meter = original  # type: ignore[method-assign]
-    samples = [t - stamps[(c, wh)] for c, wh, t in arrivals[start:end] if (c, wh) in stamps]
+    samples = watch.samples(start, end)
     if not samples:
         raise BenchError("no meter samples in the window")
     return {

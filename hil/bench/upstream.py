@@ -40,49 +40,71 @@ QUICK_COLLECT_S = 8.0
 TOPIC = "evpay/v1/BENCH-1/connectors/+/meter"
 
 
-async def _measure(rig: _Rig, collect_s: float) -> dict[str, Any]:
-    charger_stamps: dict[tuple[int, int], float] = {}
-    original = rig.charger._queue_meter
+class MeterWatch:
+    """Both ends of the meter path: when the charger simulator queued each reading
+    (``charger_stamps``, keyed by connector and register) and when its upstream copy reached the
+    broker (``arrivals``). An async context: patches the simulator, subscribes, undoes both."""
 
-    def stamped(c: Any) -> None:
-        charger_stamps.setdefault((c.connector_id, int(c.energy_wh)), time.monotonic())
-        original(c)
+    def __init__(self, rig: _Rig, topic: str, identifier: str) -> None:
+        self.rig, self.topic, self.identifier = rig, topic, identifier
+        self.charger_stamps: dict[tuple[int, int], float] = {}
+        self.arrivals: list[tuple[int, int, float]] = []
+        self._original = rig.charger._queue_meter
+        self._task: asyncio.Task[None] | None = None
 
-    rig.charger._queue_meter = stamped  # type: ignore[method-assign]
-    arrivals: list[tuple[int, int, float]] = []
-    subscribed = asyncio.Event()
+    def _stamped(self, c: Any) -> None:
+        self.charger_stamps.setdefault((c.connector_id, int(c.energy_wh)), time.monotonic())
+        self._original(c)
 
-    async def subscribe() -> None:
-        async with aiomqtt.Client("127.0.0.1", rig.broker.port, identifier="bench-upstream") as client:
-            await client.subscribe(TOPIC, qos=1)
+    async def _subscribe(self, subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.rig.broker.port, identifier=self.identifier) as client:
+            await client.subscribe(self.topic, qos=1)
             subscribed.set()
             async for message in client.messages:
                 stamp = time.monotonic()
                 assert isinstance(message.payload, bytes)
                 body = msgspec.json.decode(message.payload)
-                arrivals.append((int(body["connector_id"]), int(body["meter_wh"]), stamp))
+                self.arrivals.append((int(body["connector_id"]), int(body["meter_wh"]), stamp))
 
-    task = asyncio.create_task(subscribe(), name="bench-upstream-subscriber")
-    try:
-        await asyncio.wait_for(subscribed.wait(), 5)
+    def samples(self, start: int, end: int | None = None) -> list[float]:
+        """Charger → broker seconds of the readings that arrived in ``arrivals[start:end]``."""
+        stamps = self.charger_stamps
+        return [
+            t - stamps[(cid, wh)]
+            for cid, wh, t in self.arrivals[start:end]
+            if (cid, wh) in stamps and t >= stamps[(cid, wh)]
+        ]
+
+    async def __aenter__(self) -> MeterWatch:
+        self.rig.charger._queue_meter = self._stamped  # type: ignore[method-assign]
+        subscribed = asyncio.Event()
+        self._task = asyncio.create_task(self._subscribe(subscribed), name=f"{self.identifier}-subscriber")
+        try:
+            await asyncio.wait_for(subscribed.wait(), 5)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.rig.charger._queue_meter = self._original  # type: ignore[method-assign]
+
+
+async def _measure(rig: _Rig, collect_s: float) -> dict[str, Any]:
+    async with MeterWatch(rig, TOPIC, "bench-upstream") as watch:
         agent = await rig.spawn(rig.write_config("upstream"))
         await rig.wait_notify(agent)
         await rig.terminal_ready(agent)
         for cid in range(1, CHARGING + 1):
             await rig.start_session(agent, cid)
-        start = len(arrivals)
+        start = len(watch.arrivals)
         await asyncio.sleep(collect_s)
         agent.check_alive()
         await agent.stop()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        rig.charger._queue_meter = original  # type: ignore[method-assign]
-    samples = [
-        stamp - charger_stamps[(cid, wh)]
-        for cid, wh, stamp in arrivals[start:]
-        if (cid, wh) in charger_stamps and stamp >= charger_stamps[(cid, wh)]
-    ]
+    samples = watch.samples(start)
     if len(samples) < MIN_SAMPLES:
         raise BenchError(f"only {len(samples)} meter samples (want ≥ {MIN_SAMPLES})")
     p99 = _percentile(samples, 99)
