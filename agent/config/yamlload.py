@@ -207,11 +207,8 @@ def _syntax_error(file: str, exc: yaml.MarkedYAMLError) -> ConfigError:
     )
 
 
-def read_yaml_file(path: Path, *, display: str | None = None, collect: bool = False) -> YamlDocument:
-    """Read and parse ``path`` (UTF-8, optional BOM). ``display`` names the file in messages
-    (default: the path as given). Raises :class:`ConfigError`, e.g. ``agent.yaml: cannot read: No
-    such file or directory``. ``collect``: as for :func:`load_yaml`."""
-    file = display if display is not None else str(path)
+def _read_limited(path: Path, file: str) -> bytes:
+    """The bytes of ``path``, at most :data:`MAX_BYTES` (``file``: its name in messages)."""
     try:
         with path.open("rb") as stream:
             raw = stream.read(MAX_BYTES + 1)
@@ -219,6 +216,15 @@ def read_yaml_file(path: Path, *, display: str | None = None, collect: bool = Fa
         raise ConfigError(file, f"cannot read: {exc.strerror or type(exc).__name__}") from None
     if len(raw) > MAX_BYTES:
         raise ConfigError(file, f"file larger than {MAX_BYTES} bytes")
+    return raw
+
+
+def read_yaml_file(path: Path, *, display: str | None = None, collect: bool = False) -> YamlDocument:
+    """Read and parse ``path`` (UTF-8, optional BOM). ``display`` names the file in messages
+    (default: the path as given). Raises :class:`ConfigError`, e.g. ``agent.yaml: cannot read: No
+    such file or directory``. ``collect``: as for :func:`load_yaml`."""
+    file = display if display is not None else str(path)
+    raw = _read_limited(path, file)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -232,13 +238,7 @@ def read_json_file(path: Path, *, display: str | None = None) -> object:
     BOM, :data:`MAX_BYTES`) and duplicate keys rejected. Raises :class:`ConfigError` (with the
     line for a syntax error)."""
     file = display if display is not None else str(path)
-    try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(file, f"cannot read: {exc.strerror or type(exc).__name__}") from None
-    if len(raw) > MAX_BYTES:
-        raise ConfigError(file, f"file larger than {MAX_BYTES} bytes")
+    raw = _read_limited(path, file)
     try:
         return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError:
