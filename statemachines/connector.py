@@ -21,6 +21,7 @@ from typing import Any, Generic
 from transitions import Machine
 
 from statemachines.authorization import (
+    AuthorizationStrategy,
     capture_amount_minor,
     increment_total_minor,
     must_stop_for_cap,
@@ -364,6 +365,9 @@ class ConnectorMachine(Generic[P]):
         self._plug_timer_running = False
         self._at: datetime | None = None
         self._out: list[Effect] = []
+        # the running cost of (pricer, usage): Usage is immutable, so one tariff evaluation per
+        # change of usage serves the meter record, the limit check and every snapshot after it
+        self._cost_memo: tuple[Usage, P, int] | None = None
         self._machine = Machine(
             model=self,
             states=list(STATES),
@@ -397,7 +401,15 @@ class ConnectorMachine(Generic[P]):
 
     @property
     def running_cost_minor(self) -> int:
-        return self._pricer.cost_minor(self.session.usage) if self.session else 0
+        session = self.session
+        if session is None:
+            return 0
+        memo = self._cost_memo
+        if memo is not None and memo[0] is session.usage and memo[1] is self._pricer:
+            return memo[2]
+        cost = self._pricer.cost_minor(session.usage)
+        self._cost_memo = (session.usage, self._pricer, cost)
+        return cost
 
     @property
     def authorized_minor(self) -> int | None:
@@ -889,8 +901,19 @@ class ConnectorMachine(Generic[P]):
             return
         # the last reported power (a meter without power: the time components alone)
         power_w = session.power_w if session.power_w is not None else 0.0
+        # the decisions below only compare the projection with these two thresholds: projecting no
+        # farther than the larger one gives the same decisions at a fraction of the cost
+        horizon_s = self._station.meter_interval_s
+        if self._policy.strategy is AuthorizationStrategy.INCREMENTAL:
+            horizon_s = max(horizon_s, self._policy.increment_headroom_s)
         seconds = seconds_until_cost_reaches(
-            self._pricer, session.usage, at, power_w, payment.authorized_minor
+            self._pricer,
+            session.usage,
+            at,
+            power_w,
+            payment.authorized_minor,
+            horizon_s=horizon_s,
+            cost_minor=self.running_cost_minor,
         )
         if (
             payment.session_id is not None

@@ -109,13 +109,26 @@ PROJECTION_HORIZON_S = 24 * 3600
 
 
 def seconds_until_cost_reaches(
-    pricer: Pricer, usage: Usage, at: datetime, power_w: float, limit_minor: int
+    pricer: Pricer,
+    usage: Usage,
+    at: datetime,
+    power_w: float,
+    limit_minor: int,
+    *,
+    horizon_s: int = PROJECTION_HORIZON_S,
+    cost_minor: int | None = None,
 ) -> int | None:
     """Whole seconds from ``at`` until charging at ``power_w`` makes the cost reach ``limit_minor``.
 
     Returns 0 when the cost already reaches the limit and ``None`` when it is not reached within
-    :data:`PROJECTION_HORIZON_S`. Assumes cost never falls as time passes (all tariff prices are
-    non-negative), which makes a binary search over the horizon exact to the second.
+    ``horizon_s`` (at most :data:`PROJECTION_HORIZON_S`). Assumes cost never falls as time passes
+    (all tariff prices are non-negative), which makes a binary search over the horizon exact to the
+    second — and makes the answer for a shorter horizon the same as for the full one wherever it
+    is within the shorter one. A caller that only compares the result with thresholds passes the
+    largest threshold as ``horizon_s``: one tariff evaluation while the limit is farther away than
+    that (the common case on every meter reading), ``log2(horizon_s)`` more when it is near,
+    instead of ~19 (docs/performance.md §3.2). ``cost_minor``: the cost of ``usage`` when the
+    caller already knows it (saves one evaluation).
     """
 
     def cost_after(seconds: int) -> int:
@@ -125,11 +138,12 @@ def seconds_until_cost_reaches(
         )
         return pricer.cost_minor(grown)
 
-    if pricer.cost_minor(usage) >= limit_minor:
+    if (pricer.cost_minor(usage) if cost_minor is None else cost_minor) >= limit_minor:
         return 0
-    if cost_after(PROJECTION_HORIZON_S) < limit_minor:
+    horizon = max(1, min(horizon_s, PROJECTION_HORIZON_S))
+    if cost_after(horizon) < limit_minor:
         return None
-    low, high = 0, PROJECTION_HORIZON_S  # cost(low) < limit <= cost(high)
+    low, high = 0, horizon  # cost(low) < limit <= cost(high)
     while high - low > 1:
         mid = (low + high) // 2
         if cost_after(mid) >= limit_minor:

@@ -44,21 +44,31 @@ class Station(Generic[P]):
         if not terminal_online:
             for machine in self.connectors.values():
                 machine.terminal_online = False
+        # The arbiter's view of every connector, refreshed only for the connectors an event was
+        # handed to (a view depends on nothing but its machine): O(connectors touched) per event
+        # instead of O(connectors) (docs/performance.md §3.3).
+        self._views: dict[int, ConnectorView] = {cid: self._view(m) for cid, m in self.connectors.items()}
+        self.touched: set[int] = set()  # connectors the last :meth:`handle` handed an event to
+
+    @staticmethod
+    def _view(m: ConnectorMachine[P]) -> ConnectorView:
+        return ConnectorView(
+            connector_id=m.connector_id,
+            state=m.state,
+            operative=m.operative,
+            plugged_at=m.plugged_at,
+            card_token=m.card.token if m.card is not None else None,
+        )
 
     def views(self) -> list[ConnectorView]:
-        return [
-            ConnectorView(
-                connector_id=m.connector_id,
-                state=m.state,
-                operative=m.operative,
-                plugged_at=m.plugged_at,
-                card_token=m.card.token if m.card is not None else None,
-            )
-            for m in self.connectors.values()
-        ]
+        """The arbiter's view of every connector as of now."""
+        for cid in self.touched:
+            self._views[cid] = self._view(self.connectors[cid])
+        return list(self._views.values())
 
     def handle(self, event: Event | TariffChanged[P]) -> list[Effect]:
         """Pre: ``event.connector_id`` (where present) names a configured connector."""
+        self.touched = set()
         out: list[Effect] = []
         match event:
             case TerminalLinkUp() | TerminalLinkDown():
@@ -80,27 +90,31 @@ class Station(Generic[P]):
                 out += self._to_connectors(self.connectors.values(), event)
                 out += self.arbiter.restart_read()  # START-8: the new price is shown before payment
             case AuthorizationResult():
-                out += self.connectors[event.connector_id].handle(event)
+                out += self._to_connector(event.connector_id, event)
                 self.arbiter.authorization_done(event.connector_id)
             case TimerFired():
                 if event.connector_id is not None:
-                    out += self.connectors[event.connector_id].handle(event)
+                    out += self._to_connector(event.connector_id, event)
             case _:
-                out += self.connectors[event.connector_id].handle(event)
+                out += self._to_connector(event.connector_id, event)
         out = self.arbiter.pass_settlements(out)
         out += self.arbiter.sync(self.views())
         return out
 
+    def _to_connector(self, connector_id: int, event: Any) -> list[Effect]:
+        self.touched.add(connector_id)
+        return self.connectors[connector_id].handle(event)
+
     def _to_connectors(self, machines: Iterable[ConnectorMachine[P]], event: Any) -> list[Effect]:
         out: list[Effect] = []
         for machine in machines:
-            out += machine.handle(event)
+            out += self._to_connector(machine.connector_id, event)
         return out
 
     def _route(self, routes: Iterable[Any]) -> list[Effect]:
         out: list[Effect] = []
         for route in routes:
-            out += self.connectors[route.connector_id].handle(route)
+            out += self._to_connector(route.connector_id, route)
             if isinstance(route, AuthorizationResult):
                 self.arbiter.authorization_done(route.connector_id)
         return out

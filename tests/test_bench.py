@@ -101,3 +101,33 @@ def test_the_profile_tool_measures_the_meter_path(tmp_path: Path) -> None:
     assert figures["samples"] > 0
     assert 0 < figures["meter_to_upstream_p50_ms"] <= figures["meter_to_upstream_p99_ms"]
     assert figures["cpu_ms_per_reading"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
+def test_bench_scaling_quick_reports_the_growth_tables() -> None:
+    """Issue 12 cost growth: one row per connector count and per journal size, numbers only."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hil.bench", "--quick", "--only", "scaling"],
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    scaling = json.loads(out.stdout)["scaling"]
+    rows = scaling["connectors_charging_1hz"]
+    assert [r["connectors"] for r in rows] == [1, 8]
+    for row in rows:
+        assert row["samples"] > 0
+        for key in ("agent_cpu_percent", "meter_to_upstream_p50_ms", "meter_to_upstream_p99_ms"):
+            assert isinstance(row[key], int | float), (key, row)
+            assert row[key] >= 0, (key, row)
+    growth = scaling["journal_growth"]
+    assert [g["sessions_in_journal"] for g in growth] == [100, 1000]
+    for g in growth:
+        assert g["payments_rows"] >= g["sessions_in_journal"]  # the filled sessions are in the journal
+        assert g["rss_mib"] > 0
+        assert g["start_to_ready_median_ms"] > 0
+    assert growth[1]["journal_mib"] > growth[0]["journal_mib"]

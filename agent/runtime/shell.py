@@ -175,6 +175,7 @@ READ_RETRY_S: Final = 1.0  # a failed Start Session is reported ended after this
 READ_IDLE_WAIT_S: Final = 1.0  # a refused Start Session: wait this long for the terminal to be ENABLED
 READ_IDLE_POLL_S: Final = 0.05  # … asking Get Status this often
 READ_START_ATTEMPTS: Final = 3  # Start Session attempts (each after the terminal was seen idle)
+MAX_TURN_EVENTS: Final = 64  # group commit: engine events stepped and stored in one transaction
 DISPATCH_STALL_S: Final = 5.0  # health: an event waiting longer than this for the dispatcher
 CRASH_LOOP_RESTARTS: Final = 3  # health: this many restarts of one task …
 CRASH_LOOP_WINDOW_S: Final = 30.0  # … within this many seconds is a crash-restart loop
@@ -293,6 +294,8 @@ class Runtime:
         self.clock = clock
         self._authorizer = authorizer or self._backend_unavailable
         self.connector_ids = tuple(c.connector_id for c in station_config.connectors)
+        # each connector's state as last logged and published (see :meth:`step`)
+        self._states = {cid: m.state for cid, m in self.station.connectors.items()}
         self.timers = Timers(self._timer_fired, scale=self.options.timer_scale)
         self.inbox: asyncio.Queue[Event | TariffChanged[Tariff] | _Internal] = asyncio.Queue()
         self._progress = asyncio.Event()  # set whenever an event or an effect was processed
@@ -458,16 +461,28 @@ class Runtime:
         self.post(TimerFired(kind, connector_id, self.clock()))
 
     async def _dispatch_loop(self) -> None:
+        """One turn per wake-up: every engine event already waiting (up to ``MAX_TURN_EVENTS``) is
+        stepped and stored in **one** transaction (group commit, issue 12), then the effects are
+        executed; an internal item ends a turn and is applied alone."""
+        inbox = self.inbox
         while True:
-            item = await self.inbox.get()
+            item = await inbox.get()
             try:
-                if isinstance(item, _Internal):
-                    item.apply(self)
-                elif not self.recovered.is_set() and _is_charger_event(item):
-                    assert not isinstance(item, TariffChanged)
-                    self._buffered.append(item)  # fed after the restore (ERR-5), see _RestoreNow
-                else:
-                    self.step(item)
+                events: list[Event | TariffChanged[Tariff]] = []
+                while True:
+                    if isinstance(item, _Internal):
+                        self._turn(events)
+                        events = []
+                        item.apply(self)
+                    elif not self.recovered.is_set() and _is_charger_event(item):
+                        assert not isinstance(item, TariffChanged)
+                        self._buffered.append(item)  # fed after the restore (ERR-5), see _RestoreNow
+                    else:
+                        events.append(item)
+                    if len(events) >= MAX_TURN_EVENTS or inbox.empty():
+                        break
+                    item = inbox.get_nowait()
+                self._turn(events)
                 self._refresh_home()
             finally:
                 self._dispatched_at = asyncio.get_running_loop().time()
@@ -477,24 +492,69 @@ class Runtime:
         """Step the engine with ``event``: store everything the step stores in one transaction,
         then execute its other effects in order (write-ahead). Returns whether the transaction
         committed (``False``: logged, alarmed, the effects not executed)."""
-        before = {cid: machine.state for cid, machine in self.station.connectors.items()}
-        if isinstance(event, TariffChanged):
-            self._apply_tariff(event.pricer)
-        effects = self.station.handle(event)
-        try:
-            receipts = self._store(effects, event)
-        except (JournalError, StoreError, OutboxError) as exc:
-            dropped = [type(e).__name__ for e in effects if not _is_stored(e)]
-            _LOGGER.error(
-                "step not committed; its effects are not executed %s",
-                kv(event=type(event).__name__, error=str(exc), dropped=",".join(dropped) or None),
-            )
-            connector = getattr(event, "connector_id", None)
-            self._raise_alarm(JournalTrouble(connector if isinstance(connector, int) else None, str(exc)))
-            return False
-        for cid, machine in self.station.connectors.items():
-            if machine.state != before[cid]:
-                _LOGGER.info("connector state %s", kv(connector=cid, old=before[cid], new=machine.state))
+        return self._turn([event])[0]
+
+    def _turn(self, events: Sequence[Event | TariffChanged[Tariff]]) -> list[bool]:
+        """Step the engine with each of ``events`` in order, store what all the steps store in one
+        transaction — one savepoint per step, so a step that cannot be stored is dropped alone,
+        and one fsync when any step holds a money-relevant fact — then, after the commit, execute
+        each step's other effects in step order (write-ahead). Returns per step whether it
+        committed (``False``: logged, alarmed, its effects not executed)."""
+        steps: list[tuple[Event | TariffChanged[Tariff], list[Effect], dict[int, ConnectorMachineState]]] = []
+        for event in events:
+            if isinstance(event, TariffChanged):
+                self._apply_tariff(event.pricer)
+            effects = self.station.handle(event)
+            connectors = self.station.connectors
+            steps.append((event, effects, {cid: connectors[cid].state for cid in self.station.touched}))
+        committed = [True] * len(steps)
+        receipts: list[list[tuple[int, screens.PrebuiltScreen]]] = [[] for _ in steps]
+        writing = [i for i, (event, effects, _) in enumerate(steps) if _writes(effects, event)]
+        if writing:
+            durable = any(_durable(steps[i][1], steps[i][0]) for i in writing)
+            failed: list[tuple[int, Exception]] = []
+            try:
+                with self.store.atomic(durable=durable):
+                    for i in writing:
+                        event, effects, _ = steps[i]
+                        try:
+                            with self.store.savepoint():
+                                receipts[i] = self._store(effects, event)
+                        except (JournalError, StoreError, OutboxError) as step_error:
+                            failed.append((i, step_error))
+            except (JournalError, StoreError, OutboxError) as turn_error:  # the COMMIT itself failed
+                failed = [(i, turn_error) for i in writing]
+            for i, error in failed:  # each alarm in a transaction of its own, after the turn's
+                committed[i] = False
+                self._not_committed(steps[i][0], steps[i][1], error)
+        for (_, effects, states), ok, step_receipts in zip(steps, committed, receipts, strict=True):
+            if ok:
+                self._after_step(effects, states, step_receipts)
+        return committed
+
+    def _not_committed(
+        self, event: Event | TariffChanged[Tariff], effects: Sequence[Effect], exc: Exception
+    ) -> None:
+        dropped = [type(e).__name__ for e in effects if not _is_stored(e)]
+        _LOGGER.error(
+            "step not committed; its effects are not executed %s",
+            kv(event=type(event).__name__, error=str(exc), dropped=",".join(dropped) or None),
+        )
+        connector = getattr(event, "connector_id", None)
+        self._raise_alarm(JournalTrouble(connector if isinstance(connector, int) else None, str(exc)))
+
+    def _after_step(
+        self,
+        effects: Sequence[Effect],
+        states: Mapping[int, ConnectorMachineState],
+        receipts: Sequence[tuple[int, screens.PrebuiltScreen]],
+    ) -> None:
+        """A committed step: its connector state changes, then its other effects, in order."""
+        for cid, new in states.items():  # a connector's state changes only when it handles an event
+            old = self._states[cid]
+            if new != old:
+                self._states[cid] = new
+                _LOGGER.info("connector state %s", kv(connector=cid, old=old, new=new))
                 self._publish_connector_state(cid)
         final_screens = {cid for cid, _ in receipts}
         for effect in effects:
@@ -503,7 +563,6 @@ class Runtime:
         for cid, screen in receipts:
             self.terminal_actor.queue.put_nowait(screen)
             _LOGGER.debug("final receipt screen queued %s", kv(connector=cid))
-        return True
 
     def _store(
         self, effects: Sequence[Effect], event: Event | TariffChanged[Tariff]
@@ -518,9 +577,8 @@ class Runtime:
             return []
         issued: dict[str, Receipt] = {}  # the step's receipts, for the charger's settlement message
         at = getattr(event, "at", None)
-        durable = changed is not None or not all(isinstance(e, RecordMeter) and e.periodic for e in stored)
         final: list[tuple[int, screens.PrebuiltScreen]] = []
-        with self.store.atomic(durable=durable):
+        with self.store.atomic(durable=_durable(effects, event)):  # joins the turn's transaction
             if changed is not None:  # issue 10: the station's tariff survives a restart
                 self.journal.set_station_tariff(
                     self.stored_tariff, configured_fingerprint=self.configured_tariff_fingerprint, at=at
@@ -1263,6 +1321,19 @@ _STORED: Final = (
     IssueReceipt,
     RaiseUndisposedPayment,
 )
+
+
+def _writes(effects: Sequence[Effect], event: Event | TariffChanged[Tariff]) -> bool:
+    """Whether the step stores anything (a ``TariffChanged`` always journals the station's tariff)."""
+    return isinstance(event, TariffChanged) or any(_is_stored(e) for e in effects)
+
+
+def _durable(effects: Sequence[Effect], event: Event | TariffChanged[Tariff]) -> bool:
+    """Whether the step's transaction needs its fsync: everything but periodic meter values (docs/runtime.md
+    "Journal durability")."""
+    if isinstance(event, TariffChanged):
+        return True
+    return not all(isinstance(e, RecordMeter) and e.periodic for e in effects if _is_stored(e))
 
 
 def _is_charger_event(event: Event | TariffChanged[Tariff]) -> bool:

@@ -150,6 +150,46 @@ class Store:
         for callback in callbacks:
             callback()
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the current transaction that fails alone (SQLite ``SAVEPOINT``): on an
+        exception its writes are rolled back (``ROLLBACK TO``), the ``after_rollback`` callbacks
+        registered inside it run and its ``after_commit`` callbacks are dropped; the exception
+        propagates (``sqlite3.Error`` as :class:`StoreError`) and the enclosing transaction goes
+        on. Group commit (issue 12): one transaction per dispatcher turn, one savepoint per engine
+        step, so a step that cannot be stored is dropped without its neighbours. Pre: inside
+        :meth:`atomic`."""
+        if not self._depth:
+            raise StoreError("savepoint outside of a transaction")
+        name = f"step{self._depth}"
+        commits, rollbacks = len(self._after_commit), len(self._after_rollback)
+        conn = self.conn
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"savepoint in {self.path} failed: {exc}") from exc
+        self._depth += 1
+        try:
+            yield
+        except BaseException as exc:
+            self._depth -= 1
+            with contextlib.suppress(sqlite3.Error):  # else the COMMIT fails and rolls back all
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            callbacks = self._after_rollback[rollbacks:]
+            del self._after_rollback[rollbacks:]
+            del self._after_commit[commits:]
+            for callback in callbacks:
+                callback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"transaction in {self.path} failed: {exc}") from exc
+            raise
+        self._depth -= 1
+        try:
+            conn.execute(f"RELEASE {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"savepoint release in {self.path} failed: {exc}") from exc
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current transaction committed (at once outside of one)."""
         if self._depth:

@@ -311,7 +311,7 @@ class Outbox:
                 delta = len(ids) - evicted  # rows in the table after the commit, net
                 self._pending += delta
                 self.store.after_commit(lambda: self._committed(delta, len(ids), dropped, beyond_bound))
-                self.store.after_rollback(self._rolled_back)
+                self.store.after_rollback(lambda: self._rolled_back(delta))
         except StoreError as exc:
             raise OutboxError(f"outbox append to {self.path} failed: {exc}") from exc
         except sqlite3.Error as exc:  # pragma: no cover - atomic() converts these
@@ -327,8 +327,8 @@ class Outbox:
         for callback in tuple(self._listeners):
             callback()
 
-    def _rolled_back(self) -> None:
-        self._pending = 0
+    def _rolled_back(self, delta: int) -> None:
+        self._pending -= delta  # only this append's rows (a step's savepoint, or the transaction)
 
     @staticmethod
     def _checked(

@@ -10,12 +10,13 @@ import sys
 import time
 from typing import Any
 
-# name -> module with ``run(quick: bool) -> dict``; later issues add the agent-level figures.
+# name -> module with ``run(quick: bool) -> dict``
 BENCHMARKS: dict[str, str] = {
     "psp_codec": "hil.bench.codec",
     "agent": "hil.bench.agent",
     "outbox": "hil.bench.outbox",
     "upstream": "hil.bench.upstream",
+    "scaling": "hil.bench.scaling",
 }
 
 

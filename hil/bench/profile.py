@@ -153,7 +153,6 @@ async def _card(rig: _Rig, prof: _Profiler, connectors: int, sessions: int) -> d
 
 async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     prof = _Profiler(args.tool, args.path, out, args.seconds)
-    bench_agent.CONNECTORS = args.connectors  # read by _Rig when it builds the charger simulator
     command = bench_agent._agent_command
     bench_agent._agent_command = prof.agent_command
     try:
@@ -162,7 +161,7 @@ async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             try:
                 async with Simulator(SimConfig(family="apollo", seed=11)) as psp:
                     port = await psp.serve_tcp("127.0.0.1", 0)
-                    rig = _Rig(Path(tmp), broker, psp, port)
+                    rig = _Rig(Path(tmp), broker, psp, port, connectors=args.connectors)
                     observer = asyncio.create_task(rig.observe_unplugs(), name="profile-unplug-observer")
                     try:
                         async with rig.charger:

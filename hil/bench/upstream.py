@@ -1,4 +1,4 @@
-"""DESIGN.md §7: charger meter reading → upstream meter message at the broker, p50/p99 (≤ 10 ms).
+"""DESIGN.md §7: charger meter reading → upstream meter message at the broker, p50/p99 (≤ 5 ms).
 
 The rig of :mod:`hil.bench.agent` (Mosquitto on a free port, PSP simulator, charger simulator with 8
 connectors, the real ``evpay-agent run`` process; here the charger and the upstream share the one
@@ -6,7 +6,8 @@ broker). ``CHARGING`` sessions are started (plug and tap); meanwhile:
 
 * every meter value the charger simulator queues for publishing is timestamped (``time.monotonic``
   right before it is handed to its MQTT publisher: conservative, the simulator's own hand-over is
-  included);
+  included; the simulator keeps up to ``PUBLISH_WINDOW`` QoS 1 publishes in flight, as a charger's
+  MQTT client does, so a reading does not wait for the PUBACKs of the readings before it);
 * a bench subscriber on ``evpay/v1/BENCH-1/connectors/+/meter`` timestamps every upstream
   :class:`~agent.upstream.contract.MeterValue` on arrival.
 
@@ -32,7 +33,7 @@ from hil.bench.agent import BenchError, _ms, _percentile, _Rig
 from hil.broker import LocalBroker
 from hil.psp_sim import SimConfig, Simulator
 
-BUDGET_METER_P99_MS = 10.0
+BUDGET_METER_P99_MS = 5.0  # DESIGN.md §7, 8 connectors at once
 CHARGING = 8
 MIN_SAMPLES = 50
 COLLECT_S = 20.0

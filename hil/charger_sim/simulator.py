@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -78,6 +79,9 @@ DEFAULT_PHASES = 3
 CONTROL_LINE_LIMIT = 1024
 QOS = 1
 CLOSE_TIMEOUT_S = 2.0
+# QoS 1 messages published and not yet acknowledged at once: a charger's MQTT client pipelines its
+# publishes (issue 12; docs/performance.md §3.1); as many as the bench's largest meter burst (64).
+PUBLISH_WINDOW = 64
 
 HELP = """commands:
   help              this text
@@ -128,6 +132,13 @@ class _Outgoing:
     topic: str
     payload: bytes
     retain: bool
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """The copies of one queued message not yet acknowledged (or failed); see ``_publish``."""
+
+    copies: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,7 +629,9 @@ class ChargerSimulator:
                 clean_session=True,
                 timeout=5,
                 socket_options=NO_DELAY,  # like the bridge: no Nagle delay behind an unacked packet
+                max_inflight_messages=PUBLISH_WINDOW,  # paho's own limit (default 20) as wide
             )
+            client.pending_calls_threshold = PUBLISH_WINDOW  # aiomqtt warns above it (default 10)
             try:
                 async with client:
                     await client.subscribe(
@@ -642,7 +655,7 @@ class ChargerSimulator:
                     _LOGGER.info("charger simulator connected to %s", self.broker_url)
                     async with asyncio.TaskGroup() as group:
                         group.create_task(
-                            self._publish(client), name=f"charger-sim-publish[{self._identifier}]"
+                            self._publish(client, group), name=f"charger-sim-publish[{self._identifier}]"
                         )
                         group.create_task(
                             self._announce_connected(), name=f"charger-sim-announce[{self._identifier}]"
@@ -683,7 +696,8 @@ class ChargerSimulator:
         raise _CleanReconnect
 
     async def _send(self, client: aiomqtt.Client, message: _Outgoing) -> None:
-        """Publish (QoS 1); with probability ``duplicate_rate`` publish the same message again."""
+        """Publish one message (QoS 1) and wait for its PUBACK; with probability ``duplicate_rate``
+        publish the same message again (the last ``alive`` of :meth:`close`)."""
         await client.publish(message.topic, message.payload, qos=QOS, retain=message.retain)
         self.published += 1
         rate = self.habits.duplicate_rate
@@ -692,16 +706,52 @@ class ChargerSimulator:
             self.published += 1
             self.duplicates += 1
 
-    async def _publish(self, client: aiomqtt.Client) -> None:
+    async def _publish(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
+        """Publish the queue in order (QoS 1), up to ``PUBLISH_WINDOW`` messages awaiting their
+        PUBACK at once; with probability ``duplicate_rate`` a message is published twice in a row.
+
+        Order: every copy is a task of the connection's ``group``, created here in queue order. Its
+        first step is paho's ``publish`` (``aiomqtt.Client.publish`` calls it before it awaits
+        anything), which writes the PUBLISH to the one connection — or, beyond paho's in-flight
+        limit, queues it in call order — and first steps run in creation order (``call_soon`` is
+        FIFO): the broker receives the messages in queue order, a duplicate right after its
+        original. A message is done (``task_done``: :meth:`asyncio.Queue.join` waits for the
+        acknowledgements) once each of its copies is acknowledged or failed. A failed publish (the
+        client's 5 s timeout, the link down) raises out of ``group`` and ends the connection, as
+        when the messages were published one after the other.
+        """
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+        queued = 0
         while True:
             message = await self._outbox.get()
             try:
-                await self._send(client, message)
-            finally:
+                await window.acquire()
+            except BaseException:
                 self._outbox.task_done()
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # a cancellation swallowed by wait_for (3.11)
-                raise asyncio.CancelledError
+                raise
+            rate = self.habits.duplicate_rate
+            copies = 2 if rate > 0 and self._rng.random() < rate else 1
+            in_flight = _InFlight(copies)
+            queued += 1
+            for copy in range(copies):  # no await in between: the copies leave one after the other
+                task = group.create_task(
+                    client.publish(message.topic, message.payload, qos=QOS, retain=message.retain),
+                    name=f"charger-sim-publish-{queued}.{copy}[{self._identifier}]",
+                )
+                task.add_done_callback(partial(self._acknowledged, window, in_flight, copy > 0))
+
+    def _acknowledged(
+        self, window: asyncio.Semaphore, in_flight: _InFlight, duplicate: bool, task: asyncio.Task[None]
+    ) -> None:
+        """A copy's publish ended: counted when acknowledged; the message is done with its last copy."""
+        if not task.cancelled() and task.exception() is None:
+            self.published += 1
+            if duplicate:
+                self.duplicates += 1
+        in_flight.copies -= 1
+        if in_flight.copies == 0:
+            window.release()
+            self._outbox.task_done()
 
     def _on_payment(self, message: aiomqtt.Message) -> None:
         """A ``payment`` message (agent → charger): validated and recorded as received (what the

@@ -834,3 +834,36 @@ def test_round_half_up_is_symmetric_and_nearest(value: Fraction) -> None:
     assert round_half_up(-value) == -rounded
     assert round_half_up(Fraction(5, 2)) == 3
     assert round_half_up(Fraction(-5, 2)) == -3
+
+
+@pytest.mark.req("AMT-2")
+@SETTINGS
+@given(
+    configs(),
+    starts,
+    stretches,
+    st.floats(0, 350_000),
+    st.integers(1, 30_000),
+    st.integers(1, 3_600),
+)
+def test_a_shorter_projection_horizon_gives_the_same_answer_within_it_AMT_2(
+    config: TariffConfig,
+    start: datetime,
+    parts: list[tuple[UsageKind, int, int]],
+    power_w: float,
+    limit_minor: int,
+    horizon_s: int,
+) -> None:
+    """Issue 12: the connector projects only as far as its thresholds (one meter interval, the
+    increment headroom). Wherever the full projection is within that horizon, the short one
+    returns the same second; beyond it, ``None`` — so every threshold decision is unchanged."""
+    t = Tariff(config)
+    usage = _accumulate(t, start, parts)
+    at = usage.periods[-1].end
+    full = seconds_until_cost_reaches(t, usage, at, power_w, limit_minor)
+    short = seconds_until_cost_reaches(
+        t, usage, at, power_w, limit_minor, horizon_s=horizon_s, cost_minor=t.cost_minor(usage)
+    )
+    assert short == (full if full is not None and full <= horizon_s else None)
+    for threshold in (0, 1, horizon_s // 2, horizon_s):
+        assert must_stop_for_cap(short, threshold) == must_stop_for_cap(full, threshold)
