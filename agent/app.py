@@ -230,6 +230,7 @@ def _build(loaded: LoadedConfig, opts: AppOptions, store: Store) -> App:
             timer_scale=opts.timer_scale,
             recovery_wait_s=opts.recovery_wait_s,
             drain_timeout_s=opts.drain_timeout_s,
+            retention_days=config.journal.retention_days,
         ),
         clock=opts.clock,
     )

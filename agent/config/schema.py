@@ -509,6 +509,27 @@ class ConnectorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ] = None
 
 
+# issue 12: a charger runs for years. 400 days outlasts the card schemes' longest chargeback window
+# (120 days from the transaction, plus the dispute's own time limits) and a year of monthly
+# reconciliation; 31 days is the least that still covers one month's reconciliation report.
+DEFAULT_RETENTION_DAYS: Final = 400
+MIN_RETENTION_DAYS: Final = 31
+
+
+class JournalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The journal's retention rule (docs/runtime.md, "Journal retention")."""
+
+    retention_days: Annotated[
+        int,
+        Meta(
+            ge=MIN_RETENTION_DAYS,
+            le=3660,
+            description="settled sessions are deleted this many days after they ended; open ones, "
+            "possible orphan approvals and undelivered messages never",
+        ),
+    ] = DEFAULT_RETENTION_DAYS
+
+
 _DEFAULT_START: Final = (StartMode.TAP, StartMode.PLUG_IN, StartMode.REMOTE)
 _DEFAULT_STOP: Final = (StopMode.TAP, StopMode.UNPLUG, StopMode.REMOTE)
 
@@ -849,6 +870,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     )
     rfid: Annotated[RfidConfig, Meta(description="RFID / CUG authorization by the back office")] = (
         msgspec.field(default_factory=RfidConfig)
+    )
+    journal: Annotated[JournalConfig, Meta(description="journal retention")] = msgspec.field(
+        default_factory=JournalConfig
     )
 
     def __post_init__(self) -> None:

@@ -43,7 +43,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Final, Generic, Literal, TypeVar, assert_never
 
@@ -183,6 +183,7 @@ ENERGY_RETRIES: Final = 3  # enable/disable attempts before an alarm
 # ERR-5 / integrity issue E: after a (re)start, wait at most this long for the charger's retained
 # state (online, every connector's plug) before restoring payments and reading cards
 DEFAULT_RECOVERY_WAIT_S: Final = 5.0
+PRUNE_INTERVAL_S: Final = 3600.0  # journal retention: look for expired sessions hourly (issue 12)
 DEFAULT_DRAIN_S: Final = 10.0  # SIGTERM: wait this long for settlements in flight (OPS-1)
 _DRAIN_STATES: Final = frozenset({ConnectorMachineState.STOPPING, ConnectorMachineState.SETTLING})
 
@@ -222,6 +223,7 @@ class RuntimeOptions:
     timer_scale: float = 1.0
     recovery_wait_s: float = DEFAULT_RECOVERY_WAIT_S
     drain_timeout_s: float = DEFAULT_DRAIN_S
+    retention_days: int | None = None  # journal retention (agent.config JournalConfig); None: keep all
     terminal_owned: bool = True  # run the terminal's link task here (False when the caller runs it)
 
 
@@ -386,6 +388,8 @@ class Runtime:
                 for name, factory in (tasks or {}).items():
                     spawn(name, factory)
                 self._tasks.append(tg.create_task(self._recovery(), name="recovery"))
+                if self.options.retention_days is not None:
+                    spawn("journal-retention", self._retention)
                 self.ready.set()
                 _LOGGER.info("runtime up %s", kv(connectors=",".join(map(str, self.connector_ids))))
                 await self._stop.wait()
@@ -1142,6 +1146,33 @@ class Runtime:
             if mapped is not None:
                 self.post(mapped)
 
+    # -- journal retention (issue 12) -----------------------------------------------------------
+
+    async def _retention(self) -> None:
+        """After the recovery, prune settled sessions older than ``retention_days``, one bounded
+        batch per dispatcher item (the dispatcher stays the journal's one writer), then hourly."""
+        await self.recovered.wait()
+        while True:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self.post(_Prune(done))
+            more = await done
+            await asyncio.sleep(0 if more else PRUNE_INTERVAL_S)
+
+    def _prune(self) -> bool:
+        days = self.options.retention_days
+        assert days is not None
+        try:
+            result = self.journal.prune(self.clock() - timedelta(days=days))
+        except JournalError as exc:
+            _LOGGER.error("journal retention: prune failed %s", kv(error=str(exc)))
+            return False
+        if result.payments or result.events:
+            _LOGGER.info(
+                "journal retention: pruned %s",
+                kv(payments=result.payments, events=result.events, retention_days=days),
+            )
+        return result.more
+
     # -- restart recovery (ERR-5) ----------------------------------------------------------------
 
     async def _recovery(self) -> None:
@@ -1260,6 +1291,21 @@ class _SetTariff(_Internal):
         finally:
             if not self.done.done():
                 self.done.set_result(committed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prune(_Internal):
+    """One batch of the journal retention rule; ``done``: whether another batch is due."""
+
+    done: asyncio.Future[bool]
+
+    def apply(self, runtime: Runtime) -> None:
+        more = False
+        try:
+            more = runtime._prune()
+        finally:
+            if not self.done.done():
+                self.done.set_result(more)
 
 
 @dataclass(frozen=True, slots=True)

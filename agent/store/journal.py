@@ -101,6 +101,7 @@ FINAL_STATES: Final = frozenset(
 # a full PAN is 13 to 19 digits (ISO/IEC 7812); a 40-hex card hash never has such a run alone
 # A full PAN as it would leak: 13 to 19 digits standing alone (not inside a longer hex token such as
 # a card hash or an RFID UID), a card-brand first digit (2 to 6) and a valid Luhn check digit.
+PRUNE_BATCH: Final = 200  # payments per prune transaction: a few ms of the dispatcher, not seconds
 _PAN_LIKE: Final = re.compile(r"(?<![0-9A-Za-z])[2-6][0-9]{12,18}(?![0-9A-Za-z])")
 _CARD_HASH: Final = re.compile(r"^[0-9A-Fa-f]{40}$")
 
@@ -842,6 +843,52 @@ class Journal:
         ).fetchone()
         return None if row is None else StoredTariff(row[0], json.loads(row[1]))
 
+    # -- retention (issue 12) ---------------------------------------------------------------------
+
+    def prune(self, before: datetime, *, limit: int = PRUNE_BATCH) -> PruneResult:
+        """Delete at most ``limit`` payments that **ended** before ``before`` and owe nothing —
+        settled (no disposal, or its confirmation journaled) and no possible orphan approval left
+        uncleared — with their events (a charger settlement among them is not offered again at a
+        restart); then payment-less events (``recovery_*``) older than ``before``, at most
+        ``limit``; and the tariffs no payment and no station tariff names any more.
+
+        Open payments, orphans and the outbox (undelivered messages) are never touched. In the
+        current transaction, or one of its own (not fsynced: losing a prune loses nothing).
+        Raises :class:`JournalError`."""
+        cutoff = _utc_iso(before)
+        try:
+            with self.store.atomic(durable=False):
+                conn = self._conn
+                refs = [
+                    str(r[0])
+                    for r in conn.execute(
+                        "SELECT payment_id FROM payments WHERE ended_at IS NOT NULL AND ended_at < ? "
+                        "AND (disposal IS NULL OR disposal_confirmed_at IS NOT NULL) "
+                        "AND NOT (orphan_suspected = 1 AND orphan_cleared_at IS NULL) "
+                        "ORDER BY ended_at LIMIT ?",
+                        (cutoff, limit),
+                    ).fetchall()
+                ]
+                events = 0
+                if refs:
+                    marks = ", ".join("?" for _ in refs)
+                    events += conn.execute(f"DELETE FROM events WHERE payment_id IN ({marks})", refs).rowcount
+                    conn.execute(f"DELETE FROM payments WHERE payment_id IN ({marks})", refs)
+                    conn.execute(
+                        "DELETE FROM tariffs WHERE NOT EXISTS "
+                        "(SELECT 1 FROM payments p WHERE p.tariff_fingerprint = tariffs.fingerprint) "
+                        "AND NOT EXISTS "
+                        "(SELECT 1 FROM station_tariff s WHERE s.fingerprint = tariffs.fingerprint)"
+                    )
+                unowned = conn.execute(
+                    "DELETE FROM events WHERE id IN "
+                    "(SELECT id FROM events WHERE payment_id IS NULL AND at < ? ORDER BY at LIMIT ?)",
+                    (cutoff, limit),
+                ).rowcount
+        except (sqlite3.Error, StoreError) as exc:
+            raise JournalError(f"journal prune failed: {exc}") from exc
+        return PruneResult(len(refs), events + unowned, more=len(refs) >= limit or unowned >= limit)
+
     # -- reads -----------------------------------------------------------------------------------
 
     def open_payments(self) -> list[PaymentRow]:
@@ -896,6 +943,15 @@ class Journal:
             (kind,),
         ).fetchall()
         return [_event_row(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What one :meth:`Journal.prune` deleted; ``more``: the batch was full (prune again)."""
+
+    payments: int
+    events: int
+    more: bool
 
 
 def _event_row(r: sqlite3.Row) -> EventRow:

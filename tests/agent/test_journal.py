@@ -96,12 +96,12 @@ def _approve(journal: Journal, ref: str = REF, sid: str = SID) -> None:
 def test_migrations_create_schema_and_record_version(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path)
     try:
-        assert journal.schema_version == len(migrations()) == 4
+        assert journal.schema_version == len(migrations()) == 5
         conn = sqlite3.connect(tmp_path / "journal.sqlite3")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"payments", "events", "schema_version", "tariffs", "station_tariff"} <= tables
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
-        assert versions == [(1,), (2,), (3,), (4,)]
+        assert versions == [(1,), (2,), (3,), (4,), (5,)]
         columns = {r[1] for r in conn.execute("PRAGMA table_info(payments)")}
         assert {
             "session_started_at",
@@ -116,7 +116,7 @@ def test_migrations_create_schema_and_record_version(tmp_path: Path) -> None:
         journal.close()
     again = Journal.open(tmp_path)  # reopening applies nothing twice
     try:
-        assert again.schema_version == 4
+        assert again.schema_version == 5
     finally:
         again.close()
 
@@ -148,7 +148,7 @@ def test_migration_2_marks_the_started_sessions_of_a_schema_1_journal(tmp_path: 
     conn.close()
     journal = Journal.open(tmp_path)
     try:
-        assert journal.schema_version == 4
+        assert journal.schema_version == 5
         started = {ref for ref, *_ in rows if (p := journal.payment(ref)) and p.session_started_at}
         assert started == {"1-charging", "1-stopping", "1-commit"}
         assert all(not p.orphan_suspected and p.host_reference is None for p in journal.payments())
