@@ -151,6 +151,7 @@ class Broker:
         tls: TlsMaterial | None = None,
         require_certificate: bool = True,
         password_file: Path | None = None,
+        acl_file: Path | None = None,
     ) -> None:
         found = binary or find_mosquitto()
         if found is None:
@@ -176,7 +177,10 @@ class Broker:
             listener += f"allow_anonymous false\npassword_file {password_file}\n"
         else:
             listener += "allow_anonymous true\n"
-        if (tls is not None or password_file is not None) and hasattr(os, "geteuid") and os.geteuid() == 0:
+        if acl_file is not None:
+            listener += f"acl_file {acl_file}\n"
+        files = (tls, password_file, acl_file)
+        if any(f is not None for f in files) and hasattr(os, "geteuid") and os.geteuid() == 0:
             # as root, mosquitto drops to user "mosquitto", which cannot read 0700 temp directories
             listener += "user root\n"
         self.config_path.write_text(
@@ -233,6 +237,7 @@ class Broker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # a frozen broker would not see the SIGTERM
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(STOP_TIMEOUT_S)
@@ -246,6 +251,16 @@ class Broker:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered (a hung broker or a half-open link)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop and start again on the same port."""

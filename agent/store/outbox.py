@@ -344,16 +344,18 @@ class Outbox:
             raise ValueError(f"qos {qos!r}: expected 0, 1 or 2")
         return topic, bytes(payload), kind, connector_id, qos
 
-    def delete(self, ids: Sequence[int]) -> int:
+    def delete(self, ids: Sequence[int], *, durable: bool = True) -> int:
         """Remove acknowledged rows (after their PUBACK); unknown ids are ignored. Returns how many
-        were deleted. One transaction, one fsync (never inside an engine step's: the drainer runs
-        between steps)."""
+        were deleted. One transaction (never inside an engine step's: the drainer runs between
+        steps), fsync'd unless ``durable=False``: the upstream drainer's deletes are committed with
+        ``synchronous=NORMAL`` — a process crash loses none, a power cut may resend a few rows,
+        which at-least-once delivery (same bytes, same ``msg_id``) allows."""
         if not ids:
             return 0
         conn = self._conn
         deleted = 0
         try:
-            with self.store.atomic():
+            with self.store.atomic(durable=durable):
                 for start in range(0, len(ids), 500):  # stay below SQLite's bound-variable limit
                     chunk = ids[start : start + 500]
                     marks = ",".join("?" * len(chunk))

@@ -10,12 +10,19 @@
 - **Birth and will**: ``{prefix}/status`` retained ``{"state":"online","version":…,"started_at":…}``
   after every connect; the will (and a clean :meth:`close`) leave ``{"state":"offline"}`` retained.
 - **Retained state**: :meth:`set_retained` keeps the latest payload per topic and publishes it
-  (QoS 1, retained) when connected and again after every reconnection.
+  (QoS 1, retained) at once when connected — every changed topic in flight together, at most one
+  publish per topic in flight, the newest payload sent when its predecessor is acknowledged — and
+  again after every reconnection.
 - **Outbox drainer**: publishes the :class:`~agent.store.outbox.Outbox` rows QoS 1 strictly in insertion
-  order, in pipelined batches on one connection, and deletes a row only once its publish call has
-  returned (PUBACK). On a disconnection it stops; after the reconnection it starts again from the
-  oldest unacknowledged row, so a message may arrive twice, always as the same bytes (same
-  ``msg_id``). Order per connector follows from the single drainer and the single connection.
+  order, up to ``drain_batch`` in flight on one connection, and deletes a row only once its PUBACK
+  has arrived (acknowledged rows are deleted in batches, ``synchronous=NORMAL``: a power cut may
+  send a few again, a process crash loses no delete). A committed append is published in the same
+  turn as its commit (the outbox listener), not when a drainer task next runs (issue 12). The
+  publishes go through :class:`drivers.mqtt_internals.DirectPublisher` (paho directly: no task, no
+  ``asyncio.Event`` per message). On a disconnection it stops; after the reconnection it starts
+  again from the oldest unacknowledged row, so a message may arrive twice, always as the same bytes
+  (same ``msg_id``). Order per connector follows from the single drainer and the single connection.
+  A connection whose PUBACKs stop for ``publish_timeout_s`` is dropped and reconnected.
 - **Inbound**: :meth:`subscribe` registers a topic filter and a *synchronous* handler (put the
   message on your own queue; a handler never blocks the receive loop); subscriptions are renewed
   after every reconnection.
@@ -32,14 +39,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import random
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
@@ -50,10 +59,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
-from agent.store.outbox import Outbox
+from agent.store.outbox import Outbox, OutboxError
 from agent.timefmt import utc_timestamp
 from drivers.charger.mqtt_bridge import cancel_and_wait
-from drivers.mqtt_internals import close_socket, retrieve_disconnect_error
+from drivers.mqtt_internals import DirectPublisher, close_socket, retrieve_disconnect_error
 from drivers.psp.session import Watch
 
 __all__ = [
@@ -73,9 +82,10 @@ DEFAULT_BACKOFF_MIN_S: Final = 0.5
 DEFAULT_BACKOFF_MAX_S: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 DEFAULT_PUBLISH_TIMEOUT_S: Final = 10.0  # PUBACK(s) of one publish call or one drained batch
-DEFAULT_DRAIN_BATCH: Final = 64  # outbox publishes in flight (sliding window); rows per fsync'd delete
+DEFAULT_DRAIN_BATCH: Final = 64  # outbox publishes in flight (sliding window); rows per delete
 MAX_INFLIGHT: Final = 256  # paho's QoS>0 window (the broker's Receive Maximum still applies)
 CLOSE_PUBLISH_TIMEOUT_S: Final = 1.0
+WATCHDOG_FRACTION: Final = 4  # the PUBACK watchdog looks every publish_timeout_s / 4
 STATUS_QOS: Final = 1
 SUBSCRIBE_QOS: Final = 1
 
@@ -112,6 +122,19 @@ class UpstreamStats:
     retained_published: int = 0
     received: int = 0
     handler_errors: int = 0
+    refused: int = 0  # PUBACKs with an MQTT 5 failure reason code (logged; the row is not resent)
+
+
+@dataclass(slots=True)
+class _Drain:
+    """One connection's outbox drain: what is in flight, what is acknowledged and not deleted."""
+
+    publisher: DirectPublisher
+    window: int
+    last_id: int = 0  # the newest row handed to paho on this connection
+    in_flight: int = 0
+    acked: list[int] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _SubscribeRefused(Exception):
@@ -223,10 +246,11 @@ class UpstreamClient:
         ).encode()
         self._will_payload = b'{"state":"offline"}'
         self._mqtt: aiomqtt.Client | None = None
+        self._publisher: DirectPublisher | None = None  # while connected
         self._retained: dict[str, bytes] = {}
         self._retained_dirty: dict[str, None] = {}  # ordered set of topics to (re)publish
-        self._retained_wake = asyncio.Event()
-        self._drain_wake = asyncio.Event()
+        self._retained_in_flight: dict[str, bytes] = {}  # topic -> the payload awaiting its PUBACK
+        self._drain: _Drain | None = None  # while connected (with an outbox)
         self._subscriptions: dict[str, tuple[Handler, int]] = {}
         self._task: asyncio.Task[None] | None = None
         self.connected: Watch[bool] = Watch(False)
@@ -234,7 +258,7 @@ class UpstreamClient:
         self.stats = UpstreamStats()
         self._connected_once_in_attempt = False
         if outbox is not None:
-            outbox.add_listener(self._drain_wake.set)
+            outbox.add_listener(self.notify_outbox)
 
     # -- configuration helpers -------------------------------------------------------------------
 
@@ -259,6 +283,11 @@ class UpstreamClient:
     def is_connected(self) -> bool:
         return self.connected.value
 
+    @property
+    def in_flight(self) -> int:
+        """Outbox and retained-state publishes handed to the broker connection and not acknowledged."""
+        return 0 if self._publisher is None else self._publisher.in_flight
+
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         """Wait until connected (birth published, subscriptions renewed); ``TimeoutError``."""
         await self.connected.wait_for(bool, timeout_s)
@@ -272,14 +301,20 @@ class UpstreamClient:
             return
         self._retained[topic] = bytes(payload)
         self._retained_dirty[topic] = None
-        self._retained_wake.set()
+        self._pump_retained()
 
     def retained(self) -> dict[str, bytes]:
         return dict(self._retained)
 
     def notify_outbox(self) -> None:
-        """Wake the drainer (the outbox listener does this on every append)."""
-        self._drain_wake.set()
+        """Publish what was committed to the outbox (the outbox listener calls this after every
+        committed append, so a message leaves in the turn that stored it)."""
+        if self._drain is not None and self._outbox is not None:
+            try:
+                self._pump_outbox(self._drain, self._outbox)
+            except (aiomqtt.MqttError, OutboxError) as exc:  # the drain task meets it again
+                _LOGGER.debug("upstream publish from the outbox deferred: %s", exc)
+                self._drain.wake.set()
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = SUBSCRIBE_QOS) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler`` (called synchronously on the
@@ -335,7 +370,7 @@ class UpstreamClient:
         if task is not None:
             await cancel_and_wait(task)
         if self._outbox is not None:
-            self._outbox.remove_listener(self._drain_wake.set)
+            self._outbox.remove_listener(self.notify_outbox)
 
     # -- connection loop -------------------------------------------------------------------------
 
@@ -415,21 +450,25 @@ class UpstreamClient:
                     self.status_topic, self._birth, qos=STATUS_QOS, retain=True, timeout=math.inf
                 )
                 await self._subscribe_all(client)
+            publisher = DirectPublisher(client)
             self._mqtt = client
+            self._publisher = publisher
             self._retained_dirty = dict.fromkeys(self._retained)
-            self._retained_wake.set()
-            self._drain_wake.set()
+            self._retained_in_flight = {}
+            drain = _Drain(publisher=publisher, window=self._drain_batch)
+            if self._outbox is not None:
+                self._drain = drain  # appends from now on are published as they commit
             self.connected.set(True)
             _LOGGER.info("upstream connected to %s as %s", self.broker_url, self.client_id)
             try:
+                self._pump_retained()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._receive(client), name=f"upstream-receive[{self.client_id}]")
-                    tg.create_task(
-                        self._publish_retained(client), name=f"upstream-retained[{self.client_id}]"
-                    )
+                    tg.create_task(self._watchdog(publisher), name=f"upstream-watchdog[{self.client_id}]")
                     if self._outbox is not None:
                         tg.create_task(
-                            self._drain(client, self._outbox), name=f"upstream-drain[{self.client_id}]"
+                            self._drain_outbox(drain, self._outbox),
+                            name=f"upstream-drain[{self.client_id}]",
                         )
             except BaseExceptionGroup as group:
                 # a lost connection ends every child; report the first connection error, keep bugs
@@ -446,6 +485,10 @@ class UpstreamClient:
             raise
         finally:
             self._mqtt = None
+            if self._publisher is not None:
+                self._publisher.detach()
+            self._publisher = None
+            self._drain = None
             self.connected.set(False)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
                 async with asyncio.timeout(CLOSE_PUBLISH_TIMEOUT_S):
@@ -492,67 +535,92 @@ class UpstreamClient:
                         self.stats.handler_errors += 1
                         _LOGGER.exception("upstream handler for %s failed on %s", topic_filter, topic)
 
-    async def _publish_retained(self, client: aiomqtt.Client) -> None:
+    async def _watchdog(self, publisher: DirectPublisher) -> None:
+        """End the connection when PUBACKs stop for ``publish_timeout_s`` while publishes are in
+        flight (a half-open link the keepalive has not noticed yet)."""
         while True:
-            self._retained_wake.clear()
-            while self._retained_dirty:
-                topic = next(iter(self._retained_dirty))
-                payload = self._retained[topic]
-                async with asyncio.timeout(self._publish_timeout_s):
-                    await client.publish(topic, payload, qos=1, retain=True, timeout=math.inf)
-                if self._retained.get(topic) is payload:  # not replaced while in flight
-                    self._retained_dirty.pop(topic, None)
-                self.stats.retained_published += 1
-            await self._retained_wake.wait()
+            await asyncio.sleep(self._publish_timeout_s / WATCHDOG_FRACTION)
+            if publisher.stalled_for(time.monotonic()) >= self._publish_timeout_s:
+                raise TimeoutError(f"no PUBACK within {self._publish_timeout_s} s")
 
-    async def _drain(self, client: aiomqtt.Client, outbox: Outbox) -> None:
-        """Publish the outbox rows in ``id`` order with up to ``drain_window`` publishes in flight
-        (a sliding window: paho writes them in call order on the one socket, so the broker
-        receives them in order), and delete acknowledged rows in batches (one fsync per batch).
-        Acknowledged rows are deleted also when the connection fails half-way."""
-        window = self._drain_batch
-        in_flight: dict[asyncio.Task[None], int] = {}
-        acked: list[int] = []
-        last_id = 0  # the newest row handed to paho on this connection
+    # -- retained state --------------------------------------------------------------------------
+
+    def _pump_retained(self) -> None:
+        """Publish every dirty topic that has no publish in flight (synchronous; when connected)."""
+        publisher = self._publisher
+        if publisher is None or not self._retained_dirty:
+            return
+        for topic in [t for t in self._retained_dirty if t not in self._retained_in_flight]:
+            payload = self._retained[topic]
+            del self._retained_dirty[topic]
+            self._retained_in_flight[topic] = payload
+            try:
+                publisher.publish(
+                    topic,
+                    payload,
+                    qos=1,
+                    retain=True,
+                    on_ack=functools.partial(self._retained_acked, topic, payload),
+                )
+            except aiomqtt.MqttError as exc:  # connection going down: everything is resent after it
+                _LOGGER.debug("upstream retained %s deferred: %s", topic, exc)
+                self._retained_dirty[topic] = None
+                del self._retained_in_flight[topic]
+                return
+
+    def _retained_acked(self, topic: str, payload: bytes, accepted: bool) -> None:
+        if self._retained_in_flight.get(topic) is payload:
+            del self._retained_in_flight[topic]
+        self.stats.retained_published += 1
+        if not accepted:
+            self._refused(topic)
+        self._pump_retained()  # a newer payload of this topic waited for this PUBACK
+
+    def _refused(self, topic: str) -> None:
+        self.stats.refused += 1
+        _LOGGER.warning("upstream broker %s refused a publish to %s", self.broker_url, topic)
+
+    # -- outbox ------------------------------------------------------------------------------------
+
+    def _pump_outbox(self, drain: _Drain, outbox: Outbox) -> None:
+        """Hand the next committed rows to paho, up to the window (synchronous)."""
+        room = drain.window - drain.in_flight
+        if room <= 0:
+            return
+        for row in outbox.pending(room, after_id=drain.last_id):
+            drain.publisher.publish(
+                row.topic,
+                row.payload,
+                qos=row.qos,
+                retain=False,
+                on_ack=functools.partial(self._outbox_acked, drain, row.id, row.topic),
+            )
+            drain.in_flight += 1
+            drain.last_id = row.id
+
+    def _outbox_acked(self, drain: _Drain, row_id: int, topic: str, accepted: bool) -> None:
+        drain.in_flight -= 1
+        drain.acked.append(row_id)
+        if not accepted:
+            self._refused(topic)
+        drain.wake.set()
+
+    async def _drain_outbox(self, drain: _Drain, outbox: Outbox) -> None:
+        """Refill the window as PUBACKs arrive and delete acknowledged rows in batches (when a
+        window's worth is acknowledged, or nothing is in flight any more). Acknowledged rows are
+        deleted also when the connection fails half-way."""
         try:
             while True:
-                if len(in_flight) < window:
-                    for row in outbox.pending(window - len(in_flight), after_id=last_id):
-                        task = asyncio.create_task(
-                            client.publish(row.topic, row.payload, qos=row.qos, timeout=math.inf),
-                            name=f"upstream-publish[{row.id}]",
-                        )
-                        in_flight[task] = row.id
-                        last_id = row.id
-                if not in_flight:
-                    if acked:
-                        self.stats.drained += outbox.delete(acked)
-                        acked.clear()
-                    self._drain_wake.clear()
-                    if not outbox.pending(1, after_id=last_id):
-                        await self._drain_wake.wait()
-                    continue
-                done, _ = await asyncio.wait(
-                    in_flight, timeout=self._publish_timeout_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    raise TimeoutError(f"no PUBACK within {self._publish_timeout_s} s")
-                for task in done:
-                    row_id = in_flight.pop(task)
-                    task.result()  # a failed publish ends the connection
-                    acked.append(row_id)
-                if len(acked) >= window:
-                    self.stats.drained += outbox.delete(acked)
-                    acked.clear()
+                drain.wake.clear()
+                if drain.acked and (len(drain.acked) >= drain.window or not drain.in_flight):
+                    self._delete(outbox, drain)
+                self._pump_outbox(drain, outbox)
+                await drain.wake.wait()
         finally:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await asyncio.wait(in_flight)
-                acked.extend(
-                    row_id
-                    for task, row_id in in_flight.items()
-                    if not task.cancelled() and task.exception() is None
-                )
-            if acked:
-                self.stats.drained += outbox.delete(acked)
+            self._drain = None
+            self._delete(outbox, drain)
+
+    def _delete(self, outbox: Outbox, drain: _Drain) -> None:
+        acked, drain.acked = drain.acked, []
+        if acked:
+            self.stats.drained += outbox.delete(acked, durable=False)

@@ -31,6 +31,7 @@ from drivers.mqtt_internals import (
     ACCEPTANCE_GREP,
     ACCEPTANCE_NEEDLES,
     PRIVATE_ATTRIBUTES,
+    DirectPublisher,
     close_socket,
     disconnect_future,
     mqtt_socket,
@@ -176,6 +177,38 @@ async def test_close_socket_on_a_connected_client_leaves_no_unretrieved_error(mo
     finally:
         loop.set_exception_handler(None)
     assert [c for c in reported if "never retrieved" in str(c.get("message"))] == []
+
+
+async def test_direct_publishes_and_aiomqtt_publishes_share_one_connection(
+    mosquitto: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DirectPublisher chains paho's on_publish: its own PUBACKs reach its callbacks, aiomqtt's
+    reach aiomqtt (its publish() still returns), a raising callback is logged and the connection
+    lives on, and detach() gives the callback back."""
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, timeout=5) as client:
+        paho = paho_client(client)
+        original = paho.on_publish
+        publisher = DirectPublisher(client)
+        acks: list[bool] = []
+        for n in range(5):
+            publisher.publish("t/direct", f"{n}".encode(), qos=1, retain=False, on_ack=acks.append)
+        assert publisher.in_flight == 5
+
+        def broken(_accepted: bool) -> None:
+            raise RuntimeError("callback bug")
+
+        publisher.publish("t/direct", b"x", qos=1, retain=False, on_ack=broken)
+        await client.publish("t/aiomqtt", b"y", qos=1)  # hangs if aiomqtt's callback were lost
+        async with asyncio.timeout(5):
+            while publisher.in_flight:  # noqa: ASYNC110 - a plain counter
+                await asyncio.sleep(0.01)
+        assert acks == [True] * 5
+        assert "PUBACK callback failed" in caplog.text
+        publisher.publish("t/direct", b"z", qos=0, retain=False, on_ack=acks.append)
+        assert acks[-1] is True  # QoS 0: no PUBACK, reported once handed over
+        publisher.detach()
+        assert paho.on_publish == original
+        await client.publish("t/aiomqtt", b"w", qos=1)
 
 
 def test_the_module_docstring_names_the_pins() -> None:
