@@ -136,6 +136,19 @@ class _Drain:
     acked: list[int] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def sent(self, row_id: int) -> None:
+        self.in_flight += 1
+        self.last_id = row_id
+
+    def acknowledged(self, row_id: int) -> None:
+        self.in_flight -= 1
+        self.acked.append(row_id)
+        self.wake.set()
+
+    def take_acked(self) -> list[int]:
+        acked, self.acked = self.acked, []
+        return acked
+
 
 class _SubscribeRefused(Exception):
     pass
@@ -595,15 +608,12 @@ class UpstreamClient:
                 retain=False,
                 on_ack=functools.partial(self._outbox_acked, drain, row.id, row.topic),
             )
-            drain.in_flight += 1
-            drain.last_id = row.id
+            drain.sent(row.id)
 
     def _outbox_acked(self, drain: _Drain, row_id: int, topic: str, accepted: bool) -> None:
-        drain.in_flight -= 1
-        drain.acked.append(row_id)
+        drain.acknowledged(row_id)
         if not accepted:
             self._refused(topic)
-        drain.wake.set()
 
     async def _drain_outbox(self, drain: _Drain, outbox: Outbox) -> None:
         """Refill the window as PUBACKs arrive and delete acknowledged rows in batches (when a
@@ -621,6 +631,6 @@ class UpstreamClient:
             self._delete(outbox, drain)
 
     def _delete(self, outbox: Outbox, drain: _Drain) -> None:
-        acked, drain.acked = drain.acked, []
+        acked = drain.take_acked()
         if acked:
             self.stats.drained += outbox.delete(acked, durable=False)
