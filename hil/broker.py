@@ -45,14 +45,19 @@ class LocalBroker:
             raise BrokerError("mosquitto is not installed: `bash hil/bootstrap.sh demo` installs it")
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
-        config = workdir / "mosquitto.conf"
-        config.write_text(
+        self._binary = binary
+        self._config = workdir / "mosquitto.conf"
+        self._config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
             + extra_config,
             encoding="utf-8",
         )
+        self.start()
+
+    def start(self) -> None:
+        """Start the broker (again, on the same port) and wait until it accepts connections."""
         self._proc = subprocess.Popen(
-            [binary, "-c", str(config)],
+            [self._binary, "-c", str(self._config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,

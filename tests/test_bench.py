@@ -131,3 +131,30 @@ def test_bench_scaling_quick_reports_the_growth_tables() -> None:
         assert g["rss_mib"] > 0
         assert g["start_to_ready_median_ms"] > 0
     assert growth[1]["journal_mib"] > growth[0]["journal_mib"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
+def test_the_fleet_bench_restarts_the_broker_and_sees_every_station_back() -> None:
+    """Issue 12 fleet: three stations, a 2 s outage of their shared broker; every station
+    reconnects and drains its backlog, and the figures are numbers (not their size)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hil.bench", "fleet", "--stations", "3", "--outage", "2"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    fleet = json.loads(out.stdout)["fleet"]
+    assert fleet["ok"] is True
+    assert fleet["stations"] == fleet["agents_alive_at_end"] == 3
+    assert fleet["agents_with_traceback"] == []
+    assert fleet["backlog_meter_messages"] > 0  # the stations queued meter values during the outage
+    for key in ("reconnect_after_restart", "backlog_drained_after_restart"):
+        spread = fleet[key]
+        assert 0 <= spread["min_s"] <= spread["p50_s"] <= spread["max_s"], (key, spread)
+        assert 1 <= spread["max_per_100ms"] <= 3
+    assert fleet["all_drained_after_s"] == fleet["backlog_drained_after_restart"]["max_s"]
+    assert fleet["broker_publish_rate_steady_per_s"] > 0

@@ -1,4 +1,7 @@
-"""``python -m hil.bench [--only NAME …] [--quick]``: print one JSON object of measured figures."""
+"""``python -m hil.bench [--only NAME …] [--quick]``: print one JSON object of measured figures.
+
+``python -m hil.bench fleet --stations N [--outage S]``: the fleet bench (:mod:`hil.bench.fleet`).
+"""
 
 from __future__ import annotations
 
@@ -31,10 +34,16 @@ def _compile_sources() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["fleet"]:  # python -m hil.bench fleet --stations N (not part of the default run)
+        _compile_sources()
+        from hil.bench import fleet
+
+        return fleet.main(words[1:])
     parser = argparse.ArgumentParser(prog="python -m hil.bench", description=__doc__)
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only these")
     parser.add_argument("--quick", action="store_true", help="shorter runs (CI smoke test)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     result: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -94,14 +94,15 @@ STOP_TIMEOUT_S = 15.0
 CRASH_POINT = f"journal:commit#{PENDING}"
 
 CONFIG = """\
-station_id: BENCH-1
+station_id: {station_id}
 state_dir: {state_dir}
 log_level: info
 terminal:
   url: tcp://127.0.0.1:{psp_port}
   family: apollo
 charger:
-  broker_url: {broker_url}
+  broker_url: {charger_url}
+  prefix: {charger_prefix}
 connectors:
 {connectors}
 session:
@@ -115,8 +116,10 @@ tariff:
   vat_rate_percent: "21"
   energy_per_kwh: "0.40"
 upstream:
-  broker_url: {broker_url}
+  broker_url: {upstream_url}
 """
+STATION_ID = "BENCH-1"
+CHARGER_PREFIX = "charger"  # the simulator's default prefix
 
 T = TypeVar("T")
 
@@ -278,9 +281,12 @@ class _Rig:
         path = base / "agent.yaml"
         path.write_text(
             CONFIG.format(
+                station_id=STATION_ID,
                 state_dir=base / "state",
                 psp_port=self.psp_port,
-                broker_url=self.broker.url,
+                charger_url=self.broker.url,
+                charger_prefix=CHARGER_PREFIX,
+                upstream_url=self.broker.url,
                 connectors=connectors.rstrip("\n"),
             ),
             encoding="utf-8",
