@@ -58,7 +58,7 @@ from drivers.charger.payloads import (
     parse_ts,
 )
 from drivers.charger.topics import CHARGER_TO_AGENT, DEFAULT_PREFIX, TopicMap, parse_connector
-from drivers.mqtt_internals import mqtt_socket, retrieve_disconnect_error
+from drivers.mqtt_internals import mqtt_socket, read_available, retrieve_disconnect_error
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024  # a meter payload with OCMF signed data is ~2 KiB
 DEFAULT_EVENT_QUEUE = 10_000
+READ_BURST = 64  # packets read per message at most (a burst of 64 connectors joins one turn)
 SUBSCRIBE_QOS = 1
 COMMAND_QOS = 1
 PAYMENT_QOS = 1  # payment: QoS 1 and retained (docs/charger-bridge.md "payment")
@@ -521,6 +522,9 @@ class MqttBridgeDriver(ChargerDriver):
                     )
                     try:
                         async for message in client.messages:
+                            # the rest of a burst that already arrived joins this one: the runtime
+                            # steps and stores them in one turn (issue 12, group commit)
+                            read_available(client, READ_BURST)
                             try:
                                 self._on_message(message)
                             except Exception:  # a bug here must not end the bridge

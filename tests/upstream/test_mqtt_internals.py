@@ -15,6 +15,7 @@ import inspect
 import random
 import socket
 import subprocess
+import time
 import tomllib
 from collections.abc import AsyncIterator
 from importlib.metadata import version
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
+import paho.mqtt.publish as publish
 import pytest
 from packaging.requirements import Requirement
 
@@ -36,6 +38,7 @@ from drivers.mqtt_internals import (
     disconnect_future,
     mqtt_socket,
     paho_client,
+    read_available,
     retrieve_disconnect_error,
 )
 from tests.mosquitto import Broker
@@ -209,6 +212,33 @@ async def test_direct_publishes_and_aiomqtt_publishes_share_one_connection(
         publisher.detach()
         assert paho.on_publish == original
         await client.publish("t/aiomqtt", b"w", qos=1)
+
+
+async def test_read_available_queues_a_burst_that_has_already_arrived(mosquitto: Broker) -> None:
+    """Issue 12: what sits in the socket reaches aiomqtt's queue in one call (bounded), instead of
+    one packet per event-loop iteration."""
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, timeout=5) as client:
+        await client.subscribe("burst/#", qos=1)
+        # published synchronously from here: the loop is blocked, so aiomqtt's reader cannot run
+        publish.multiple(
+            [{"topic": f"burst/{n}", "payload": f"{n}", "qos": 1} for n in range(20)],
+            hostname=mosquitto.host,
+            port=mosquitto.port,
+        )
+        time.sleep(0.3)  # noqa: ASYNC251 - on purpose: the broker fills our socket, nothing reads it
+        assert len(client.messages) == 0
+        assert read_available(client, 5) == 5
+        assert len(client.messages) == 5  # one packet per read: bounded by max_packets
+        read_available(client, 64)
+        assert len(client.messages) == 20
+        assert read_available(client, 64) == 0  # nothing left: no read, no blocking
+        topics = []
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                topics.append(message.topic.value)
+                if len(topics) == 20:
+                    break
+        assert topics == [f"burst/{n}" for n in range(20)]
 
 
 def test_the_module_docstring_names_the_pins() -> None:
