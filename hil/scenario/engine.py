@@ -49,6 +49,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 Status = Literal["passed", "failed", "skipped"]
+SCREEN_GRACE_S = 2.0  # expect_screen_shown: how long a screen may lag the step that caused it
 FINAL_SETTLE_S = 30.0  # the end-of-run settlement wait (settlement retries are 1 s in a rig config)
 
 # steps a rig cannot do: they need a fault-injection channel into the terminal or the charger
@@ -361,11 +362,23 @@ class StepRunner:
                 if got is not enabled:
                     raise StepFailed(f"charger connector {c}: expected enabled={enabled}, got {got}")
             case s.ExpectScreenShown(contains=text) if st.psp is not None:
-                shown = list(await st.psp.control.json("screens"))
-                if not any(text in json.dumps(x, ensure_ascii=False) for x in shown):
+                psp = st.psp
+
+                async def screens() -> list[Any]:
+                    return list(await psp.control.json("screens"))
+
+                def has_text(shown: list[Any]) -> bool:
+                    return any(text in json.dumps(x, ensure_ascii=False) for x in shown)
+
+                try:  # a screen the step before caused may follow it by a few ms (a loaded machine)
+                    await self._wait(screens, has_text, f"a screen containing {text!r}", SCREEN_GRACE_S)
+                except AgentExited:
+                    raise
+                except HarnessError:
+                    shown = await screens()
                     raise StepFailed(
                         f"no screen containing {text!r} was sent to the terminal ({len(shown)} screens)"
-                    )
+                    ) from None
             case s.ExpectTerminal() | s.ExpectCharger() | s.ExpectScreenShown():
                 self.result.say(f"  (rig) {step_name(step)} not checked: only the simulators can answer it")
             case s.ExpectLog(contains=text, absent=absent):
