@@ -22,8 +22,10 @@ invariants, not scenarios.
   script per connector (plug-in or tap first or Apollo UI start, declined and partially approved
   cards, a stranger's card on a busy connector, stop by tap/unplug/remote/charger fault, EV pauses,
   a vehicle that never comes) and faults at random instants (SIGKILL and restart, also inside a
-  broker outage; crash points armed per start; broker outages; terminal faults; charger loss,
-  reconnects and re-deliveries).
+  broker outage; crash points armed per start; broker outages; a hung upstream broker — the TCP
+  connection open, no byte moving, 3 to 16 s, longer than the agent's 10 s PUBACK watchdog in part
+  of the worlds — drawn from a random stream of its own so every other dimension of a seed stays;
+  terminal faults; charger loss, reconnects and re-deliveries).
 * :mod:`hil.fuzz.runner` — one seed through the real processes (the rig of :mod:`hil.rig`), then
   unplug everything and settle with bounded waits.
 * :mod:`hil.fuzz.oracle` — the assertions: the upstream stream passes :func:`hil.stream.check` with

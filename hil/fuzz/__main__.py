@@ -58,7 +58,8 @@ def _report(result: SeedResult) -> None:
     f = result.figures
     stats = (
         f"{f.sessions} session(s), {f.kills} kill(s), {f.crashes} crash point(s), {f.broker_outages} broker "
-        f"outage(s), {f.terminal_faults} terminal fault(s), {f.charger_faults} charger fault(s); "
+        f"outage(s), {f.broker_hangs} broker hang(s), {f.terminal_faults} terminal fault(s), "
+        f"{f.charger_faults} charger fault(s); "
         f"{result.wall_s:.1f} s"
     )
     if result.passed:
@@ -123,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [r for r in results if not r.passed]
     _print(
         f"\n{total.seeds} seed(s), {total.sessions} session(s), {total.kills} kill(s), {total.crashes} crash "
-        f"point(s), {total.broker_outages} broker outage(s), {total.terminal_faults} terminal fault(s), "
+        f"point(s), {total.broker_outages} broker outage(s), {total.broker_hangs} broker hang(s), "
+        f"{total.terminal_faults} terminal fault(s), "
         f"{total.charger_faults} charger fault(s), {total.findings} finding(s) in {len(failed)} seed(s); "
         f"{wall:.0f} s wall"
     )

@@ -120,6 +120,14 @@ LOG_WHITELIST: Final[tuple[tuple[str, str], ...]] = (
         # WARNING and reconnects; paho's priority is not the agent's to choose (ERR-6 holds).
         "paho-mqtt logs a reset broker connection at ERROR; the agent reconnects",
     ),
+    (
+        r"^<3>mqtt: failed to receive on socket: \[Errno 32\] Broken pipe",
+        # the same outage met by a *send*: paho's _packet_write logs a failed send with the same
+        # "failed to receive" text. Since issue 12 the agent hands a committed message to paho in
+        # the turn that stored it, so a write can be the first operation on the aborted socket.
+        # The agent logs the loss at WARNING, reconnects and sends the message again (ERR-6).
+        "paho-mqtt logs a send on an aborted broker connection at ERROR; the agent reconnects",
+    ),
 )
 
 

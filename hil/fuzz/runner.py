@@ -47,6 +47,7 @@ from hil.rig.broker import Mosquitto, TcpGate
 from hil.rig.invariants import payment_is_open
 from hil.rig.procs import POLL_S, REPO, Agent, ChargerSim, HarnessError, PspSim
 from hil.stream import Line, MessageLine, StreamCapture
+from hil.stream.lines import BROKER_HANG, BROKER_HANG_OVER
 
 __all__ = ["AgentSupervisor", "Figures", "SeedResult", "SeedRun", "replay_command"]
 
@@ -95,6 +96,7 @@ class Figures:
     kills: int = 0  # SIGKILLs by the harness
     crashes: int = 0  # armed crash points reached (the agent SIGKILLed itself)
     broker_outages: int = 0
+    broker_hangs: int = 0
     terminal_faults: int = 0
     charger_faults: int = 0  # losses, reconnects, redeliveries, charger broker outages
     captured: int = 0  # payment.captured upstream
@@ -835,6 +837,16 @@ class SeedRun:
             async with self.broker_lock:
                 await self._broker_outage(f)
             self.figures.broker_outages += 1
+        elif f.kind == "broker_hang":
+            async with self.broker_lock:
+                self._mark(BROKER_HANG)  # before the hold: a message stamped after it may be held
+                self.gate.hold()
+                try:
+                    await asyncio.sleep(f.duration_s)
+                finally:
+                    self.gate.release()
+                    self._mark(BROKER_HANG_OVER)
+            self.figures.broker_hangs += 1
         elif f.kind == "charger_broker_outage":
             async with self.charger_lock:
                 await self.charger_broker.stop()

@@ -98,6 +98,7 @@ FAULT_KINDS: Final = (
     "charger_lost",
     "charger_reconnect",
     "charger_redeliver",
+    "broker_hang",
 )
 TERMINAL_FAULTS: Final = frozenset(k for k in FAULT_KINDS if k.startswith("terminal_"))
 
@@ -800,6 +801,24 @@ def _faults(
     return tuple(faults)
 
 
+BROKER_HANG_RATE: Final = 0.3  # worlds with a hung upstream broker
+# shorter than the agent's PUBACK watchdog (agent/upstream/client.py publish_timeout_s, 10 s, checked
+# every 2.5 s): PUBACKs are only late; longer: the agent drops the connection and reconnects
+BROKER_HANG_S: Final = (3.0, 16.0)
+
+
+def _with_broker_hang(seed: int, faults: tuple[Fault, ...], script_s: float) -> tuple[Fault, ...]:
+    """Issue 12: a broker that stops answering while the TCP connection stays open (the rig's gate
+    holds every byte: a hung broker or a half-open link). Drawn from a random stream of its own, so
+    every other dimension of a seed's world stays what it was before this fault existed."""
+    rng = random.Random(f"broker-hang-{seed}")
+    if rng.random() >= BROKER_HANG_RATE:
+        return faults
+    at = round(rng.uniform(0.5, max(1.0, script_s * 0.7)), 2)
+    hang = Fault(at, "broker_hang", round(rng.uniform(*BROKER_HANG_S), 2))
+    return tuple(sorted((*faults, hang), key=lambda f: f.at_s))
+
+
 def generate(seed: int, size: Size | str = Size.NORMAL) -> World:
     """The world of ``seed`` (pure: the same arguments give an equal world)."""
     size = Size(size)
@@ -879,6 +898,7 @@ def generate(seed: int, size: Size | str = Size.NORMAL) -> World:
     tariff = _tariff_form(rng, tariff, "FZ-T0")
     charger = replace(charger, report_current=rng.random() < 0.5)
     tariff_changes = _tariff_changes(rng, tariff, faults, script_s)
+    faults = _with_broker_hang(seed, faults, script_s)
     return World(
         seed=seed,
         size=size.value,

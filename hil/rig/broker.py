@@ -130,7 +130,8 @@ class Mosquitto:
 
 
 class TcpGate:
-    """``127.0.0.1:port`` relayed to ``target``; :meth:`shut` / :meth:`open` (open at start)."""
+    """``127.0.0.1:port`` relayed to ``target``; :meth:`shut` / :meth:`open` (open at start),
+    :meth:`hold` / :meth:`release` (flowing at start)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target_host = target_host
@@ -142,6 +143,8 @@ class TcpGate:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()  # cleared by hold(): connections stay open, no byte moves
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -161,6 +164,14 @@ class TcpGate:
 
     def open(self) -> None:
         self.is_open = True
+
+    def hold(self) -> None:
+        """A hung broker: every relayed connection stays open and new ones are accepted, but no
+        byte moves in either direction until :meth:`release` (what was held is delivered then)."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     async def close(self) -> None:
         self.shut()
@@ -204,6 +215,7 @@ class TcpGate:
     ) -> None:
         try:
             while data := await src.read(CHUNK):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (OSError, ConnectionError):

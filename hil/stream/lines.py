@@ -38,6 +38,8 @@ __all__ = [
     "AGENT_KILLED",
     "AGENT_STARTED",
     "BROKER_DOWN",
+    "BROKER_HANG",
+    "BROKER_HANG_OVER",
     "BROKER_UP",
     "CAPTURE_DOWN",
     "CAPTURE_MARKERS",
@@ -65,9 +67,13 @@ BROKER_DOWN: Final = "broker_down"
 BROKER_UP: Final = "broker_up"
 AGENT_KILLED: Final = "agent_killed"
 AGENT_STARTED: Final = "agent_started"
+BROKER_HANG: Final = "broker_hang"  # the harness holds every byte between agent and broker
+BROKER_HANG_OVER: Final = "broker_hang_over"  # … and lets them flow again
 CAPTURE_DOWN: Final = "capture_down"
 CAPTURE_UP: Final = "capture_up"
-HARNESS_MARKERS: Final = frozenset({BROKER_DOWN, BROKER_UP, AGENT_KILLED, AGENT_STARTED})
+HARNESS_MARKERS: Final = frozenset(
+    {BROKER_DOWN, BROKER_UP, AGENT_KILLED, AGENT_STARTED, BROKER_HANG, BROKER_HANG_OVER}
+)
 CAPTURE_MARKERS: Final = frozenset({CAPTURE_DOWN, CAPTURE_UP})
 MAX_MARKER_CHARS: Final = 256
 

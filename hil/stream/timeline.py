@@ -19,6 +19,11 @@ marker ``capture_down``                 unknown — the capture is blind — unl
                                         known down (then still disconnected)
 marker ``capture_up``                   after ``broker_down`` without ``broker_up``: unknown
                                         (the broker is evidently up again); else no change
+marker ``broker_hang``                  unknown: the harness holds every byte of the agent's
+                                        broker link; the agent may notice (PUBACK watchdog) or not
+marker ``broker_hang_over``             connected when the hang was shorter than the agent's
+                                        PUBACK watchdog (it cannot have dropped the link); else no
+                                        change (its next birth says when it is back)
 =====================================  =====================================================
 
 ``broker_up`` deliberately does not end a disconnected window as a connected one: between the
@@ -31,14 +36,21 @@ import bisect
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from hil.stream.lines import (
     AGENT_KILLED,
     BROKER_DOWN,
+    BROKER_HANG,
+    BROKER_HANG_OVER,
     BROKER_UP,
     CAPTURE_DOWN,
     CAPTURE_UP,
 )
+
+# The agent drops a connection that has had publishes in flight and no PUBACK for this long
+# (agent/upstream/client.py, publish_timeout_s): a shorter broker hang cannot have disconnected it.
+PUBACK_WATCHDOG_S: Final = 10.0
 
 __all__ = ["Link", "Timeline", "Window"]
 
@@ -73,6 +85,7 @@ class Timeline:
         self._links: list[Link] = [Link.UNKNOWN]
         self._why: list[str] = ["start of capture"]
         self._broker_down = False  # disconnected because the harness stopped the broker
+        self._hang_since: float | None = None  # the harness holds the agent's broker link
 
     @property
     def link(self) -> Link:
@@ -104,6 +117,15 @@ class Timeline:
             if self._broker_down:
                 self._broker_down = False
                 self._set(t, Link.UNKNOWN, BROKER_UP)
+        elif name == BROKER_HANG:
+            # the agent may or may not notice (its PUBACK watchdog): either offline flag is right
+            self._hang_since = t
+            self._set(t, Link.UNKNOWN, BROKER_HANG)
+        elif name == BROKER_HANG_OVER and self._hang_since is not None:
+            held, self._hang_since = t - self._hang_since, None
+            if held < PUBACK_WATCHDOG_S and self.link is Link.UNKNOWN:
+                self._set(t, Link.CONNECTED, BROKER_HANG_OVER)  # too short to drop the connection
+            # longer: unknown until the agent's next birth (status online) says it is back
         elif name == AGENT_KILLED:
             self._set(t, Link.DISCONNECTED, AGENT_KILLED)
         elif name == CAPTURE_DOWN:

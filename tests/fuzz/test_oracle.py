@@ -553,6 +553,8 @@ def test_stop_2_a_tap_stop_needs_the_sessions_own_card() -> None:
             "<3>mqtt: failed to receive on socket: [Errno 104] Connection reset by peer\n",
             False,
         ),  # whitelisted
+        ("<3>mqtt: failed to receive on socket: [Errno 32] Broken pipe\n", False),  # paho's send path
+        ("<3>mqtt: failed to receive on socket: [Errno 9] Bad file descriptor\n", True),
         ("<4>agent: a warning\n", False),
     ],
 )

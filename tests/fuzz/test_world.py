@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from agent.config.schema import load_config
+from hil.fuzz import world as world_module
 from hil.fuzz.runner import SeedRun, replay_command
 from hil.fuzz.world import CRASH_POINTS, ORPHAN_MARGIN_S, TERMINAL_FAULTS, TIME_SCALE, Size, World, generate
 
@@ -152,8 +154,32 @@ def test_small_worlds_are_smaller() -> None:
     for seed in SEEDS:
         w = generate(seed, Size.SMALL)
         assert w.charger.connectors <= 2
-        assert len(w.faults) <= 3
+        assert len([f for f in w.faults if f.kind != "broker_hang"]) <= 3
+        assert len([f for f in w.faults if f.kind == "broker_hang"]) <= 1
         assert all(len(w.plans_of(c)) <= 2 for c in range(1, w.charger.connectors + 1))
+
+
+def test_a_broker_hang_is_added_without_changing_the_rest_of_a_world(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 12: the hung broker comes from a random stream of its own, so every seed's world is
+    otherwise what it was before the fault existed (replays and the mutants' seeds stay valid)."""
+    with_hangs = {seed: generate(seed) for seed in SEEDS}
+    monkeypatch.setattr(world_module, "BROKER_HANG_RATE", 0.0)
+    hung = 0
+    for seed in SEEDS:
+        before = generate(seed)
+        after = with_hangs[seed]
+        hangs = [f for f in after.faults if f.kind == "broker_hang"]
+        hung += bool(hangs)
+        assert replace(after, faults=tuple(f for f in after.faults if f.kind != "broker_hang")) == before
+        for f in hangs:
+            assert world_module.BROKER_HANG_S[0] <= f.duration_s <= world_module.BROKER_HANG_S[1]
+    assert 0.15 * len(SEEDS) <= hung <= 0.5 * len(SEEDS)
+    long_ones = [
+        f for w in with_hangs.values() for f in w.faults if f.kind == "broker_hang" and f.duration_s > 12.5
+    ]
+    assert long_ones, "no hang outlasts the agent's 10 s PUBACK watchdog (+ its 2.5 s check period)"
 
 
 def test_every_world_config_is_accepted_by_the_agent(tmp_path: Path) -> None:

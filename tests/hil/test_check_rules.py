@@ -581,6 +581,34 @@ def test_timeline_evidence(evidence: list[tuple[Any, ...]], link: Link) -> None:
     assert timeline.windows()[-1].link is link
 
 
+@pytest.mark.parametrize(
+    ("evidence", "link"),
+    [
+        ([(0, "online"), (1, "broker_hang")], Link.UNKNOWN),
+        # shorter than the agent's PUBACK watchdog: it cannot have dropped the link
+        ([(0, "online"), (1, "broker_hang"), (6, "broker_hang_over")], Link.CONNECTED),
+        # longer: connected again only with the agent's next birth
+        ([(0, "online"), (1, "broker_hang"), (13, "broker_hang_over")], Link.UNKNOWN),
+        ([(0, "online"), (1, "broker_hang"), (13, "broker_hang_over"), (14, "online")], Link.CONNECTED),
+        # a short hang does not undo what other evidence said meanwhile
+        (
+            [(0, "online"), (1, "broker_hang"), (2, "agent_killed"), (3, "broker_hang_over")],
+            Link.DISCONNECTED,
+        ),
+        ([(0, "online"), (5, "broker_hang_over")], Link.CONNECTED),  # no hang began: no change
+    ],
+)
+def test_timeline_broker_hang(evidence: list[tuple[float, str]], link: Link) -> None:
+    """Issue 12: the fuzzer's hung broker; a message stamped inside the hang may carry either flag."""
+    timeline = Timeline()
+    for t, name in evidence:
+        if name == "online":
+            timeline.status(float(t), "online", retained=False)
+        else:
+            timeline.marker(float(t), name)
+    assert timeline.link is link
+
+
 # --------------------------------------------------------------------------------------------------
 # h: schema
 # --------------------------------------------------------------------------------------------------
