@@ -73,6 +73,11 @@ class LocalBroker:
                     raise BrokerError(f"mosquitto did not start on port {self.port}") from None
                 time.sleep(0.01)
 
+    def restart(self) -> None:
+        """Stop and start on the same port: without persistence, every retained message is gone."""
+        self.stop()
+        self.start()
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()

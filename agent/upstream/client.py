@@ -59,7 +59,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
-from agent.store.outbox import Outbox, OutboxError
+from agent.store.outbox import Outbox
 from agent.timefmt import utc_timestamp
 from drivers.charger.mqtt_bridge import cancel_and_wait
 from drivers.mqtt_internals import DirectPublisher, close_socket, retrieve_disconnect_error
@@ -325,8 +325,11 @@ class UpstreamClient:
         if self._drain is not None and self._outbox is not None:
             try:
                 self._pump_outbox(self._drain, self._outbox)
-            except (aiomqtt.MqttError, OutboxError) as exc:  # the drain task meets it again
+            except aiomqtt.MqttError as exc:  # the connection is going down: resent after it
                 _LOGGER.debug("upstream publish from the outbox deferred: %s", exc)
+                self._drain.wake.set()
+            except Exception:  # never into the commit that called us; the drain task retries
+                _LOGGER.exception("upstream publish from the outbox failed; the drainer retries")
                 self._drain.wake.set()
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = SUBSCRIBE_QOS) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +144,29 @@ async def test_the_drain_window_is_never_exceeded(mosquitto: Broker, tmp_path: P
         check_in_order_without_gaps(collector.payloads(EVENTS), 300)
         assert max(seen) <= 16
         assert max(seen) > 1  # pipelined, not one after the other
+
+
+async def test_a_failing_publish_from_the_commit_never_reaches_the_committer(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbox listener runs inside the commit of an engine step: whatever goes wrong there is
+    logged, the append returns normally and the drain task publishes the row afterwards."""
+    with Outbox(tmp_path / "agent.db") as outbox:
+        client = make_client(mosquitto, outbox)
+        async with running(client), Collector(mosquitto, EVENTS) as collector:
+            await client.wait_connected(5)
+            real_pending = outbox.pending
+            calls = 0
+
+            def flaky_pending(limit: int = 100, *, after_id: int = 0) -> list[Any]:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real_pending(limit, after_id=after_id)
+
+            monkeypatch.setattr(outbox, "pending", flaky_pending)
+            outbox.append(EVENTS, event(0), kind="event", connector_id=1)  # does not raise
+            await collector.wait_for(lambda: len(collector.messages) >= 1)
+        check_in_order_without_gaps(collector.payloads(EVENTS), 1)
+        assert "upstream publish from the outbox failed" in caplog.text
