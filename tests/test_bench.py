@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,19 +32,25 @@ FIGURES = {
 }
 
 
+def bench(*args: str, timeout_s: float) -> dict[str, Any]:
+    """``python -m hil.bench ARGS``: its JSON object; fails the test on a non-zero exit."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hil.bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 def test_bench_agent_quick_reports_every_figure() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "hil.bench", "--quick", "--only", "agent"],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    agent = json.loads(out.stdout)["agent"]
+    agent = bench("--quick", "--only", "agent", timeout_s=170)["agent"]
     for figure, keys in FIGURES.items():
         entry = agent[figure]
         for key in keys:
@@ -61,15 +68,7 @@ def test_bench_agent_quick_reports_every_figure() -> None:
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 def test_bench_codec_and_outbox_report_their_figures() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "hil.bench", "--quick", "--only", "psp_codec", "--only", "outbox"],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout)
+    result = bench("--quick", "--only", "psp_codec", "--only", "outbox", timeout_s=170)
     codec, outbox = result["psp_codec"], result["outbox"]
     for key in ("decoder_bytes_per_s", "decoder_x_line_rate_57600", "decoder_byte_at_a_time_bytes_per_s"):
         assert codec[key] > 0, key
@@ -108,15 +107,7 @@ def test_the_profile_tool_measures_the_meter_path(tmp_path: Path) -> None:
 @pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 def test_bench_scaling_quick_reports_the_growth_tables() -> None:
     """Issue 12 cost growth: one row per connector count and per journal size, numbers only."""
-    out = subprocess.run(
-        [sys.executable, "-m", "hil.bench", "--quick", "--only", "scaling"],
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    scaling = json.loads(out.stdout)["scaling"]
+    scaling = bench("--quick", "--only", "scaling", timeout_s=230)["scaling"]
     rows = scaling["connectors_charging_1hz"]
     assert [r["connectors"] for r in rows] == [1, 8]
     for row in rows:
@@ -139,15 +130,7 @@ def test_bench_scaling_quick_reports_the_growth_tables() -> None:
 def test_the_fleet_bench_restarts_the_broker_and_sees_every_station_back() -> None:
     """Issue 12 fleet: three stations, a 2 s outage of their shared broker; every station
     reconnects and drains its backlog, and the figures are numbers (not their size)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "hil.bench", "fleet", "--stations", "3", "--outage", "2"],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
-    fleet = json.loads(out.stdout)["fleet"]
+    fleet = bench("fleet", "--stations", "3", "--outage", "2", timeout_s=170)["fleet"]
     assert fleet["ok"] is True
     assert fleet["stations"] == fleet["agents_alive_at_end"] == 3
     assert fleet["agents_with_traceback"] == []

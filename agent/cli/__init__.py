@@ -77,12 +77,9 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _command_of(argv: Sequence[str] | None) -> str | None:
-    """The sub-command named in ``argv`` (the first word that is not an option), if any."""
-    for word in sys.argv[1:] if argv is None else argv:
-        if not word.startswith("-"):
-            return word
-    return None
+def _command_of(words: Sequence[str]) -> str | None:
+    """The sub-command named in ``words`` (the first word that is not an option), if any."""
+    return next((word for word in words if not word.startswith("-")), None)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -130,6 +130,7 @@ class _Drain:
     """One connection's outbox drain: what is in flight, what is acknowledged and not deleted."""
 
     publisher: DirectPublisher
+    outbox: Outbox
     window: int
     last_id: int = 0  # the newest row handed to paho on this connection
     in_flight: int = 0
@@ -322,9 +323,9 @@ class UpstreamClient:
     def notify_outbox(self) -> None:
         """Publish what was committed to the outbox (the outbox listener calls this after every
         committed append, so a message leaves in the turn that stored it)."""
-        if self._drain is not None and self._outbox is not None:
+        if self._drain is not None:
             try:
-                self._pump_outbox(self._drain, self._outbox)
+                self._pump_outbox(self._drain)
             except aiomqtt.MqttError as exc:  # the connection is going down: resent after it
                 _LOGGER.debug("upstream publish from the outbox deferred: %s", exc)
                 self._drain.wake.set()
@@ -471,9 +472,10 @@ class UpstreamClient:
             self._publisher = publisher
             self._retained_dirty = dict.fromkeys(self._retained)
             self._retained_in_flight = {}
-            drain = _Drain(publisher=publisher, window=self._drain_batch)
-            if self._outbox is not None:
-                self._drain = drain  # appends from now on are published as they commit
+            drain = None
+            if self._outbox is not None:  # appends from now on are published as they commit
+                drain = _Drain(publisher=publisher, outbox=self._outbox, window=self._drain_batch)
+            self._drain = drain
             self.connected.set(True)
             _LOGGER.info("upstream connected to %s as %s", self.broker_url, self.client_id)
             try:
@@ -481,9 +483,9 @@ class UpstreamClient:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._receive(client), name=f"upstream-receive[{self.client_id}]")
                     tg.create_task(self._watchdog(publisher), name=f"upstream-watchdog[{self.client_id}]")
-                    if self._outbox is not None:
+                    if drain is not None:
                         tg.create_task(
-                            self._drain_outbox(drain, self._outbox),
+                            self._drain_outbox(drain),
                             name=f"upstream-drain[{self.client_id}]",
                         )
             except BaseExceptionGroup as group:
@@ -598,12 +600,12 @@ class UpstreamClient:
 
     # -- outbox ------------------------------------------------------------------------------------
 
-    def _pump_outbox(self, drain: _Drain, outbox: Outbox) -> None:
+    def _pump_outbox(self, drain: _Drain) -> None:
         """Hand the next committed rows to paho, up to the window (synchronous)."""
         room = drain.window - drain.in_flight
         if room <= 0:
             return
-        for row in outbox.pending(room, after_id=drain.last_id):
+        for row in drain.outbox.pending(room, after_id=drain.last_id):
             drain.publisher.publish(
                 row.topic,
                 row.payload,
@@ -618,7 +620,7 @@ class UpstreamClient:
         if not accepted:
             self._refused(topic)
 
-    async def _drain_outbox(self, drain: _Drain, outbox: Outbox) -> None:
+    async def _drain_outbox(self, drain: _Drain) -> None:
         """Refill the window as PUBACKs arrive and delete acknowledged rows in batches (when a
         window's worth is acknowledged, or nothing is in flight any more). Acknowledged rows are
         deleted also when the connection fails half-way."""
@@ -626,14 +628,14 @@ class UpstreamClient:
             while True:
                 drain.wake.clear()
                 if drain.acked and (len(drain.acked) >= drain.window or not drain.in_flight):
-                    self._delete(outbox, drain)
-                self._pump_outbox(drain, outbox)
+                    self._delete(drain)
+                self._pump_outbox(drain)
                 await drain.wake.wait()
         finally:
             self._drain = None
-            self._delete(outbox, drain)
+            self._delete(drain)
 
-    def _delete(self, outbox: Outbox, drain: _Drain) -> None:
+    def _delete(self, drain: _Drain) -> None:
         acked = drain.take_acked()
         if acked:
-            self.stats.drained += outbox.delete(acked, durable=False)
+            self.stats.drained += drain.outbox.delete(acked, durable=False)

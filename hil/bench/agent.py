@@ -202,6 +202,23 @@ class _Agent:
         self.log = log
         self.spawned_at = spawned_at
 
+    @classmethod
+    async def spawn(cls, config: Path, log: Path, env: dict[str, str]) -> _Agent:
+        """``evpay-agent run -c config`` with ``env``; its stderr goes to ``log``."""
+        with log.open("wb") as stderr:
+            spawned_at = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *_agent_command(),
+                "run",
+                "-c",
+                str(config),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        return cls(proc, log, spawned_at)
+
     def tail(self, chars: int = 3000) -> str:
         try:
             return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
@@ -298,20 +315,7 @@ class _Rig:
         env.pop("EVPAY_CRASH_AT", None)
         if crash_at is not None:
             env["EVPAY_CRASH_AT"] = crash_at
-        log = self.workdir / f"agent-{len(self.agents) + 1}.log"
-        with log.open("wb") as stderr:
-            spawned_at = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *_agent_command(),
-                "run",
-                "-c",
-                str(config),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        agent = _Agent(proc, log, spawned_at)
+        agent = await _Agent.spawn(config, self.workdir / f"agent-{len(self.agents) + 1}.log", env)
         self.agents.append(agent)
         return agent
 

@@ -48,7 +48,7 @@ from typing import Any
 import aiomqtt
 import msgspec
 
-from hil.bench.agent import CONFIG, EV_POWER_W, BenchError, _Agent, _agent_command, _ms, _percentile
+from hil.bench.agent import CONFIG, EV_POWER_W, BenchError, _Agent, _ms, _percentile
 from hil.broker import LocalBroker
 from hil.charger_sim import ChargerSimulator
 from hil.psp_sim import Card, SimConfig, Simulator
@@ -146,20 +146,7 @@ def _write_config(station: _Station, charger_url: str, upstream_url: str) -> Pat
 
 async def _spawn(station: _Station, config: Path) -> _Agent:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EVPAY_CRASH_AT")}
-    log = station.workdir / "agent.log"
-    with log.open("wb") as stderr:
-        spawned_at = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *_agent_command(),
-            "run",
-            "-c",
-            str(config),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    return _Agent(proc, log, spawned_at)
+    return await _Agent.spawn(config, station.workdir / "agent.log", env)
 
 
 async def _until(stations: list[_Station], predicate: Any, what: str, timeout_s: float = WAIT_S) -> None:
