@@ -212,7 +212,10 @@ def test_ctrl_c_at_the_console_tears_the_station_down(
         if input_ends_before_s is not None:
             proc.stdin.close()  # the console quits on the end of input …
             time.sleep(input_ends_before_s)  # … and tears the station down when the Ctrl-C comes
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole process group
+        # on a loaded machine this process may wake up only after the end-of-input teardown is over
+        quit_before_ctrl_c = proc.poll() is not None
+        if not quit_before_ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
         if input_ends:  # communicate() would flush the closed stdin; the rest of the output is small
             assert proc.stderr is not None
             proc.wait(timeout=RUN_S)
@@ -224,10 +227,14 @@ def test_ctrl_c_at_the_console_tears_the_station_down(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     text = (out + rest + err).decode()
-    assert proc.returncode == 130, text
-    assert "interrupted: the station is stopped" in text
     assert "Traceback" not in text
     assert _group_gone(proc.pid), f"processes left behind in group {proc.pid}"
+    if quit_before_ctrl_c:  # the race went the other way: a plain quit, complete and clean
+        assert proc.returncode == 0, text
+        assert "stopped; the logs and the journal stay in" in text
+        return
+    assert proc.returncode == 130, text
+    assert "interrupted: the station is stopped" in text
     assert "SIGKILL by the harness" in (station_dir / "agent.log").read_text()  # torn down by us
 
 
